@@ -1,0 +1,138 @@
+"""The control channel between the driver and the TF node processes.
+
+TFoS's own lifecycle polls Spark's status tracker every 5 s and has no way to tell a parameter-server
+worker that the chief is done. Here each TF process talks to a small TCP server on the driver instead:
+it reports ``ready``/``progress``/``done``/``failed`` and polls for ``stop``. One short JSON request
+per connection, every socket with a timeout, so neither side can wait forever on the other: a node
+that cannot reach the driver for ``orphan_timeout_s`` exits on its own.
+"""
+import json
+import queue
+import secrets
+import socket
+import socketserver
+import threading
+import time
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+class DriverUnreachable(ConnectionError):
+    """A TF node could not reach the driver's control server."""
+
+
+class ControlServer:
+    """Driver side: collects node events, answers polls. Thread-safe; use as a context manager."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.token = secrets.token_hex(16)
+        self.events = queue.Queue()
+        self._ready = set()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._expected_ready = None
+        server = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            timeout = REQUEST_TIMEOUT_S
+
+            def handle(self):
+                try:
+                    msg = json.loads(self.rfile.readline())
+                except (ValueError, OSError):
+                    return
+                if msg.pop("token", None) != server.token:
+                    return
+                reply = server._handle(msg)
+                self.wfile.write((json.dumps(reply) + "\n").encode())
+
+        self._tcp = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=False)
+        self._tcp.daemon_threads = True
+        self._tcp.allow_reuse_address = True
+        self._tcp.server_bind()
+        self._tcp.server_activate()
+        self._thread = threading.Thread(target=self._tcp.serve_forever, args=(0.2,), daemon=True)
+
+    @property
+    def address(self):
+        host, port = self._tcp.server_address[:2]
+        return f"{host}:{port}"
+
+    def expect_ready(self, count):
+        """Number of ``ready`` reports after which polls answer ``all_ready``."""
+        self._expected_ready = count
+
+    def request_stop(self):
+        """Tell every polling node to finish (the chief is done, or the job is failing)."""
+        with self._lock:
+            self._stop = True
+
+    def reset(self):
+        """Forget a previous attempt's state before a TF cluster is started again."""
+        with self._lock:
+            self._stop = False
+            self._ready.clear()
+        while not self.events.empty():
+            self.events.get_nowait()
+
+    def _handle(self, msg):
+        op = msg.get("op")
+        if op == "ready":
+            with self._lock:
+                self._ready.add(msg.get("node"))
+        if op != "poll":
+            self.events.put(dict(msg, received=time.time()))
+        with self._lock:
+            all_ready = self._expected_ready is not None and len(self._ready) >= self._expected_ready
+            return {"stop": self._stop, "all_ready": all_ready}
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._tcp.shutdown()
+        self._tcp.server_close()
+        self._thread.join(timeout=5)
+
+
+class ControlClient:
+    """Node side: sends events to the driver; every call is bounded by a timeout."""
+
+    def __init__(self, address, token, node):
+        host, port = address.rsplit(":", 1)
+        self.address = (host, int(port))
+        self.token = token
+        self.node = node
+
+    def send(self, op, timeout=REQUEST_TIMEOUT_S, **fields):
+        msg = dict(fields, op=op, node=self.node, token=self.token)
+        try:
+            with socket.create_connection(self.address, timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall((json.dumps(msg, default=float) + "\n").encode())
+                data = sock.makefile("rb").readline()
+        except OSError as err:
+            raise DriverUnreachable(f"driver control server {self.address[0]}:{self.address[1]}: {err}") from err
+        if not data:
+            raise DriverUnreachable(f"driver control server {self.address[0]}:{self.address[1]} closed the connection")
+        return json.loads(data)
+
+    def wait_for(self, key, poll_s=0.2, orphan_timeout_s=60.0, deadline_s=None):
+        """Poll until the driver's answer has ``key`` true; return False if the driver went away.
+
+        ``deadline_s`` bounds the whole wait (raises TimeoutError); ``orphan_timeout_s`` bounds how long
+        the driver may stay unreachable before we give up on it.
+        """
+        start = last_contact = time.monotonic()
+        while True:
+            try:
+                if self.send("poll").get(key):
+                    return True
+                last_contact = time.monotonic()
+            except DriverUnreachable:
+                if time.monotonic() - last_contact > orphan_timeout_s:
+                    return False
+            if deadline_s is not None and time.monotonic() - start > deadline_s:
+                raise TimeoutError(f"waited {deadline_s:.0f} s for the driver to report {key!r}")
+            time.sleep(poll_s)

@@ -1,0 +1,76 @@
+"""One place that builds the SparkSession for jobs, tests, benchmarks and notebooks.
+
+Defaults target the embedded setup: ``local-cluster[2,1,MEM]`` gives two real executor processes
+(``local[N]`` would run every TF node inside the driver's working directory) with no daemons to start.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+DEFAULT_EXECUTORS = 2
+DEFAULT_EXECUTOR_MEMORY_MB = 2048
+
+
+class JavaNotFound(RuntimeError):
+    """Spark needs Java 17+ and none was found."""
+
+
+def java_version(java_home=None):
+    """Return the major Java version on this machine, or raise :class:`JavaNotFound`."""
+    java_home = java_home or os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise JavaNotFound(
+            "Java 17 or newer is required by Spark and none was found: install it "
+            "(Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    try:
+        version = out.split('"')[1]
+        major = int(version.split(".")[0] if not version.startswith("1.") else version.split(".")[1])
+    except (IndexError, ValueError) as err:
+        raise JavaNotFound(f"could not read the Java version from `{java} -version`: {out!r}") from err
+    if major < 17:
+        raise JavaNotFound(f"Spark 4 needs Java 17 or newer; {java} is Java {major}")
+    return major
+
+
+def local_cluster_master(executors=DEFAULT_EXECUTORS, cores=1, memory_mb=DEFAULT_EXECUTOR_MEMORY_MB):
+    return f"local-cluster[{executors},{cores},{memory_mb}]"
+
+
+def spark_session(master=None, app_name="tfos-jobs", conf=None):
+    """Build (or return the active) SparkSession with the settings a TF job on Spark needs.
+
+    * ``spark.task.maxFailures=1``: a failed TF node must fail the job at once; the runtime restarts
+      whole TF clusters itself (re-running one node task alone can never rejoin a TF cluster).
+    * executors use this interpreter, so the toolkit and TF installed beside it are found.
+    * ``spark.executorEnv.PYTHONPATH`` carries the driver's path for a source checkout.
+    """
+    java_version()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    master = master or os.environ.get("TFOS_SPARK_MASTER") or local_cluster_master()
+    builder = SparkSession.builder.master(master).appName(app_name)
+    settings = {
+        "spark.task.maxFailures": "1",
+        "spark.driver.host": os.environ["SPARK_LOCAL_IP"],
+        "spark.driver.bindAddress": os.environ["SPARK_LOCAL_IP"],
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.executorEnv.PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
+        "spark.executorEnv.SPARK_LOCAL_IP": os.environ["SPARK_LOCAL_IP"],
+    }
+    if master.startswith("local-cluster"):
+        # local-cluster executors find Spark's jars through SPARK_HOME.
+        import pyspark
+        os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("TFOS_SPARK_LOG_LEVEL", "WARN"))
+    return spark

@@ -1,0 +1,66 @@
+"""What a job tells the runtime: the model, the loss and the data. Everything else (strategy, cluster,
+feeding, checkpoints, export) is the runtime's business, so the CTR and survey jobs share all of it.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """A Parquet data set on any storage URI, read by the TF workers themselves (never via the driver).
+
+    ``features`` are scalar numeric columns handed to the model as a dict of ``[batch]`` tensors;
+    ``labels`` one or more label columns (a tensor for one, a dict for several).
+    """
+    uri: str
+    features: tuple
+    labels: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", tuple(self.features))
+        labels = (self.labels,) if isinstance(self.labels, str) else tuple(self.labels)
+        object.__setattr__(self, "labels", labels)
+        if not self.features:
+            raise ValueError(f"ParquetSource({self.uri!r}): no feature columns given")
+
+    @property
+    def columns(self):
+        return self.features + self.labels
+
+
+class TrainingTask:
+    """Subclass and override ``build_model``; the other hooks have sensible defaults.
+
+    Instances are pickled to every TF node, so keep them small: hyper-parameters, not data.
+    """
+
+    learning_rate = 1e-3
+
+    def build_model(self):
+        """Return an uncompiled Keras model taking a dict of feature tensors."""
+        raise NotImplementedError
+
+    def build_optimizer(self):
+        import keras
+        return keras.optimizers.Adam(self.learning_rate)
+
+    def per_example_loss(self, labels, predictions):
+        """Loss per example, shape ``[batch]``; the runtime averages over the global batch."""
+        import keras
+        return keras.losses.binary_crossentropy(labels[:, None] if labels.shape.rank == 1 else labels,
+                                                predictions)
+
+    def evaluate(self, model, context):
+        """Optional: metrics of the trained (plain, undistributed) model, run on the chief.
+
+        ``context`` is the :class:`tfos_jobs.trainer.TrainConfig`; return a dict of floats.
+        """
+        return {}
+
+
+@dataclass
+class TrainResult:
+    export_uri: str
+    metrics: dict = field(default_factory=dict)
+    attempts: int = 1
+    steps: int = 0
+    nodes: list = field(default_factory=list)   # TF nodes that reported done, e.g. ["chief:0", "worker:0"]

@@ -1,0 +1,194 @@
+"""The driver side of distributed training: ``fit`` is the runtime's one public entry point.
+
+One attempt = one TF cluster on Spark executors, formed by tensorflowonspark's reservation protocol
+(``TFSparkNode.run`` reserves ports and builds the cluster spec on each executor). The driver then
+watches the control channel, not Spark's status tracker, so it reacts within a fraction of a second:
+
+* the chief reports ``done``  -> every ps/worker is told to stop; the attempt succeeds;
+* a node reports ``failed``   -> the Spark job is cancelled and its traceback is raised (no retry:
+  the same code would fail again);
+* a node vanishes (executor lost) -> the job is cancelled and, while attempts remain, a new TF
+  cluster resumes from the last checkpoint in ``model_dir``.
+"""
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from tfos_jobs import compat, inputs
+from tfos_jobs.control import ControlServer
+from tfos_jobs.node import NodeSpec, node_main
+from tfos_jobs.task import TrainResult
+
+log = logging.getLogger("tfos_jobs")
+
+
+class TrainingFailed(RuntimeError):
+    """A TF node raised: the message carries the node's name and its traceback."""
+
+
+class ClusterLost(RuntimeError):
+    """The TF cluster lost a node without a traceback (executor died) on the last attempt."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train; every field is keyword-only in ``fit`` and travels to each TF node."""
+    strategy: str = "mwms"            # "mwms" (MultiWorkerMirrored) or "ps" (ParameterServer)
+    num_workers: int = 2              # TF workers; for mwms the chief is one of them
+    num_ps: int = 1                   # ps tasks (strategy="ps" only)
+    model_dir: str = ""               # storage URI for checkpoints and TensorBoard events
+    export_uri: str = ""              # storage URI the chief publishes the model to
+    batch_size: int = 256             # per worker
+    epochs: float = 1.0
+    steps: int = 0                    # total steps; 0 = derive from epochs and the row count
+    checkpoint_every: int = 200
+    log_every: int = 50
+    max_attempts: int = 2             # TF clusters started in all (executor loss restarts one)
+    start_timeout_s: float = 300.0    # for every node to reserve its port and report ready
+    orphan_timeout_s: float = 30.0    # a node exits if the driver is unreachable this long
+    local_root: str = "/tmp/tfos_jobs"
+    run_id: str = ""
+
+    def validate(self):
+        if self.strategy not in ("mwms", "ps"):
+            raise ValueError(f"strategy must be 'mwms' or 'ps', not {self.strategy!r}")
+        if self.num_workers < 1 or (self.strategy == "ps" and self.num_ps < 1):
+            raise ValueError(f"need num_workers >= 1 (got {self.num_workers}) and, for ps, num_ps >= 1 "
+                             f"(got {self.num_ps})")
+        if self.batch_size < 1 or self.max_attempts < 1:
+            raise ValueError("batch_size and max_attempts must be positive")
+
+    @property
+    def num_nodes(self):
+        """Spark executors needed: one TF node each."""
+        return self.num_workers if self.strategy == "mwms" else 1 + self.num_ps + self.num_workers
+
+
+def fit(sc, task, data, **options):
+    """Train ``task`` on ``data`` (a :class:`~tfos_jobs.task.ParquetSource`) across Spark executors.
+
+    Keyword options are the fields of :class:`TrainConfig`. Returns a
+    :class:`~tfos_jobs.task.TrainResult`; raises :class:`TrainingFailed` with the failing node's
+    traceback, or :class:`ClusterLost` when executors kept dying through every attempt.
+    """
+    config = TrainConfig(**options)
+    config.run_id = config.run_id or uuid.uuid4().hex[:12]
+    config.validate()
+    plan = inputs.plan_parquet(data)
+    total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
+    wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
+    with ControlServer(host=_driver_host(sc)) as control:
+        spec = NodeSpec(config=config, task=task, source=data, plan=plan, control_address=control.address,
+                        control_token=control.token, total_steps=total_steps)
+        for attempt in range(1, config.max_attempts + 1):
+            control.reset()
+            control.expect_ready(config.num_nodes if config.strategy == "ps" else 0)
+            outcome = _run_attempt(sc, spec, control, attempt)
+            if outcome.get("result") is not None:
+                result = outcome["result"]
+                return TrainResult(export_uri=result.get("export_uri", ""), metrics=result.get("metrics", {}),
+                                   attempts=attempt, steps=result.get("steps", total_steps),
+                                   nodes=result["nodes"])
+            log.warning("attempt %d/%d lost the TF cluster: %s", attempt, config.max_attempts, outcome["lost"])
+        raise ClusterLost(f"TF cluster lost on all {config.max_attempts} attempts; last: {outcome['lost']}")
+
+
+def _driver_host(sc):
+    return sc.getConf().get("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+
+
+def wait_for_executors(sc, count, timeout_s):
+    """Wait until ``count`` executors are registered, else fail with the numbers (never hang)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = len(sc._jsc.sc().getExecutorMemoryStatus()) - 1  # minus the driver
+        if have >= count:
+            return have
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the TF cluster needs {count} Spark executors (one TF node each) but only "
+                               f"{have} registered within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _run_attempt(sc, spec, control, attempt):
+    """Start one TF cluster and watch it; return {"result": ...} or {"lost": reason}."""
+    TFSparkNode, reservation = compat.import_tfos()
+    config = spec.config
+    n = config.num_nodes
+    template = {"chief": [0]}
+    if n > 1:
+        template["worker"] = list(range(1, n))
+    server = reservation.Server(n)
+    cluster_meta = {
+        "id": random.getrandbits(64), "cluster_template": template, "num_executors": n,
+        "default_fs": "file://", "working_dir": os.getcwd(), "server_addr": server.start(),
+        "release_port": True,
+    }
+    group = f"tfos-{config.run_id}-{attempt}"
+    spark_status = {}
+    map_fn = TFSparkNode.run(node_main, spec, cluster_meta, False, None, ["control", "error"], background=False)
+
+    def launch():
+        sc.setJobGroup(group, f"TF cluster {config.run_id} attempt {attempt}", interruptOnCancel=True)
+        try:
+            sc.parallelize(range(n), n).foreachPartition(map_fn)
+        except Exception as err:  # reported through spark_status to the watching thread
+            spark_status["error"] = str(err)
+        finally:
+            spark_status["finished"] = True
+
+    thread = threading.Thread(target=launch, name=f"tfos-spark-{attempt}", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    try:
+        return _watch(spec, control, spark_status, started)
+    finally:
+        control.request_stop()
+        if thread.is_alive():
+            sc.cancelJobGroup(group)
+        thread.join(timeout=60)
+        server.stop()
+
+
+def _watch(spec, control, spark_status, started):
+    import queue
+    config = spec.config
+    result, seen, done = None, set(), []
+    while True:
+        try:
+            event = control.events.get(timeout=0.2)
+        except queue.Empty:
+            event = None
+        if event:
+            seen.add(event["node"])
+            if event["op"] == "progress":
+                _print_progress(event)
+            elif event["op"] == "failed":
+                raise TrainingFailed(f"TF node {event['node']} failed:\n{event['error']}")
+            elif event["op"] == "done":
+                done.append(event["node"])
+                if event["node"] == "chief:0":
+                    result = event["result"]
+                    control.request_stop()
+            continue
+        if spark_status.get("finished"):
+            if result is not None:
+                return {"result": dict(result, nodes=sorted(done))}
+            return {"lost": spark_status.get("error", "the Spark job ended before the chief finished")}
+        if not seen and time.monotonic() - started > config.start_timeout_s:
+            raise TimeoutError(f"no TF node started within {config.start_timeout_s:.0f} s")
+
+
+def _print_progress(event):
+    step, total = event["step"], event.get("total_steps") or 0
+    rate, elapsed = event.get("examples_per_s", 0.0), event.get("elapsed_s", 0.0)
+    eta = ""
+    if total and step:
+        eta = f"  eta {elapsed / max(step, 1) * (total - step):.0f}s"
+    print(f"[tfos] step {step}/{total}  loss {event['loss']:.4f}  {rate:,.0f} examples/s{eta}",
+          file=sys.stderr, flush=True)
