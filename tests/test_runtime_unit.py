@@ -1,0 +1,67 @@
+"""Fast tests of the runtime's pieces, no Spark or TF cluster."""
+import threading
+import time
+
+import pytest
+
+from tfos_jobs.control import ControlClient, ControlServer, DriverUnreachable
+from tfos_jobs.node import assign_role, tf_roles
+from tfos_jobs.trainer import TrainConfig
+
+SPEC = {"chief": ["h:1"], "worker": ["h:2", "h:3", "h:4"]}
+
+
+def test_ps_roles_take_the_first_tfos_workers():
+    assert tf_roles("ps", 1, SPEC) == {"chief": ["h:1"], "ps": ["h:2"], "worker": ["h:3", "h:4"]}
+    assert [assign_role("ps", 1, "worker", i) for i in range(3)] == [("ps", 0), ("worker", 0), ("worker", 1)]
+    assert assign_role("ps", 1, "chief", 0) == ("chief", 0)
+
+
+def test_mwms_roles_keep_the_tfos_template():
+    assert tf_roles("mwms", 0, SPEC) == SPEC
+    assert assign_role("mwms", 0, "worker", 2) == ("worker", 2)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"strategy": "horovod"}, "strategy"),
+    ({"strategy": "ps", "num_ps": 0}, "num_ps"),
+    ({"num_workers": 0}, "num_workers"),
+])
+def test_bad_config_is_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options).validate()
+
+
+def test_node_counts():
+    assert TrainConfig(strategy="mwms", num_workers=2).num_nodes == 2
+    assert TrainConfig(strategy="ps", num_workers=2, num_ps=1).num_nodes == 4
+
+
+def test_control_round_trip_and_stop():
+    with ControlServer() as server:
+        server.expect_ready(1)
+        client = ControlClient(server.address, server.token, "worker:0")
+        assert client.send("poll") == {"stop": False, "all_ready": False}
+        client.send("ready")
+        assert client.send("poll")["all_ready"] is True
+        client.send("progress", step=3, loss=0.5)
+        events = [server.events.get(timeout=1) for _ in range(2)]
+        assert [e["op"] for e in events] == ["ready", "progress"] and events[1]["step"] == 3
+        threading.Timer(0.3, server.request_stop).start()
+        assert client.wait_for("stop", poll_s=0.05, deadline_s=5) is True
+
+
+def test_control_rejects_a_wrong_token():
+    with ControlServer() as server:
+        with pytest.raises(DriverUnreachable):
+            ControlClient(server.address, "not-the-token", "worker:0").send("poll")
+        assert server.events.empty()
+
+
+def test_node_gives_up_on_a_vanished_driver():
+    with ControlServer() as server:
+        address, token = server.address, server.token
+    client = ControlClient(address, token, "ps:0")
+    started = time.monotonic()
+    assert client.wait_for("stop", poll_s=0.05, orphan_timeout_s=0.5) is False
+    assert time.monotonic() - started < 5
