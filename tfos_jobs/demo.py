@@ -88,10 +88,15 @@ def main(argv=None):
 
 
 def run(args):
-    from tfos_jobs.spark import spark_session
+    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
     from tfos_jobs.trainer import fit
+    java_version()  # before any work, so a missing Java is the first and only error
     started = time.monotonic()
     root = args.work_dir
+    model_dir, export_uri = hdfs_io.join(root, "model"), hdfs_io.join(root, "export")
+    for uri in (model_dir, export_uri):  # a demo starts fresh; `fit` itself would resume
+        if hdfs_io.exists(uri):
+            hdfs_io.delete(uri, recursive=True)
     train_uri, valid_uri = hdfs_io.join(root, "data", "train"), hdfs_io.join(root, "data", "valid")
     if args.data:
         if not hdfs_io.exists(args.data):
@@ -103,13 +108,12 @@ def run(args):
         hdfs_io.write_parquet(synthetic_ctr(max(args.rows // 4, 1000), seed=2), valid_uri, overwrite=True)
     num_ps, workers = (1, 2) if args.strategy == "ps" else (0, 2)
     executors = workers + num_ps + (1 if args.strategy == "ps" else 0)
-    from tfos_jobs.spark import local_cluster_master
     spark = spark_session(args.master or local_cluster_master(executors), app_name="tfos-demo")
     try:
         result = fit(spark.sparkContext, DemoCTRTask(valid_uri),
                      ParquetSource(train_uri, NUMERIC + CATEGORICAL, "label"),
                      strategy=args.strategy, num_workers=workers, num_ps=max(num_ps, 1),
-                     model_dir=hdfs_io.join(root, "model"), export_uri=hdfs_io.join(root, "export"),
+                     model_dir=model_dir, export_uri=export_uri,
                      epochs=args.epochs, batch_size=256, log_every=50)
     finally:
         spark.stop()
