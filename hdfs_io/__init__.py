@@ -1,0 +1,87 @@
+"""hdfs_io: one URI-based storage layer over hdfs:// (and viewfs://), s3:// / s3a://, file:// and
+plain paths, for TensorFlow-on-Spark jobs.
+
+TensorFlow 2.21 cannot open hdfs:// or s3:// itself (tensorflow-io is dead, libhdfs unavailable),
+so all remote I/O goes through this package: file operations, atomic publishing of output
+directories, Parquet data sets (read, write, shard, stream into ``tf.data``) and TFRecord files.
+
+Clients (chosen by measurement, see :mod:`hdfs_io.backends`): pyarrow's LocalFileSystem for local
+paths, pyarrow's S3FileSystem for S3, hdfs-native (Rust, no JVM) for HDFS/viewfs. Every remote call is
+bounded by ``HDFS_IO_TIMEOUT_S`` (default 30 s).
+"""
+from .backends import reset
+from .config import timeout_s
+from .errors import (
+    CorruptFileError,
+    NotPublishedError,
+    SchemaMismatchError,
+    StorageError,
+    StorageTimeoutError,
+    StorageUnavailableError,
+)
+from .fs import (
+    AtomicWriter,
+    FileInfo,
+    copy,
+    delete,
+    download,
+    exists,
+    filesystem,
+    glob,
+    info,
+    join,
+    ls,
+    mkdirs,
+    open,
+    rename,
+    size,
+    upload,
+    walk_files,
+)
+from .parquet import iter_record_batches, list_data_files, read_parquet, shard_files, write_parquet
+from .publish import SUCCESS, is_published, publish, publish_dir, require_published, staged_output
+from .tfdata import rebatch, tf_dataset
+from .tfrecord import read_tfrecords, write_tfrecords
+
+__all__ = [
+    "AtomicWriter",
+    "CorruptFileError",
+    "FileInfo",
+    "NotPublishedError",
+    "SUCCESS",
+    "SchemaMismatchError",
+    "StorageError",
+    "StorageTimeoutError",
+    "StorageUnavailableError",
+    "copy",
+    "delete",
+    "download",
+    "exists",
+    "filesystem",
+    "glob",
+    "info",
+    "is_published",
+    "iter_record_batches",
+    "join",
+    "list_data_files",
+    "ls",
+    "mkdirs",
+    "open",
+    "publish",
+    "publish_dir",
+    "read_parquet",
+    "read_tfrecords",
+    "rebatch",
+    "require_published",
+    "reset",
+    "rename",
+    "shard_files",
+    "size",
+    "staged_output",
+    "tf_dataset",
+    "timeout_s",
+    "upload",
+    "walk_files",
+    "write_parquet",
+    "write_tfrecords",
+]

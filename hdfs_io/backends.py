@@ -1,0 +1,100 @@
+"""Which client serves which scheme, and the cache of file system objects.
+
+Measured here (benchmarks/storage.py and the notes in NOTES.md), the choice per scheme:
+
+* ``file://`` and plain paths: ``pyarrow.fs.LocalFileSystem`` (C++, releases the GIL).
+* ``s3://`` / ``s3a://``: ``pyarrow.fs.S3FileSystem`` (AWS SDK for C++). It read Parquet 2-3x faster
+  than s3fs against the same server, needs no extra package, honours the AWS variables and profiles,
+  and writes multipart uploads in the background. We never call its ``create_dir``: the empty
+  ``dir/`` marker objects it would write break s3fs listings (S3 has no directories anyway).
+* ``hdfs://`` / ``viewfs://``: hdfs-native (Rust) wrapped as a ``pyarrow.fs.PyFileSystem`` (see
+  :mod:`hdfs_io.hdfs`). pyarrow's ``HadoopFileSystem`` needs libhdfs and a JVM, which we cannot ship.
+
+All three are therefore ``pyarrow.fs.FileSystem`` objects, so Parquet reading is pyarrow's own code
+on every scheme and the layer on top adds only a metadata call per file.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+import pyarrow.fs as pafs
+
+from . import _timeout, config, hdfs
+from .errors import StorageError, StorageUnavailableError, not_found
+from .uri import Location, parse
+
+T = TypeVar("T")
+
+_cache: dict[tuple[str, str], pafs.FileSystem] = {}
+_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Forget cached clients (after changing ``HADOOP_CONF_DIR``, AWS variables or the timeout)."""
+    with _lock:
+        _cache.clear()
+
+
+def _make_s3() -> pafs.FileSystem:
+    s3 = config.s3_settings()
+    limit = _timeout.timeout_s()
+    kwargs: dict[str, Any] = dict(
+        region=s3.region,
+        connect_timeout=min(limit, 10.0),
+        request_timeout=limit,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        allow_bucket_creation=False,
+        allow_bucket_deletion=False,
+    )
+    if s3.endpoint:
+        kwargs.update(endpoint_override=s3.endpoint, scheme=s3.scheme)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(loc: Location) -> pafs.FileSystem:
+    key = (loc.scheme, loc.authority if loc.scheme in ("hdfs", "viewfs") else "")
+    with _lock:
+        fs = _cache.get(key)
+        if fs is None:
+            if loc.scheme == "file":
+                fs = pafs.LocalFileSystem(use_mmap=False)
+            elif loc.scheme == "s3":
+                fs = _make_s3()
+            else:
+                fs = hdfs.filesystem(loc.scheme, loc.authority)
+            _cache[key] = fs
+        return fs
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, Location]:
+    """``(pyarrow FileSystem, Location)`` for a URI; ``Location.path`` is the path that file system
+    takes. Public as :func:`hdfs_io.filesystem` for callers who want ``pyarrow.dataset``."""
+    loc = parse(uri)
+    return filesystem_for(loc), loc
+
+
+def meta(loc: Location, op: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run a metadata call bounded by the timeout, with S3 errors turned into the built-in classes.
+    HDFS calls are bounded inside the handler and local ones cannot hang on a network, so only S3
+    needs the extra hop here."""
+    if loc.scheme != "s3":
+        return fn(*args)
+    try:
+        return _timeout.call(loc.uri, op, fn, *args)
+    except OSError as exc:
+        raise translate_s3_error(loc.uri, exc) from None
+
+
+def translate_s3_error(uri: str, exc: OSError) -> OSError:
+    """Map the AWS SDK's error text (pyarrow raises a bare OSError) onto specific exceptions."""
+    if isinstance(exc, (StorageError, FileNotFoundError, FileExistsError, PermissionError)):
+        return exc
+    msg = str(exc)
+    if "NETWORK_CONNECTION" in msg or "curlCode" in msg:
+        return StorageUnavailableError(uri, "S3 endpoint " + config.s3_settings().describe() + ": " + msg[:300])
+    if "NoSuchBucket" in msg or "bucket does not exist" in msg or "NoSuchKey" in msg:
+        return not_found(uri)
+    if "ACCESS_DENIED" in msg or "AccessDenied" in msg or "InvalidAccessKeyId" in msg or "SignatureDoesNotMatch" in msg:
+        return PermissionError(f"S3 refused access to {uri}: {msg[:300]}")
+    return exc

@@ -1,0 +1,82 @@
+"""Exceptions raised by :mod:`hdfs_io`.
+
+Every error names the URI it is about. The classes subclass the built-in exception a caller would
+already catch (``FileNotFoundError``, ``ConnectionError``, ``TimeoutError``, ``ValueError``), so code
+that knows nothing about this package still handles them sensibly.
+"""
+from __future__ import annotations
+
+import errno
+
+
+class StorageError(OSError):
+    """Base class for storage failures raised by hdfs_io (an ``OSError``)."""
+
+
+class StorageUnavailableError(StorageError, ConnectionError):
+    """The storage service (NameNode, S3 endpoint) refused or dropped the connection."""
+
+    def __init__(self, uri: str, detail: str = ""):
+        self.uri = uri
+        msg = f"storage service for {uri} is unreachable"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # OSError's __str__ would prepend errno fields
+        return self.args[0]
+
+
+class StorageTimeoutError(StorageError, ConnectionError, TimeoutError):
+    """A remote call did not finish within the configured timeout (``HDFS_IO_TIMEOUT_S``)."""
+
+    def __init__(self, uri: str, timeout_s: float, operation: str = ""):
+        self.uri = uri
+        self.timeout_s = timeout_s
+        self.operation = operation
+        op = f"{operation} " if operation else ""
+        super().__init__(
+            f"{op}{uri} did not complete within {timeout_s:g} s (HDFS_IO_TIMEOUT_S): "
+            "is the NameNode / S3 endpoint up and reachable?"
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class CorruptFileError(StorageError, ValueError):
+    """A data file (Parquet, TFRecord) could not be decoded."""
+
+    def __init__(self, uri: str, detail: str = ""):
+        self.uri = uri
+        super().__init__(f"corrupt or unreadable data file {uri}" + (f": {detail}" if detail else ""))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class SchemaMismatchError(StorageError, ValueError):
+    """A Parquet file's schema disagrees with the first file of the same read."""
+
+    def __init__(self, uri: str, detail: str = ""):
+        self.uri = uri
+        super().__init__(f"schema of {uri} does not match the other files" + (f": {detail}" if detail else ""))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class NotPublishedError(StorageError, FileNotFoundError):
+    """A data set / export directory exists but has no ``_SUCCESS`` marker (incomplete or in progress)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        super().__init__(f"{uri} has no _SUCCESS marker: it is incomplete or still being published")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def not_found(uri: str) -> FileNotFoundError:
+    """``FileNotFoundError`` naming ``uri`` (``str()`` reads "[Errno 2] No such file or directory: 'uri'")."""
+    return FileNotFoundError(errno.ENOENT, "No such file or directory", uri)
