@@ -5,8 +5,11 @@ Measured here (benchmarks/storage.py and the notes in NOTES.md), the choice per 
 * ``file://`` and plain paths: ``pyarrow.fs.LocalFileSystem`` (C++, releases the GIL).
 * ``s3://`` / ``s3a://``: ``pyarrow.fs.S3FileSystem`` (AWS SDK for C++). It read Parquet 2-3x faster
   than s3fs against the same server, needs no extra package, honours the AWS variables and profiles,
-  and writes multipart uploads in the background. We never call its ``create_dir``: the empty
-  ``dir/`` marker objects it would write break s3fs listings (S3 has no directories anyway).
+  and writes multipart uploads in the background. It writes empty ``dir/`` marker objects from
+  ``create_dir`` and, to keep a "directory" alive, after every ``delete_file``/``delete_dir`` that
+  empties one; those markers break s3fs listings and leave phantom empty directories behind. So we
+  never call those: deletes go through botocore (``DeleteObjects``, 1000 keys a request), which
+  resolves the same AWS variables and profiles.
 * ``hdfs://`` / ``viewfs://``: hdfs-native (Rust) wrapped as a ``pyarrow.fs.PyFileSystem`` (see
   :mod:`hdfs_io.hdfs`). pyarrow's ``HadoopFileSystem`` needs libhdfs and a JVM, which we cannot ship.
 
@@ -52,6 +55,70 @@ def _make_s3() -> pafs.FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def _make_s3_client():
+    import botocore.config
+    import botocore.session
+
+    s3 = config.s3_settings()
+    limit = _timeout.timeout_s()
+    session = botocore.session.Session(profile=s3.profile)
+    endpoint = f"{s3.scheme}://{s3.endpoint}" if s3.endpoint else None
+    cfg = botocore.config.Config(
+        connect_timeout=min(limit, 10.0),
+        read_timeout=limit,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path"} if endpoint else None,
+    )
+    return session.create_client("s3", region_name=s3.region, endpoint_url=endpoint, config=cfg)
+
+
+def s3_client():
+    """A botocore S3 client configured like the pyarrow S3 file system (used for deletes)."""
+    key = ("s3-botocore", "")
+    with _lock:
+        client = _cache.get(key)
+        if client is None:
+            client = _cache[key] = _make_s3_client()
+        return client
+
+
+def s3_delete(loc: Location, keys: list[str] | None = None) -> int:
+    """Delete ``keys`` (full keys in ``loc``'s bucket), or, when None, the object ``loc`` and every
+    object under the prefix ``loc/`` (marker objects included). Returns the number deleted."""
+    client = s3_client()
+    bucket = loc.bucket
+
+    def run() -> int:
+        if keys is None:
+            todo = []
+            if loc.key:
+                todo.append(loc.key)
+            prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                todo.extend(obj["Key"] for obj in page.get("Contents", []))
+        else:
+            todo = list(keys)
+        done = 0
+        for i in range(0, len(todo), 1000):
+            chunk = todo[i : i + 1000]
+            resp = client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise OSError(f"S3 could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+            done += len(chunk)
+        return done
+
+    try:
+        return _timeout.call(loc.uri, "delete", run)
+    except Exception as exc:
+        if exc.__class__.__module__.startswith("botocore"):
+            raise translate_s3_error(loc.uri, OSError(f"{type(exc).__name__}: {exc}")) from None
+        raise
+
+
 def filesystem_for(loc: Location) -> pafs.FileSystem:
     key = (loc.scheme, loc.authority if loc.scheme in ("hdfs", "viewfs") else "")
     with _lock:
@@ -91,9 +158,9 @@ def translate_s3_error(uri: str, exc: OSError) -> OSError:
     if isinstance(exc, (StorageError, FileNotFoundError, FileExistsError, PermissionError)):
         return exc
     msg = str(exc)
-    if "NETWORK_CONNECTION" in msg or "curlCode" in msg:
+    if "NETWORK_CONNECTION" in msg or "curlCode" in msg or "EndpointConnectionError" in msg or "ConnectTimeout" in msg:
         return StorageUnavailableError(uri, "S3 endpoint " + config.s3_settings().describe() + ": " + msg[:300])
-    if "NoSuchBucket" in msg or "bucket does not exist" in msg or "NoSuchKey" in msg:
+    if "NoSuchBucket" in msg or "Not Found" in msg or "bucket does not exist" in msg or "NoSuchKey" in msg:
         return not_found(uri)
     if "ACCESS_DENIED" in msg or "AccessDenied" in msg or "InvalidAccessKeyId" in msg or "SignatureDoesNotMatch" in msg:
         return PermissionError(f"S3 refused access to {uri}: {msg[:300]}")

@@ -229,13 +229,19 @@ def delete(uri: str, recursive: bool = False, missing_ok: bool = False) -> None:
             return
         raise not_found(loc.uri)
     if fi.type == pafs.FileType.File:
-        backends.meta(loc, "delete", fs.delete_file, loc.path)
+        if loc.scheme == "s3":
+            backends.s3_delete(loc, [loc.key])
+        else:
+            fs.delete_file(loc.path)
         return
     if loc.is_root:
         raise PermissionError(f"refusing to delete the root {loc.uri}")
     if not recursive and _list(fs, loc, False):
         raise OSError(f"directory {loc.uri} is not empty (pass recursive=True)")
-    backends.meta(loc, "delete", fs.delete_dir, loc.path)
+    if loc.scheme == "s3":
+        backends.s3_delete(loc)
+    else:
+        fs.delete_dir(loc.path)
 
 
 def rename(src: str, dst: str) -> None:

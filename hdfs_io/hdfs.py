@@ -170,11 +170,15 @@ class HdfsHandler(pafs.FileSystemHandler):
                 self._client = Client(self.url, config_dir=config.hadoop_conf_dir())
             return self._client
 
-    def _call(self, op: str, path: str, method: str, *args: Any) -> Any:
+    def _call(self, op: str, path: str, method: str, *args: Any, raw: bool = False) -> Any:
+        """Call ``client.<method>(*args)`` bounded by the timeout. ``raw=True`` calls the Rust
+        RawClient: its reader/writer objects have no Python wrapper whose ``__del__`` (io.IOBase)
+        would close the file behind our back when the wrapper is dropped."""
         client = self._get_client()
         uri = self.url + path
+        target = client.inner if raw else client
         try:
-            return _timeout.call(uri, op, getattr(client, method), *args)
+            return _timeout.call(uri, op, getattr(target, method), *args)
         except StorageTimeoutError:
             with self._lock:
                 self._client = None  # probe again next time
@@ -277,17 +281,18 @@ class HdfsHandler(pafs.FileSystemHandler):
             raise not_found(self.url + path)
         if st.isdir:
             raise IsADirectoryError(f"{self.url}{path} is a directory")
-        reader = self._call("open", path, "read", path)
-        return _TimedReader(reader.inner, self.url + path)
+        reader = self._call("open", path, "read", path, raw=True)
+        return _TimedReader(reader, self.url + path)
 
     def create_writer(self, path: str, append: bool = False) -> _TimedWriter:
         if append:
-            writer = self._call("append", path, "append", path)
+            writer = self._call("append", path, "append", path, raw=True)
         else:
             from hdfs_native import WriteOptions
 
-            writer = self._call("create", path, "create", path, WriteOptions(overwrite=True, create_parent=True))
-        return _TimedWriter(writer.inner, self.url + path)
+            opts = WriteOptions(overwrite=True, create_parent=True)
+            writer = self._call("create", path, "create", path, opts, raw=True)
+        return _TimedWriter(writer, self.url + path)
 
     def rename_over(self, src: str, dst: str) -> None:
         """Rename a file onto ``dst``, replacing an existing file (HDFS rename with OVERWRITE)."""
@@ -303,19 +308,13 @@ class HdfsHandler(pafs.FileSystemHandler):
         return self.open_input_file(path)
 
     def open_input_file(self, path):
-        reader = self._call("open", path, "read", path)
-        return pa.PythonFile(_TimedReader(reader.inner, self.url + path), mode="r")
+        return pa.PythonFile(self.open_reader(path), mode="r")
 
     def open_output_stream(self, path, metadata):
-        from hdfs_native import WriteOptions
-
-        opts = WriteOptions(overwrite=True, create_parent=True)
-        writer = self._call("create", path, "create", path, opts)
-        return pa.PythonFile(_TimedWriter(writer.inner, self.url + path), mode="w")
+        return pa.PythonFile(self.create_writer(path), mode="w")
 
     def open_append_stream(self, path, metadata):
-        writer = self._call("append", path, "append", path)
-        return pa.PythonFile(_TimedWriter(writer.inner, self.url + path), mode="w")
+        return pa.PythonFile(self.create_writer(path, append=True), mode="w")
 
 
 def filesystem(scheme: str, authority: str) -> pafs.PyFileSystem:

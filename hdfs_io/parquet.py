@@ -232,5 +232,6 @@ def write_parquet(
             with fs.open_output_stream(path) as out:
                 pq.write_table(part, out, row_group_size=row_group_size, compression=compression)
             names.append(name)
-    return [_fs.join(uri, name) for name in names]
+    final = backends.resolve(uri)[1].uri
+    return [_fs.join(final, name) for name in names]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -93,22 +94,20 @@ def _commit_rename(fs: pafs.FileSystem, tmp: Location, final: Location, overwrit
         _fs.delete(old.uri, recursive=True, missing_ok=True)
 
 
-def _delete_keys(fs: pafs.FileSystem, loc: Location, paths: list[str]) -> None:
-    for p in paths:
-        try:
-            backends.meta(loc, "delete", fs.delete_file, p)
-        except FileNotFoundError:
-            pass
+def _delete_keys(loc: Location, paths: list[str]) -> None:
+    """Delete S3 objects given as ``bucket/key`` paths (no marker objects left behind)."""
+    if paths:
+        backends.s3_delete(loc, [p.partition("/")[2] for p in paths])
 
 
 def _commit_s3(fs: pafs.FileSystem, tmp: Location, final: Location, overwrite: bool) -> None:
     if _exists(fs, final):
         if not overwrite:
             raise FileExistsError(f"{final.uri} already exists (pass overwrite=True to replace it)")
-        old = [fi.path for _, fi in _fs._walk(fs, final)]
         marker = f"{final.path}/{SUCCESS}"
-        _delete_keys(fs, final, [p for p in old if p == marker])
-        _delete_keys(fs, final, [p for p in old if p != marker])
+        if _exists(fs, dataclasses.replace(final, path=marker)):
+            _delete_keys(final, [marker])  # first: readers stop trusting the old content
+        backends.s3_delete(final)
     objects = [rel for rel, _ in _fs._walk(fs, tmp)]
     data = [rel for rel in objects if rel != SUCCESS]
     copied: list[str] = []
@@ -131,7 +130,7 @@ def _commit_s3(fs: pafs.FileSystem, tmp: Location, final: Location, overwrite: b
                 raise errors[0]
         copied.append(copy_obj(SUCCESS))  # last: readers treat the prefix as complete from here
     except BaseException:
-        _delete_keys(fs, final, copied)
+        _delete_keys(final, copied)
         raise
 
 
