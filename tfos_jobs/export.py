@@ -45,7 +45,8 @@ def write_export(local_dir, model, feature_dtypes, metrics):
 
 
 def publish_export(export_uri, model, feature_dtypes, metrics):
-    with hdfs_io.publish(export_uri) as local_dir:
+    # A new training run replaces the previous export as a whole.
+    with hdfs_io.publish(export_uri, overwrite=True) as local_dir:
         write_export(local_dir, model, feature_dtypes, metrics)
     return export_uri
 

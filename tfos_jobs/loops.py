@@ -68,8 +68,8 @@ class Progress:
         elapsed = max(time.monotonic() - self.start_time, 1e-6)
         rate = (step - self.start_step) * self.spec.global_batch / elapsed
         with self.writer.as_default():
-            tf.summary.scalar("loss", loss, step=step)
-            tf.summary.scalar("examples_per_second", rate, step=step)
+            _scalar("loss", loss, step)
+            _scalar("examples_per_second", rate, step)
         self.control.send("progress", step=int(step), total_steps=self.spec.total_steps, loss=float(loss),
                           examples_per_s=rate, elapsed_s=elapsed)
         return rate
@@ -78,6 +78,16 @@ class Progress:
         self.writer.flush()
         if self.spec.config.model_dir:
             hdfs_io.upload(self.tb_dir, hdfs_io.join(self.spec.config.model_dir, "tensorboard"))
+
+
+def _scalar(tag, value, step):
+    """A TensorBoard scalar without the ``tensorboard`` package (``tf.summary.scalar`` needs it and
+    TF 2.21 no longer installs it): the same event, tagged for TensorBoard's scalars plugin."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata.SerializeToString())
 
 
 def _finish_on_chief(spec, model, progress, last_loss, rate):

@@ -38,6 +38,14 @@ class NodeSpec:
     index: int = 0
     tf_config: dict = field(default_factory=dict)
 
+    def __contains__(self, key):
+        """TFoS probes its ``tf_args`` with ``'num_gpus' in tf_args``; answer for the config."""
+        return getattr(self.config, key, None) is not None
+
+    @property
+    def num_gpus(self):
+        return self.config.num_gpus
+
     @property
     def node(self):
         return f"{self.role}:{self.index}"
@@ -103,7 +111,6 @@ def node_main(spec, ctx):
         cloudpickle.dump(spec, handle)
     log_path = os.path.join(workdir, "node.log")
     env = dict(os.environ, TF_CONFIG=json.dumps(spec.tf_config), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("CUDA_VISIBLE_DEVICES", None) if env.get("CUDA_VISIBLE_DEVICES") == "" else None
     with open(log_path, "wb") as log:
         child = subprocess.Popen([sys.executable, "-m", "tfos_jobs.node", spec_path], env=env,
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

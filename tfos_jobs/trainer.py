@@ -51,6 +51,7 @@ class TrainConfig:
     max_attempts: int = 2             # TF clusters started in all (executor loss restarts one)
     start_timeout_s: float = 300.0    # for every node to reserve its port and report ready
     orphan_timeout_s: float = 30.0    # a node exits if the driver is unreachable this long
+    num_gpus: int | None = None       # per node; None lets TFoS take 1 if the executor has any
     local_root: str = "/tmp/tfos_jobs"
     run_id: str = ""
 
@@ -106,7 +107,7 @@ def wait_for_executors(sc, count, timeout_s):
     """Wait until ``count`` executors are registered, else fail with the numbers (never hang)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        have = len(sc._jsc.sc().getExecutorMemoryStatus()) - 1  # minus the driver
+        have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
         if have >= count:
             return have
         if time.monotonic() > deadline:
