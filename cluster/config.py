@@ -1,0 +1,577 @@
+"""Layout of the pseudo-cluster: options, ports, directories, generated config files and the
+definition of every service (command line, dependencies, health check)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from xml.sax.saxutils import escape
+
+from . import jars
+from .errors import ClusterError
+
+HOST = "127.0.0.1"
+DEFAULT_PORT_BASE = 19800
+S3_ACCESS_KEY = "tfos-access-key"
+S3_SECRET_KEY = "tfos-secret-key"
+S3_REGION = "us-east-1"
+
+# Port offsets from the port base.  Every port a daemon binds is pinned here, on 127.0.0.1.
+OFFSETS = {
+    "nn.rpc": 0, "nn.http": 1, "dn.data": 2, "dn.http": 3, "dn.ipc": 4,
+    "nn.https": 5, "nn.secondary": 6, "dn.https": 7,
+    "rm.address": 10, "rm.scheduler": 11, "rm.tracker": 12, "rm.admin": 13, "rm.web": 14,
+    "rm.https": 15,
+    "nm.address": 20, "nm.localizer": 21, "nm.web": 22, "nm.collector": 23, "nm.amrmproxy": 24,
+    "nm.https": 25,
+    "s3": 29,
+    "spark.master": 30, "spark.master.web": 31,
+    # spark workers: 40 + 2*i (rpc) and 41 + 2*i (web UI)
+}
+MAX_WORKERS = 30
+
+
+def repo_root() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "setup.cfg").is_file() else None
+
+
+def cluster_home() -> Path:
+    """State directory: ``TFOS_CLUSTER_HOME`` or ``<repo>/work/cluster``."""
+    env = os.environ.get("TFOS_CLUSTER_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = repo_root() or Path.cwd()
+    return (root / "work" / "cluster").resolve()
+
+
+def default_port_base() -> int:
+    return int(os.environ.get("TFOS_CLUSTER_PORT_BASE", DEFAULT_PORT_BASE))
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: int = 2
+    worker_cores: int = 1
+    worker_memory: str = "1g"
+    port_base: int = DEFAULT_PORT_BASE
+    bucket: str = "tfos"
+    nm_memory_mb: int = 4096
+    nm_vcores: int = 4
+
+    def validate(self) -> "Options":
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ClusterError(f"workers must be between 0 and {MAX_WORKERS}")
+        if self.worker_cores < 1:
+            raise ClusterError("worker_cores must be at least 1")
+        if not re.fullmatch(r"\d+[mMgG]", self.worker_memory):
+            raise ClusterError(f"worker_memory must look like 512m or 1g, not {self.worker_memory!r}")
+        if not 1024 <= self.port_base <= 65535 - 41 - 2 * MAX_WORKERS:
+            raise ClusterError(f"port_base {self.port_base} out of range")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{2,62}", self.bucket):
+            raise ClusterError(f"invalid bucket name {self.bucket!r}")
+        return self
+
+    def port(self, key: str) -> int:
+        return self.port_base + OFFSETS[key]
+
+    def worker_ports(self, i: int) -> tuple[int, int]:
+        return self.port_base + 40 + 2 * i, self.port_base + 41 + 2 * i
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Layout:
+    """Paths inside the state directory."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.conf = self.home / "conf"
+        self.spark_conf = self.home / "spark-conf"
+        self.data = self.home / "data"
+        self.logs = self.home / "logs"
+        self.run = self.home / "run"
+        self.state = self.home / "state.json"
+        self.connection = self.home / "connection.json"
+        self.lock = self.home / ".lock"
+        self.name_dir = self.data / "hdfs" / "name"
+        self.data_dir = self.data / "hdfs" / "data"
+        self.tmp = self.data / "tmp"
+        self.nm_local = self.data / "yarn" / "local"
+        self.nm_logs = self.logs / "yarn-containers"
+
+    def log(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def formatted(self) -> bool:
+        return (self.name_dir / "current" / "VERSION").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Java
+
+
+def find_java() -> tuple[str, int]:
+    """Return (JAVA_HOME, major version); raise ClusterError if no Java 17+ is found."""
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    import shutil
+    exe = shutil.which("java")
+    if exe:
+        candidates.append(Path(os.path.realpath(exe)).parent.parent)
+    for jh in candidates:
+        java = jh / "bin" / "java"
+        if not os.access(java, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([str(java), "-version"], capture_output=True, text=True,
+                                 timeout=30).stderr
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+        if not m:
+            continue
+        major = int(m.group(1))
+        if major == 1 and m.group(2):
+            major = int(m.group(2))
+        if major >= 17:
+            return str(jh), major
+        raise ClusterError(f"Java {major} found at {jh}, but the pseudo-cluster needs Java 17 or "
+                           "newer (pyspark 4.3 and Hadoop 3.5). Set JAVA_HOME to a JDK 17+.")
+    raise ClusterError("Java not found: the pseudo-cluster (Hadoop 3.5, Spark 4.3) needs Java 17 "
+                       "or newer. Install it (e.g. apt-get install openjdk-17-jre-headless) and set "
+                       "JAVA_HOME or put 'java' on PATH.")
+
+
+def spark_home() -> Path:
+    import pyspark
+    return Path(pyspark.__file__).resolve().parent
+
+
+# Lean JVM settings: small heaps, serial GC, C1 only (fast start, small code cache).
+JVM_LEAN = [
+    "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=48m",
+    "-XX:MaxMetaspaceSize=192m", "-Xss512k", "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.net.preferIPv4Stack=true", "-Djava.awt.headless=true",
+]
+# What Spark's launcher adds for Java 17; Hadoop's web apps need some of it too.
+ADD_OPENS = ["-XX:+IgnoreUnrecognizedVMOptions"] + [
+    f"--add-opens=java.base/{p}=ALL-UNNAMED" for p in (
+        "java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java.net", "java.nio",
+        "java.util", "java.util.concurrent", "java.util.concurrent.atomic", "jdk.internal.ref",
+        "sun.nio.ch", "sun.nio.cs", "sun.security.action", "sun.util.calendar")
+] + ["-Djdk.reflect.useDirectMethodHandle=false", "-Dio.netty.tryReflectionSetAccessible=true"]
+
+HEAPS = {"namenode": "256m", "datanode": "160m", "resourcemanager": "320m",
+         "nodemanager": "224m", "spark-master": "192m", "spark-worker": "128m"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files
+
+
+def _site(props: dict) -> str:
+    body = "\n".join(
+        f"  <property><name>{escape(k)}</name><value>{escape(str(v))}</value></property>"
+        for k, v in props.items())
+    return f'<?xml version="1.0"?>\n<configuration>\n{body}\n</configuration>\n'
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_conf(lay: Layout, opts: Options, python: str) -> None:
+    """(Re)write the Hadoop conf dir and the Spark conf dir; deterministic for given options."""
+    p = opts.port
+    h = HOST
+    core = {
+        "fs.defaultFS": f"hdfs://{h}:{p('nn.rpc')}",
+        "hadoop.tmp.dir": str(lay.tmp),
+        "hadoop.security.authentication": "simple",
+        "ipc.client.connect.retry.interval": 500,
+        # S3A settings for Spark/Hadoop clients that add hadoop-aws (pyspark does not ship it).
+        "fs.s3a.endpoint": f"http://{h}:{p('s3')}",
+        "fs.s3a.endpoint.region": S3_REGION,
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": "false",
+        "fs.s3a.access.key": S3_ACCESS_KEY,
+        "fs.s3a.secret.key": S3_SECRET_KEY,
+    }
+    hdfs = {
+        "dfs.replication": 1,
+        "dfs.namenode.name.dir": f"file://{lay.name_dir}",
+        "dfs.datanode.data.dir": f"file://{lay.data_dir}",
+        "dfs.namenode.rpc-address": f"{h}:{p('nn.rpc')}",
+        "dfs.namenode.http-address": f"{h}:{p('nn.http')}",
+        "dfs.namenode.https-address": f"{h}:{p('nn.https')}",
+        "dfs.namenode.secondary.http-address": f"{h}:{p('nn.secondary')}",
+        "dfs.datanode.address": f"{h}:{p('dn.data')}",
+        "dfs.datanode.http.address": f"{h}:{p('dn.http')}",
+        "dfs.datanode.https.address": f"{h}:{p('dn.https')}",
+        "dfs.datanode.ipc.address": f"{h}:{p('dn.ipc')}",
+        "dfs.datanode.hostname": h,
+        "dfs.namenode.datanode.registration.ip-hostname-check": "false",
+        "dfs.permissions.enabled": "false",
+        "dfs.namenode.safemode.extension": 0,
+        "dfs.namenode.handler.count": 5,
+        "dfs.namenode.service.handler.count": 5,
+        "dfs.datanode.handler.count": 3,
+        "dfs.heartbeat.interval": 1,
+        "dfs.webhdfs.enabled": "true",
+    }
+    yarn = {
+        "yarn.resourcemanager.hostname": h,
+        "yarn.resourcemanager.address": f"{h}:{p('rm.address')}",
+        "yarn.resourcemanager.scheduler.address": f"{h}:{p('rm.scheduler')}",
+        "yarn.resourcemanager.resource-tracker.address": f"{h}:{p('rm.tracker')}",
+        "yarn.resourcemanager.admin.address": f"{h}:{p('rm.admin')}",
+        "yarn.resourcemanager.webapp.address": f"{h}:{p('rm.web')}",
+        "yarn.resourcemanager.webapp.https.address": f"{h}:{p('rm.https')}",
+        "yarn.resourcemanager.connect.retry-interval.ms": 1000,
+        "yarn.resourcemanager.recovery.enabled": "false",
+        "yarn.resourcemanager.client.thread-count": 5,
+        "yarn.resourcemanager.scheduler.client.thread-count": 5,
+        "yarn.resourcemanager.resource-tracker.client.thread-count": 5,
+        "yarn.resourcemanager.admin.client.thread-count": 1,
+        "yarn.system-metrics-publisher.enabled": "false",
+        "yarn.timeline-service.enabled": "false",
+        "yarn.nodemanager.hostname": h,
+        "yarn.nodemanager.address": f"{h}:{p('nm.address')}",
+        "yarn.nodemanager.localizer.address": f"{h}:{p('nm.localizer')}",
+        "yarn.nodemanager.webapp.address": f"{h}:{p('nm.web')}",
+        "yarn.nodemanager.webapp.https.address": f"{h}:{p('nm.https')}",
+        "yarn.nodemanager.collector-service.address": f"{h}:{p('nm.collector')}",
+        "yarn.nodemanager.amrmproxy.address": f"{h}:{p('nm.amrmproxy')}",
+        "yarn.nodemanager.resource.memory-mb": opts.nm_memory_mb,
+        "yarn.nodemanager.resource.cpu-vcores": opts.nm_vcores,
+        "yarn.scheduler.minimum-allocation-mb": 256,
+        "yarn.scheduler.maximum-allocation-mb": opts.nm_memory_mb,
+        "yarn.scheduler.minimum-allocation-vcores": 1,
+        "yarn.scheduler.maximum-allocation-vcores": opts.nm_vcores,
+        "yarn.nodemanager.vmem-check-enabled": "false",
+        "yarn.nodemanager.pmem-check-enabled": "false",
+        "yarn.nodemanager.local-dirs": str(lay.nm_local),
+        "yarn.nodemanager.log-dirs": str(lay.nm_logs),
+        "yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage": 99,
+        "yarn.nodemanager.recovery.enabled": "false",
+        "yarn.nodemanager.localizer.client.thread-count": 2,
+        "yarn.nodemanager.localizer.fetch.thread-count": 2,
+        "yarn.nodemanager.container-manager.thread-count": 5,
+        "yarn.nodemanager.env-whitelist": ("JAVA_HOME,HADOOP_COMMON_HOME,HADOOP_HDFS_HOME,"
+                                           "HADOOP_CONF_DIR,CLASSPATH_PREPEND_DISTCACHE,"
+                                           "HADOOP_YARN_HOME,HADOOP_HOME,PATH,LANG,TZ"),
+        "yarn.log-aggregation-enable": "false",
+    }
+    capacity = {
+        "yarn.scheduler.capacity.root.queues": "default",
+        "yarn.scheduler.capacity.root.default.capacity": 100,
+        "yarn.scheduler.capacity.root.default.maximum-capacity": 100,
+        "yarn.scheduler.capacity.maximum-am-resource-percent": 0.5,
+        "yarn.scheduler.capacity.root.default.user-limit-factor": 1,
+        "yarn.scheduler.capacity.root.default.state": "RUNNING",
+    }
+    log4j = "\n".join([
+        "hadoop.root.logger=INFO,console",
+        "log4j.rootLogger=${hadoop.root.logger}",
+        "log4j.threshold=ALL",
+        "log4j.appender.console=org.apache.log4j.ConsoleAppender",
+        "log4j.appender.console.target=System.err",
+        "log4j.appender.console.layout=org.apache.log4j.PatternLayout",
+        "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n",
+        "log4j.appender.NullAppender=org.apache.log4j.varia.NullAppender",
+        "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR",
+        "log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN",
+        "log4j.logger.BlockStateChange=WARN",
+        "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
+        "log4j.logger.org.apache.hadoop.yarn.server.resourcemanager.RMAuditLogger=WARN",
+        "log4j.logger.org.apache.hadoop.yarn.server.nodemanager.NMAuditLogger=WARN",
+        "log4j.logger.org.apache.hadoop.conf.Configuration.deprecation=WARN",
+        "log4j.logger.http.requests=WARN",
+        "log4j.logger.requests=WARN",
+        "",
+    ])
+    _write(lay.conf / "core-site.xml", _site(core))
+    _write(lay.conf / "hdfs-site.xml", _site(hdfs))
+    _write(lay.conf / "yarn-site.xml", _site(yarn))
+    _write(lay.conf / "capacity-scheduler.xml", _site(capacity))
+    _write(lay.conf / "log4j.properties", log4j)
+    _write(lay.spark_conf / "spark-defaults.conf",
+           "".join(f"{k} {v}\n" for k, v in spark_defaults(python).items()))
+
+
+def spark_defaults(python: str) -> dict:
+    """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf)."""
+    return {
+        # The NodeManager runs on this host: point YARN containers at pyspark's own jars instead
+        # of uploading ~460 MB of jars to HDFS for every application.
+        "spark.yarn.jars": f"local:{spark_home() / 'jars'}/*",
+        "spark.yarn.maxAppAttempts": 1,
+        "spark.yarn.am.memory": "384m",
+        "spark.pyspark.python": python,
+        "spark.pyspark.driver.python": python,
+        "spark.driver.host": HOST,
+        "spark.driver.bindAddress": HOST,
+        "spark.ui.showConsoleProgress": "false",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP helpers (never through a proxy, always with a timeout)
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 3.0, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read() if method != "HEAD" else b""
+
+
+def http_json(url: str, timeout: float = 3.0):
+    status, body = http_get(url, timeout)
+    if status != 200:
+        raise OSError(f"HTTP {status} from {url}")
+    return json.loads(body)
+
+
+def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _jmx(port: int, query: str) -> dict:
+    beans = http_json(f"http://{HOST}:{port}/jmx?qry={query}").get("beans") or []
+    if not beans:
+        raise OSError(f"no JMX bean {query}")
+    return beans[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+Health = Callable[[], tuple[bool, str]]
+
+
+@dataclass
+class Service:
+    name: str
+    group: str                      # hdfs | yarn | spark | s3
+    argv: list[str]
+    env: dict[str, str]
+    port: int                       # main port (RPC / endpoint)
+    ports: list[int]                # every port it binds
+    ui: str | None
+    health: Health
+    after: list[tuple[str, int]] = field(default_factory=list)  # (service, port) to wait for
+
+    def describe(self) -> dict:
+        return {"service": self.name, "group": self.group, "port": self.port, "ports": self.ports,
+                "ui": self.ui}
+
+
+def _safe(fn: Health) -> Health:
+    def wrapped():
+        try:
+            return fn()
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            return False, f"{type(e).__name__}: {e}"
+    return wrapped
+
+
+def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> list[Service]:
+    p = opts.port
+    java = str(Path(java_home) / "bin" / "java")
+    hadoop_cp = f"{lay.conf}:{jars.webapps_root()}:{jars.lib_dir()}/*"
+    shome = spark_home()
+    spark_cp = f"{lay.spark_conf}:{shome / 'jars'}/*"
+    base_env = {
+        "JAVA_HOME": java_home,
+        "HADOOP_CONF_DIR": str(lay.conf),
+        "YARN_CONF_DIR": str(lay.conf),
+        "HADOOP_HOME": str(jars.jars_home()),
+        "SPARK_HOME": str(shome),
+        "SPARK_CONF_DIR": str(lay.spark_conf),
+        "SPARK_LOCAL_IP": HOST,
+        "PYSPARK_PYTHON": python,
+        "PATH": f"{Path(python).parent}:{Path(java_home) / 'bin'}:{os.environ.get('PATH', '')}",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+
+    def jvm(name: str, heap: str, cp: str, main: str, *args: str, props=()) -> list[str]:
+        return [java, "-Xms32m", f"-Xmx{heap}", *JVM_LEAN, *ADD_OPENS,
+                f"-Dtfos.cluster.home={lay.home}", f"-Dtfos.cluster.service={name}",
+                *props, "-cp", cp, main, *args]
+
+    hprops = (f"-Dhadoop.log.dir={lay.logs}", f"-Dyarn.log.dir={lay.logs}",
+              f"-Dhadoop.home.dir={jars.jars_home()}", "-Dhadoop.root.logger=INFO,console",
+              "-Dhadoop.security.logger=INFO,NullAppender", "-Dhadoop.id.str=tfos")
+
+    def nn_health():
+        st = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=NameNodeStatus")
+        info = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=NameNodeInfo")
+        if st.get("State") != "active":
+            return False, f"state {st.get('State')}"
+        if info.get("Safemode"):
+            return False, "in safe mode"
+        return True, "active, out of safe mode"
+
+    def dn_health():
+        _jmx(p("dn.http"), "Hadoop:service=DataNode,name=DataNodeInfo")
+        fs = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=FSNamesystemState")
+        live = fs.get("NumLiveDataNodes", 0)
+        return live >= 1, f"{live} live datanode(s) registered with the namenode"
+
+    def rm_health():
+        info = http_json(f"http://{HOST}:{p('rm.web')}/ws/v1/cluster/info")["clusterInfo"]
+        ok = info.get("state") == "STARTED" and info.get("haState", "ACTIVE") == "ACTIVE"
+        return ok, f"{info.get('state')} {info.get('haState', '')}".strip()
+
+    def nm_health():
+        http_json(f"http://{HOST}:{p('nm.web')}/ws/v1/node/info")
+        nodes = http_json(f"http://{HOST}:{p('rm.web')}/ws/v1/cluster/nodes")
+        nodes = (nodes.get("nodes") or {}).get("node") or []
+        # The node id is "<host name of 127.0.0.1>:<port>", e.g. localhost:19820.
+        mine = [n for n in nodes if str(n.get("id", "")).endswith(f":{p('nm.address')}")]
+        if not mine:
+            return False, "not registered with the resourcemanager yet"
+        n = mine[0]
+        return n.get("state") == "RUNNING", (
+            f"{n.get('state')}, {n.get('availMemoryMB', '?')} MB / "
+            f"{n.get('availableVirtualCores', '?')} vcores available")
+
+    def master_health():
+        j = http_json(f"http://{HOST}:{p('spark.master.web')}/json/")
+        return j.get("status") == "ALIVE", f"{j.get('status')}, {j.get('aliveworkers', 0)} worker(s)"
+
+    def worker_health(port: int) -> Health:
+        def check():
+            j = http_json(f"http://{HOST}:{p('spark.master.web')}/json/")
+            for w in j.get("workers", []):
+                if w.get("port") == port and w.get("state") == "ALIVE":
+                    return True, f"ALIVE, {w.get('cores')} cores, {w.get('memory')} MB"
+            return False, "not registered with the master yet"
+        return check
+
+    def s3_health():
+        status, _ = http_get(f"http://{HOST}:{p('s3')}/")
+        if status != 200:
+            return False, f"HTTP {status}"
+        bstatus, _ = http_get(f"http://{HOST}:{p('s3')}/{opts.bucket}", method="HEAD")
+        return True, "up, bucket " + (f"'{opts.bucket}' present" if bstatus == 200
+                                      else f"'{opts.bucket}' missing (HTTP {bstatus})")
+
+    svcs = [
+        Service("namenode", "hdfs",
+                jvm("namenode", HEAPS["namenode"], hadoop_cp,
+                    "org.apache.hadoop.hdfs.server.namenode.NameNode", props=hprops),
+                base_env, p("nn.rpc"), [p("nn.rpc"), p("nn.http")],
+                f"http://{HOST}:{p('nn.http')}", _safe(nn_health)),
+        Service("datanode", "hdfs",
+                jvm("datanode", HEAPS["datanode"], hadoop_cp,
+                    "org.apache.hadoop.hdfs.server.datanode.DataNode", props=hprops),
+                base_env, p("dn.data"), [p("dn.data"), p("dn.http"), p("dn.ipc")],
+                f"http://{HOST}:{p('dn.http')}", _safe(dn_health),
+                after=[("namenode", p("nn.rpc"))]),
+        Service("resourcemanager", "yarn",
+                jvm("resourcemanager", HEAPS["resourcemanager"], hadoop_cp,
+                    "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager", props=hprops),
+                base_env, p("rm.address"),
+                [p("rm.address"), p("rm.scheduler"), p("rm.tracker"), p("rm.admin"), p("rm.web")],
+                f"http://{HOST}:{p('rm.web')}", _safe(rm_health)),
+        Service("nodemanager", "yarn",
+                jvm("nodemanager", HEAPS["nodemanager"], hadoop_cp,
+                    "org.apache.hadoop.yarn.server.nodemanager.NodeManager", props=hprops),
+                base_env, p("nm.address"), [p("nm.address"), p("nm.localizer"), p("nm.web")],
+                f"http://{HOST}:{p('nm.web')}", _safe(nm_health),
+                after=[("resourcemanager", p("rm.tracker"))]),
+        Service("spark-master", "spark",
+                jvm("spark-master", HEAPS["spark-master"], spark_cp,
+                    "org.apache.spark.deploy.master.Master",
+                    "--host", HOST, "--port", str(p("spark.master")),
+                    "--webui-port", str(p("spark.master.web")),
+                    # no REST submission server (it would bind port 6066 on its own)
+                    props=("-Dspark.master.rest.enabled=false",)),
+                base_env, p("spark.master"), [p("spark.master"), p("spark.master.web")],
+                f"http://{HOST}:{p('spark.master.web')}", _safe(master_health)),
+    ]
+    for i in range(opts.workers):
+        rpc, web = opts.worker_ports(i)
+        wdir = lay.data / "spark" / f"worker-{i}"
+        svcs.append(Service(
+            f"spark-worker-{i}", "spark",
+            jvm(f"spark-worker-{i}", HEAPS["spark-worker"], spark_cp,
+                "org.apache.spark.deploy.worker.Worker",
+                "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
+                "--cores", str(opts.worker_cores), "--memory", opts.worker_memory,
+                "--work-dir", str(wdir), f"spark://{HOST}:{p('spark.master')}",
+                props=("-Dspark.worker.cleanup.enabled=true",
+                       "-Dspark.worker.cleanup.appDataTtl=86400")),
+            base_env, rpc, [rpc, web], f"http://{HOST}:{web}", _safe(worker_health(rpc)),
+            after=[("spark-master", p("spark.master"))]))
+    svcs.append(Service(
+        "s3", "s3", [python, "-m", "moto.server", "-H", HOST, "-p", str(p("s3"))],
+        {**base_env, "MOTO_PORT": str(p("s3"))}, p("s3"), [p("s3")],
+        f"http://{HOST}:{p('s3')}/moto-api/", _safe(s3_health)))
+    return svcs
+
+
+def format_argv(lay: Layout, java_home: str) -> list[str]:
+    java = str(Path(java_home) / "bin" / "java")
+    return [java, "-Xms32m", "-Xmx192m", *JVM_LEAN, *ADD_OPENS,
+            f"-Dtfos.cluster.home={lay.home}", "-Dtfos.cluster.service=namenode-format",
+            f"-Dhadoop.log.dir={lay.logs}", "-Dhadoop.root.logger=INFO,console",
+            "-cp", f"{lay.conf}:{jars.lib_dir()}/*",
+            "org.apache.hadoop.hdfs.server.namenode.NameNode",
+            "-format", "-nonInteractive", "-force", "-clusterid", "tfos-pseudo-cluster"]
+
+
+def connection_info(lay: Layout, opts: Options, java_home: str, python: str,
+                    services: list[Service]) -> dict:
+    p = opts.port
+    return {
+        "hdfs": {"uri": f"hdfs://{HOST}:{p('nn.rpc')}", "web": f"http://{HOST}:{p('nn.http')}",
+                 "webhdfs": f"http://{HOST}:{p('nn.http')}/webhdfs/v1"},
+        "yarn": {"resourcemanager": f"{HOST}:{p('rm.address')}",
+                 "web": f"http://{HOST}:{p('rm.web')}",
+                 "nodemanager_web": f"http://{HOST}:{p('nm.web')}",
+                 "memory_mb": opts.nm_memory_mb, "vcores": opts.nm_vcores},
+        "spark": {"master": f"spark://{HOST}:{p('spark.master')}",
+                  "web": f"http://{HOST}:{p('spark.master.web')}",
+                  "workers": opts.workers, "worker_cores": opts.worker_cores,
+                  "worker_memory": opts.worker_memory,
+                  "conf_dir": str(lay.spark_conf),
+                  "defaults": spark_defaults(python),
+                  "home": str(spark_home())},
+        "s3": {"endpoint": f"http://{HOST}:{p('s3')}", "bucket": opts.bucket,
+               "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY, "region": S3_REGION,
+               "server": "moto"},
+        "hadoop_conf_dir": str(lay.conf),
+        "java_home": java_home,
+        "python": python,
+        "home": str(lay.home),
+        "hadoop_version": jars.HADOOP_VERSION,
+        "options": opts.to_dict(),
+        "services": {s.name: {"port": s.port, "ui": s.ui} for s in services},
+    }

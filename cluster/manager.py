@@ -1,0 +1,507 @@
+"""Start, check and stop the pseudo-cluster's processes."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from . import config, jars
+from .config import HOST, Layout, Options, Service
+from .errors import ClusterError
+
+STOP_TIMEOUT = 20.0
+
+
+# ---------------------------------------------------------------------------------------------
+# state
+
+
+def _layout() -> Layout:
+    return Layout(config.cluster_home())
+
+
+@contextlib.contextmanager
+def _locked(lay: Layout, timeout: float = 600):
+    lay.home.mkdir(parents=True, exist_ok=True)
+    with open(lay.lock, "w") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"another tfos-cluster command holds {lay.lock}")
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load_state(lay: Layout) -> dict:
+    try:
+        return json.loads(lay.state.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"services": {}}
+
+
+def _save_state(lay: Layout, state: dict) -> None:
+    lay.home.mkdir(parents=True, exist_ok=True)
+    tmp = lay.state.with_name("state.json.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(lay.state)
+
+
+def _process(entry: dict) -> psutil.Process | None:
+    """The live process recorded in ``entry`` (same PID *and* start time), else None."""
+    try:
+        proc = psutil.Process(entry["pid"])
+        if abs(proc.create_time() - entry["create_time"]) > 1.0:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(proc.pid, os.WNOHANG)
+            return None
+        return proc
+    except (psutil.Error, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# ports
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
+def _port_owner(port: int) -> str:
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                try:
+                    name = psutil.Process(c.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"PID {c.pid} ({name})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def _check_ports(svcs: list[Service]) -> None:
+    taken = [(s.name, port) for s in svcs for port in s.ports if not port_free(port)]
+    if taken:
+        lines = [f"  port {port} ({name}) is already in use by {_port_owner(port)}"
+                 for name, port in taken]
+        raise ClusterError(
+            "cannot start the pseudo-cluster: ports on 127.0.0.1 are taken:\n" + "\n".join(lines)
+            + "\nStop whatever holds them, or choose other ports with --port-base / "
+              "TFOS_CLUSTER_PORT_BASE.")
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def _launch(lay: Layout, argv: list[str], env: dict, name: str) -> subprocess.Popen:
+    lay.logs.mkdir(parents=True, exist_ok=True)
+    cwd = lay.run / name
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(lay.log(name), "ab") as log:
+        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} tfos-cluster starts {name}: "
+                  f"{' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+                                start_new_session=True, close_fds=True)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _terminate(procs: list[psutil.Process], timeout: float = STOP_TIMEOUT) -> list[psutil.Process]:
+    """SIGTERM, wait, then SIGKILL; returns processes still alive (should be none)."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _with_descendants(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out, seen = [], set()
+    for p in procs:
+        for q in [p, *_safe_children(p)]:
+            if q.pid not in seen:
+                seen.add(q.pid)
+                out.append(q)
+    return out
+
+
+def _safe_children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _leftovers(lay: Layout) -> list[psutil.Process]:
+    """Processes that belong to this cluster although no longer in the state file: JVMs carrying
+    our ``-Dtfos.cluster.home`` marker, and processes running inside its run/ or data/ dirs
+    (the S3 server, Spark executors, YARN containers)."""
+    marker = f"-Dtfos.cluster.home={lay.home}"
+    roots = (str(lay.run) + os.sep, str(lay.data) + os.sep)
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        if p.pid in me:
+            continue
+        try:
+            cmd = p.info.get("cmdline") or []
+            cwd = (p.info.get("cwd") or "") + os.sep
+            if marker in cmd or cwd.startswith(roots):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# public operations
+
+
+def _options(state: dict, running: bool, overrides: dict) -> Options:
+    if running and state.get("options"):
+        base = Options(**state["options"])
+        changed = {k: v for k, v in overrides.items()
+                   if v is not None and getattr(base, k) != v}
+        if changed:
+            raise ClusterError(
+                f"the pseudo-cluster is already up with {{{', '.join(f'{k}={getattr(base, k)!r}' for k in changed)}}}; "
+                f"run 'tfos-cluster down' before starting it with {changed}")
+        return base
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    kw.setdefault("port_base", config.default_port_base())
+    return Options(**kw).validate()
+
+
+def up(workers: int | None = None, worker_cores: int | None = None,
+       worker_memory: str | None = None, port_base: int | None = None,
+       bucket: str | None = None, timeout: float = 240, wipe: bool = False,
+       verbose: bool = False) -> dict:
+    """Start every service that is not running yet, wait until all are healthy, write
+    ``conf/`` and ``connection.json``; return the connection info.  Harmless when already up."""
+    lay = _layout()
+    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
+    with _locked(lay):
+        state = _load_state(lay)
+        alive = {n: e for n, e in state.get("services", {}).items() if _process(e)}
+        opts = _options(state, bool(alive), dict(workers=workers, worker_cores=worker_cores,
+                                                  worker_memory=worker_memory,
+                                                  port_base=port_base, bucket=bucket))
+        if wipe:
+            if alive:
+                raise ClusterError("cannot wipe a running pseudo-cluster: run "
+                                   "'tfos-cluster down --wipe' first")
+            _wipe(lay)
+        java_home, _ = config.find_java()
+        jars.fetch(quiet=not verbose)
+        python = state.get("python") if alive and state.get("python") else sys.executable
+        config.write_conf(lay, opts, python)
+        svcs = config.build_services(lay, opts, java_home, python)
+        names = {s.name for s in svcs}
+        # Services from an earlier, larger configuration that are still running are stopped.
+        stray = [n for n in alive if n not in names]
+        if stray:
+            _terminate(_with_descendants([_process(alive[n]) for n in stray if _process(alive[n])]))
+            for n in stray:
+                alive.pop(n)
+        state = {"options": opts.to_dict(), "java_home": java_home, "python": python,
+                 "home": str(lay.home), "services": dict(alive)}
+        _save_state(lay, state)
+        to_start = [s for s in svcs if s.name not in alive]
+        _check_ports(to_start)
+        t0 = time.monotonic()
+        started: dict[str, subprocess.Popen] = {}
+        try:
+            _start_and_wait(lay, state, svcs, to_start, started, java_home, timeout, say)
+            _ensure_bucket(opts)
+        except BaseException:
+            procs = [psutil.Process(p.pid) for p in started.values() if p.poll() is None]
+            _terminate(_with_descendants(procs))
+            for p in started.values():
+                with contextlib.suppress(Exception):
+                    p.wait(timeout=1)
+            for n in started:
+                state["services"].pop(n, None)
+            _save_state(lay, state)
+            raise
+        conn = config.connection_info(lay, opts, java_home, python, svcs)
+        conn["started_in_s"] = round(time.monotonic() - t0, 1) if started else None
+        tmp = lay.connection.with_name("connection.json.tmp")
+        tmp.write_text(json.dumps(conn, indent=2))
+        tmp.replace(lay.connection)
+        say(f"pseudo-cluster up ({len(started)} started, {len(svcs) - len(started)} already "
+            f"running) in {time.monotonic() - t0:.1f}s; connection file: {lay.connection}")
+        return conn
+
+
+def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: list[Service],
+                    started: dict, java_home: str, timeout: float, say) -> None:
+    deadline = time.monotonic() + timeout
+    by_name = {s.name: s for s in svcs}
+    pending = list(to_start)
+    fmt = None
+    if by_name["namenode"] in to_start and not lay.formatted():
+        # A fresh NameNode gets a new cluster id: an old DataNode directory would not match.
+        shutil.rmtree(lay.data_dir, ignore_errors=True)
+        say("formatting the HDFS NameNode (first start) ...")
+        fmt = _launch(lay, config.format_argv(lay, java_home), by_name["namenode"].env,
+                      "namenode-format")
+    healthy: dict[str, str] = {}
+    last: dict[str, str] = {}
+
+    def fail(name: str, why: str, log: Path) -> None:
+        raise ClusterError(f"{name} did not come up: {why}.\nLog: {log}\n--- last lines of "
+                           f"{log.name} ---\n{_tail(log)}")
+
+    while True:
+        if fmt is not None and fmt.poll() is not None:
+            if fmt.returncode != 0 or not lay.formatted():
+                fail("namenode (format)", f"'NameNode -format' exited with {fmt.returncode}",
+                     lay.log("namenode-format"))
+            fmt = None
+        for s in list(pending):
+            if s.name == "namenode" and fmt is not None:
+                continue
+            if all(config.port_open(port) for _, port in s.after):
+                say(f"starting {s.name} ...")
+                proc = _launch(lay, s.argv, s.env, s.name)
+                started[s.name] = proc
+                state["services"][s.name] = {
+                    "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
+                    "port": s.port, "ports": s.ports, "ui": s.ui, "log": str(lay.log(s.name)),
+                    "group": s.group}
+                _save_state(lay, state)
+                pending.remove(s)
+        for name, proc in started.items():
+            if proc.poll() is not None:
+                fail(name, f"the process exited with code {proc.returncode}", lay.log(name))
+        for s in svcs:
+            if s.name in healthy or s in pending:
+                continue
+            ok, detail = s.health()
+            last[s.name] = detail
+            if ok:
+                healthy[s.name] = detail
+                say(f"  {s.name}: healthy ({detail})")
+        if len(healthy) == len(svcs):
+            return
+        if time.monotonic() > deadline:
+            waiting = [s for s in svcs if s.name not in healthy]
+            s = waiting[0]
+            if s in pending:
+                fail(s.name, f"never started: waited {timeout:.0f}s for "
+                     f"{', '.join(f'{n}:{p}' for n, p in s.after)}", lay.log(s.after[0][0]))
+            fail(s.name, f"no healthy answer within {timeout:.0f}s (last check: "
+                 f"{last.get(s.name, 'none')}); still waiting for "
+                 f"{', '.join(w.name for w in waiting)}", lay.log(s.name))
+        time.sleep(0.5)
+
+
+def _ensure_bucket(opts: Options, timeout: float = 30) -> None:
+    import boto3
+    from botocore.config import Config
+    s3 = boto3.client("s3", endpoint_url=f"http://{HOST}:{opts.port('s3')}",
+                      aws_access_key_id=config.S3_ACCESS_KEY,
+                      aws_secret_access_key=config.S3_SECRET_KEY, region_name=config.S3_REGION,
+                      config=Config(connect_timeout=5, read_timeout=timeout,
+                                    retries={"max_attempts": 3},
+                                    proxies={}))
+    names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if opts.bucket not in names:
+        s3.create_bucket(Bucket=opts.bucket)
+
+
+def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
+    """Stop every process of the pseudo-cluster by PID and verify that none is left and that its
+    ports are free.  With ``wipe`` also delete its data (HDFS, YARN, Spark work dirs, logs)."""
+    lay = _layout()
+    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
+    with _locked(lay):
+        state = _load_state(lay)
+        entries = state.get("services", {})
+        procs, stopped = [], []
+        for name, e in entries.items():
+            p = _process(e)
+            if p:
+                procs.append(p)
+                stopped.append({"service": name, "pid": e["pid"]})
+                say(f"stopping {name} (PID {e['pid']})")
+        everything = _with_descendants(procs) + [
+            p for p in _leftovers(lay) if p.pid not in {q.pid for q in procs}]
+        everything = list({p.pid: p for p in everything}.values())
+        alive = _terminate(everything)
+        if alive:
+            raise ClusterError("these processes survived SIGKILL: "
+                               + ", ".join(f"PID {p.pid}" for p in alive))
+        left = _leftovers(lay)
+        if left:
+            _terminate(left)
+            left = [p for p in left if p.is_running()]
+        ports = sorted({port for e in entries.values() for port in e.get("ports", [])})
+        deadline = time.monotonic() + 15
+        busy = [port for port in ports if not port_free(port)]
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.3)
+            busy = [port for port in busy if not port_free(port)]
+        state["services"] = {}
+        _save_state(lay, state)
+        with contextlib.suppress(FileNotFoundError):
+            lay.connection.unlink()
+        if wipe:
+            _wipe(lay)
+            say(f"wiped {lay.home}")
+        if left:
+            raise ClusterError("processes left after down: "
+                               + ", ".join(f"PID {p.pid}" for p in left))
+        if busy:
+            raise ClusterError(f"ports still bound after down: {busy} "
+                               f"({', '.join(_port_owner(p) for p in busy)})")
+        say(f"stopped {len(stopped)} service(s); no process left, ports free")
+        return stopped
+
+
+def _wipe(lay: Layout) -> None:
+    for d in (lay.data, lay.logs, lay.run, lay.conf, lay.spark_conf):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in (lay.state, lay.connection):
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
+def status() -> list[dict]:
+    """One row per service: name, PID, port, UI URL, alive, healthy, detail."""
+    lay = _layout()
+    state = _load_state(lay)
+    entries = state.get("services", {})
+    rows = []
+    if state.get("options"):
+        opts = Options(**state["options"])
+        try:
+            svcs = config.build_services(lay, opts, state.get("java_home", ""),
+                                         state.get("python") or sys.executable)
+        except Exception:  # noqa: BLE001 - status must always answer
+            svcs = []
+    else:
+        svcs = []
+    known = {s.name: s for s in svcs}
+    for name in [s.name for s in svcs] + [n for n in entries if n not in known]:
+        e = entries.get(name, {})
+        proc = _process(e) if e else None
+        row = {"service": name, "pid": e.get("pid") if proc else None,
+               "port": known[name].port if name in known else e.get("port"),
+               "ui": known[name].ui if name in known else e.get("ui"),
+               "alive": bool(proc), "healthy": False, "detail": "stopped",
+               "log": str(lay.log(name))}
+        if proc:
+            with contextlib.suppress(psutil.Error):
+                row["rss_mb"] = round(proc.memory_info().rss / 2**20)
+            if name in known:
+                ok, detail = known[name].health()
+                row["healthy"], row["detail"] = ok, detail
+            else:
+                row["detail"] = "running (not part of the current configuration)"
+        rows.append(row)
+    return rows
+
+
+def is_up() -> bool:
+    rows = status()
+    return bool(rows) and all(r["alive"] and r["healthy"] for r in rows)
+
+
+def connection() -> dict:
+    """The connection info of the running pseudo-cluster (``connection.json``)."""
+    lay = _layout()
+    try:
+        conn = json.loads(lay.connection.read_text())
+    except FileNotFoundError:
+        raise ClusterError(f"the pseudo-cluster is not up (no {lay.connection}); start it with "
+                           "'tfos-cluster up' (TFOS_CLUSTER_HOME={})".format(lay.home)) from None
+    state = _load_state(lay)
+    if not any(_process(e) for e in state.get("services", {}).values()):
+        raise ClusterError(f"the pseudo-cluster in {lay.home} is not running (stale "
+                           f"{lay.connection.name}); start it with 'tfos-cluster up'")
+    return conn
+
+
+def rss_total() -> int:
+    """Resident memory (bytes) of every process of the pseudo-cluster, descendants included."""
+    state = _load_state(_layout())
+    procs = [p for p in (_process(e) for e in state.get("services", {}).values()) if p]
+    total = 0
+    for p in _with_descendants(procs):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def client_env(conn: dict | None = None) -> dict:
+    """Environment variables for clients of the cluster (S3 SDKs, Hadoop/Spark clients)."""
+    conn = conn or connection()
+    s3 = conn["s3"]
+    env = {
+        "AWS_ENDPOINT_URL": s3["endpoint"],
+        "AWS_ENDPOINT_URL_S3": s3["endpoint"],
+        "AWS_ACCESS_KEY_ID": s3["access_key"],
+        "AWS_SECRET_ACCESS_KEY": s3["secret_key"],
+        "AWS_DEFAULT_REGION": s3["region"],
+        "AWS_REGION": s3["region"],
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "HADOOP_CONF_DIR": conn["hadoop_conf_dir"],
+        "YARN_CONF_DIR": conn["hadoop_conf_dir"],
+        "SPARK_LOCAL_IP": HOST,
+        "TFOS_CLUSTER_HOME": conn.get("home", str(config.cluster_home())),
+        "TFOS_HDFS_URI": conn["hdfs"]["uri"],
+        "TFOS_SPARK_MASTER": conn["spark"]["master"],
+        "TFOS_S3_BUCKET": s3["bucket"],
+    }
+    if conn.get("java_home"):
+        env["JAVA_HOME"] = conn["java_home"]
+    if conn.get("spark", {}).get("conf_dir"):
+        env["SPARK_CONF_DIR"] = conn["spark"]["conf_dir"]
+    if conn.get("python"):
+        env["PYSPARK_PYTHON"] = conn["python"]
+    return env
