@@ -11,6 +11,7 @@ Semantics worth knowing:
 * S3 has no directories: ``mkdirs`` only checks the bucket, and a "directory" is a key prefix.
   ``rename`` on S3 is copy-then-delete (not atomic); use :func:`hdfs_io.publish` for outputs.
 * ``copy``/``upload``/``download`` merge into the destination, overwriting files of the same name.
+  Empty directories are recreated on local disks and HDFS; S3 cannot hold them (no marker objects).
 """
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def walk_files(uri: str) -> list[tuple[str, FileInfo]]:
     return [(rel, _to_info(loc, fi)) for rel, fi in _walk(fs, loc)]
 
 
-def _walk(fs: pafs.FileSystem, loc: Location) -> list[tuple[str, pafs.FileInfo]]:
+def _walk(fs: pafs.FileSystem, loc: Location, dirs: bool = False) -> list[tuple[str, pafs.FileInfo]]:
     fi = _file_info(fs, loc)
     if fi.type == pafs.FileType.NotFound:
         raise not_found(loc.uri)
@@ -140,7 +141,7 @@ def _walk(fs: pafs.FileSystem, loc: Location) -> list[tuple[str, pafs.FileInfo]]
     base = loc.path.rstrip("/") + "/"
     out = []
     for e in _list(fs, loc, True):
-        if e.type == pafs.FileType.File:
+        if e.type == pafs.FileType.File or (dirs and e.type == pafs.FileType.Directory):
             rel = e.path[len(base):] if e.path.startswith(base) else posixpath.basename(e.path)
             out.append((rel, e))
     return sorted(out, key=lambda t: t[0])
@@ -289,17 +290,23 @@ def copy(src: str, dst: str, threads: int = COPY_THREADS) -> list[str]:
     schemes. Files of the same name are overwritten. Returns the URIs written."""
     sfs, sloc = backends.resolve(src)
     dfs, dloc = backends.resolve(dst)
-    files = _walk(sfs, sloc)
-    src_is_file = len(files) == 1 and files[0][1].path.rstrip("/") == sloc.path.rstrip("/")
-    jobs = []
-    for rel, fi in files:
+    entries = _walk(sfs, sloc, dirs=True)
+    src_is_file = len(entries) == 1 and entries[0][1].path.rstrip("/") == sloc.path.rstrip("/")
+    jobs, subdirs = [], []
+    for rel, fi in entries:
         target = dloc if src_is_file else dataclasses.replace(dloc, path=_child_path(dloc, rel))
-        jobs.append((fi.path, target))
+        if fi.type == pafs.FileType.Directory:
+            subdirs.append(target)
+        else:
+            jobs.append((fi.path, target))
     if not src_is_file and dloc.scheme != "s3":
-        if dloc.scheme == "file":
-            os.makedirs(dloc.path, exist_ok=True)
-        elif _file_info(dfs, dloc).type == pafs.FileType.NotFound:
-            dfs.create_dir(dloc.path, recursive=True)
+        # directories, empty ones included (a SavedModel's assets/); S3 has none to create
+        for d in [dloc] + subdirs:
+            if dloc.scheme == "file":
+                os.makedirs(d.path, exist_ok=True)
+            elif d is dloc or not any(j[1].path.startswith(d.path + "/") for j in jobs):
+                if _file_info(dfs, d).type == pafs.FileType.NotFound:
+                    dfs.create_dir(d.path, recursive=True)
     if len(jobs) <= 1 or threads <= 1:
         for spath, target in jobs:
             _copy_guarded(sfs, sloc, spath, dfs, target)
@@ -471,28 +478,33 @@ class AtomicWriter(io.RawIOBase):
             pass
 
 
-class _AtomicText(io.TextIOWrapper):
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.buffer.raw.abort()
-            try:
-                super().close()
-            except Exception:  # noqa: BLE001
-                pass
-        else:
-            self.close()
-
-
 class _AbortableBuffered(io.BufferedWriter):
+    """BufferedWriter over an AtomicWriter: an exception in the ``with`` block, or being dropped
+    unclosed, discards the file instead of committing it."""
+
+    def _raw(self) -> AtomicWriter:
+        return self.raw
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self.raw.abort()
-            try:
-                super().close()
-            except Exception:  # noqa: BLE001
-                pass
+            self._raw().abort()
         else:
             self.close()
+
+    def __del__(self):
+        try:
+            if not self._raw().closed:
+                self._raw().abort()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _AtomicText(io.TextIOWrapper):
+    def _raw(self) -> AtomicWriter:
+        return self.buffer.raw
+
+    __exit__ = _AbortableBuffered.__exit__
+    __del__ = _AbortableBuffered.__del__
 
 
 def open(uri: str, mode: str = "rb", encoding: str = "utf-8"):  # noqa: A001 - mirrors builtins.open

@@ -170,12 +170,18 @@ class HdfsHandler(pafs.FileSystemHandler):
                 self._client = Client(self.url, config_dir=config.hadoop_conf_dir())
             return self._client
 
+    def _client_for(self, uri: str):
+        try:
+            return self._get_client()
+        except StorageUnavailableError as exc:
+            raise StorageUnavailableError(uri, str(exc).split(": ", 1)[-1]) from None
+
     def _call(self, op: str, path: str, method: str, *args: Any, raw: bool = False) -> Any:
         """Call ``client.<method>(*args)`` bounded by the timeout. ``raw=True`` calls the Rust
         RawClient: its reader/writer objects have no Python wrapper whose ``__del__`` (io.IOBase)
         would close the file behind our back when the wrapper is dropped."""
-        client = self._get_client()
         uri = self.url + path
+        client = self._client_for(uri)
         target = client.inner if raw else client
         try:
             return _timeout.call(uri, op, getattr(target, method), *args)
@@ -214,8 +220,8 @@ class HdfsHandler(pafs.FileSystemHandler):
 
     def get_file_info_selector(self, selector):
         base = selector.base_dir.rstrip("/") or "/"
-        client = self._get_client()
         uri = self.url + base
+        client = self._client_for(uri)
 
         def listing():
             return list(client.list_status(base, selector.recursive))
