@@ -82,8 +82,8 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as err:
         print(f"tfos-demo: error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # JavaNotFound, TrainingFailed, ... : one line, no Spark traceback
-        print(f"tfos-demo: error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except RuntimeError as err:  # JavaNotFound, TrainingFailed (with the node's traceback), ...
+        print(f"tfos-demo: error: {err}", file=sys.stderr)
         return 1
 
 
@@ -103,7 +103,8 @@ def run(args):
             raise FileNotFoundError(f"--data {args.data} does not exist")
         train_uri = args.data
     else:
-        hdfs_io.write_parquet(synthetic_ctr(args.rows, seed=1), train_uri, overwrite=True)
+        hdfs_io.write_parquet(synthetic_ctr(args.rows, seed=1), train_uri, overwrite=True,
+                              rows_per_file=max(args.rows // 8, 1))
     if not hdfs_io.exists(valid_uri):
         hdfs_io.write_parquet(synthetic_ctr(max(args.rows // 4, 1000), seed=2), valid_uri, overwrite=True)
     num_ps, workers = (1, 2) if args.strategy == "ps" else (0, 2)

@@ -81,6 +81,9 @@ def fit(sc, task, data, **options):
     config.run_id = config.run_id or uuid.uuid4().hex[:12]
     config.validate()
     plan = inputs.plan_parquet(data)
+    if len(plan.files) < config.num_workers:
+        raise ValueError(f"{data.uri} has {len(plan.files)} data file(s) but {config.num_workers} TF workers each "
+                         "need at least one: write the data set with more files (e.g. repartition)")
     total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
     wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
     with ControlServer(host=_driver_host(sc)) as control:

@@ -1,0 +1,150 @@
+"""Spark prep of Criteo-format click logs (plain text or gzip, any storage URI Spark reads).
+
+Every line is validated (field count, label, integers, categorical hex values); a malformed line goes
+to ``<out>/quarantine`` with the file it came from and the reason, and is counted by reason. The job
+fails (:class:`~tfos_jobs.prep.BadInputError`) only when the malformed fraction exceeds the limit.
+Good lines are transformed (signed ``log1p`` integers with missing flags, hashed categoricals),
+split deterministically by a hash of the line, and written as Parquet:
+
+``<out>/train``, ``<out>/valid``, ``<out>/quarantine``, ``<out>/prep.json`` (counts and the transform
+settings that training and scoring read back).
+"""
+import time
+
+import hdfs_io
+from tfos_jobs import prep as gprep
+from tfos_jobs.ctr import schema
+
+REPORT_FILE = "prep.json"
+DEFAULT_BUCKETS = 10_000
+
+
+def parse(df, hash_buckets=DEFAULT_BUCKETS, labeled=True, line_column="value"):
+    """Validate and transform a DataFrame of raw lines (``spark.read.text``'s ``value`` column).
+
+    Returns a DataFrame with ``line``, ``source``, ``reason_code``, ``reason`` (null when good), the
+    feature columns (:data:`schema.FEATURES`) and, when ``labeled``, ``label`` (float32).
+    """
+    from pyspark.sql import functions as F
+    if hash_buckets < 2:
+        raise ValueError(f"hash_buckets must be at least 2, got {hash_buckets}")
+    line = F.regexp_replace(F.col(line_column), "\r$", "")
+    source = F.col("source") if "source" in df.columns else F.lit("")
+    df = df.select(line.alias("line"), source.alias("source"))
+    fields = F.split(F.col("line"), "\t", -1)
+    df = df.withColumn("_f", fields)
+    offset = 1 if labeled else 0
+    expected = schema.NUM_FIELDS - (0 if labeled else 1)
+
+    def field(i):
+        return F.get(F.col("_f"), i)
+    checks = [(F.size("_f") != expected, "field_count",
+               F.concat(F.lit(f"expected {expected} tab-separated fields, found "), F.size("_f").cast("string")))]
+    if labeled:
+        checks.append((~field(0).rlike(schema.LABEL_PATTERN), "label",
+                       F.concat(F.lit("label must be 0 or 1, found '"), F.substring(field(0), 1, 20), F.lit("'"))))
+    for i, name in enumerate(schema.INTEGER):
+        value = field(offset + i)
+        checks.append(((value != "") & ~value.rlike(schema.INTEGER_PATTERN), name,
+                       F.concat(F.lit(f"{name} is not an integer: '"), F.substring(value, 1, 40), F.lit("'"))))
+    for j, name in enumerate(schema.CATEGORICAL):
+        value = field(offset + schema.NUM_INTEGER + j)
+        checks.append(((value != "") & ~value.rlike(schema.CATEGORICAL_PATTERN), name,
+                       F.concat(F.lit(f"{name} is not a hex string: '"), F.substring(value, 1, 40), F.lit("'"))))
+    code, message = gprep.first_failure(checks)
+    columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason")]
+    if labeled:
+        columns.append(field(0).try_cast("float").alias(schema.LABEL))
+    for i, name in enumerate(schema.INTEGER):
+        raw = F.when(field(offset + i) != "", field(offset + i)).try_cast("bigint").cast("double")
+        columns.append(F.coalesce(F.signum(raw) * F.log1p(F.abs(raw)), F.lit(0.0)).cast("float").alias(name))
+        columns.append(raw.isNull().cast("float").alias(name + schema.MISSING_SUFFIX))
+    for j, name in enumerate(schema.CATEGORICAL):
+        value = F.lower(field(offset + schema.NUM_INTEGER + j))
+        hashed = F.pmod(F.xxhash64(F.lit(j), value), F.lit(hash_buckets - 1)) + 1
+        columns.append(F.when((value == "") | value.isNull(), F.lit(0)).otherwise(hashed).cast("bigint").alias(name))
+    return df.select(*columns)
+
+
+def read_lines(spark, input_uri):
+    """Raw lines (``value``) and their file (``source``) of the Criteo files under ``input_uri`` (a file,
+    a directory or a glob; ``.gz`` files are decompressed)."""
+    from pyspark.sql import functions as F
+    _check_input(input_uri)
+    return spark.read.text(gprep.spark_uri(input_uri)).select("value", F.col("_metadata.file_path").alias("source"))
+
+
+def prep(spark, input_uri, output_uri, *, validation_fraction=0.1, hash_buckets=DEFAULT_BUCKETS,
+         max_bad_fraction=0.01, seed=0, partitions=None, overwrite=False):
+    """Run the prep (see module doc); returns the report dict (also written to ``<out>/prep.json``)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    started = time.monotonic()
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    if hdfs_io.exists(output_uri) and not overwrite:
+        raise FileExistsError(f"output {output_uri} already exists (use --overwrite to replace it)")
+    raw = read_lines(spark, input_uri)
+    parsed = parse(raw, hash_buckets=hash_buckets)
+    parsed = parsed.withColumn("_valid", gprep.hash_split(["line"], validation_fraction, seed))
+    parsed = parsed.persist(StorageLevel.DISK_ONLY)
+    try:
+        counts = {(r["reason_code"], r["_valid"]): r["count"]
+                  for r in parsed.groupBy("reason_code", "_valid").count().collect()}
+        total = sum(counts.values())
+        if total == 0:
+            raise gprep.BadInputError(f"{input_uri}: no lines to read")
+        by_reason = {}
+        for (code, _), n in counts.items():
+            if code is not None:
+                by_reason[code] = by_reason.get(code, 0) + n
+        bad = sum(by_reason.values())
+        train_rows = counts.get((None, False), 0)
+        valid_rows = counts.get((None, True), 0)
+        quarantine_uri = hdfs_io.join(output_uri, "quarantine")
+        _remove(output_uri, overwrite)
+        gprep.write_parquet(parsed.where(F.col("reason_code").isNotNull())
+                            .select("source", "reason_code", "reason", "line").coalesce(1),
+                            quarantine_uri, overwrite=True)
+        gprep.check_bad_fraction(total, bad, max_bad_fraction, by_reason, quarantine_uri, what=input_uri)
+        good = parsed.where(F.col("reason_code").isNull())
+        columns = schema.FEATURES + [schema.LABEL]
+        train_uri, valid_uri = hdfs_io.join(output_uri, "train"), hdfs_io.join(output_uri, "valid")
+        gprep.write_parquet(good.where(~F.col("_valid")).select(*columns), train_uri, overwrite=True,
+                            partitions=partitions)
+        gprep.write_parquet(good.where(F.col("_valid")).select(*columns), valid_uri, overwrite=True,
+                            partitions=partitions)
+    finally:
+        parsed.unpersist()
+    report = {
+        "input": input_uri, "output": output_uri, "rows": total, "good": total - bad, "bad": bad,
+        "bad_fraction": bad / total, "bad_by_reason": by_reason, "max_bad_fraction": max_bad_fraction,
+        "train_rows": train_rows, "valid_rows": valid_rows, "validation_fraction": validation_fraction,
+        "seed": seed, "hash_buckets": hash_buckets, "features": schema.FEATURES, "label": schema.LABEL,
+        "train": train_uri, "valid": valid_uri, "quarantine": quarantine_uri,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    report["rows_per_s"] = total / max(report["seconds"], 1e-9)
+    gprep.write_json(report, hdfs_io.join(output_uri, REPORT_FILE))
+    return report
+
+
+def read_report(prep_uri):
+    uri = hdfs_io.join(prep_uri, REPORT_FILE)
+    if not hdfs_io.exists(uri):
+        raise FileNotFoundError(f"{prep_uri} is not a prep output: {uri} does not exist (run `tfos-ctr prep`)")
+    return gprep.read_json(uri)
+
+
+def _check_input(input_uri):
+    if any(ch in input_uri for ch in "*?["):
+        if not hdfs_io.glob(input_uri):
+            raise FileNotFoundError(f"input {input_uri} matches no file")
+    elif not hdfs_io.exists(input_uri):
+        raise FileNotFoundError(f"input {input_uri} does not exist")
+
+
+def _remove(output_uri, overwrite):
+    if overwrite:
+        for name in ("train", "valid", REPORT_FILE):
+            hdfs_io.delete(hdfs_io.join(output_uri, name), recursive=True, missing_ok=True)
