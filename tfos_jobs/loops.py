@@ -102,7 +102,8 @@ def _finish_on_chief(spec, model, progress, last_loss, rate):
     if export_uri:
         features = {name: spec.dtypes[name] for name in spec.source.features}
         publish_export(export_uri, plain, features, metrics)
-    return {"metrics": metrics, "export_uri": export_uri, "steps": spec.total_steps}
+    return {"metrics": metrics, "export_uri": export_uri, "steps": spec.total_steps,
+            "resumed_from": progress.start_step}
 
 
 def _checkpoints(spec, checkpoint, writer):

@@ -162,6 +162,14 @@ def _die_with_parent():
         pass
 
 
+def is_peer_loss(err):
+    """True for the errors TF raises when another node of the cluster went away (not a bug here)."""
+    import tensorflow as tf
+    peer_errors = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                   tf.errors.DeadlineExceededError)
+    return isinstance(err, peer_errors)
+
+
 def child_main(spec_path):
     """Entry of the TF process: run the role, report the outcome, exit without TF's slow teardown."""
     _die_with_parent()
@@ -172,12 +180,12 @@ def child_main(spec_path):
     try:
         result = __import__("tfos_jobs.loops", fromlist=["run_role"]).run_role(spec, control)
         control.send("done", result=result)
-    except BaseException:  # report everything, including KeyboardInterrupt, then exit non-zero
+    except BaseException as err:  # report everything, including KeyboardInterrupt, then exit non-zero
         code = 1
         text = traceback.format_exc()
         sys.stderr.write(text)
         try:
-            control.send("failed", error=text)
+            control.send("failed", error=text, peer_lost=is_peer_loss(err))
         except DriverUnreachable:
             pass
     sys.stdout.flush()

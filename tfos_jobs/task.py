@@ -64,3 +64,5 @@ class TrainResult:
     attempts: int = 1
     steps: int = 0
     nodes: list = field(default_factory=list)   # TF nodes that reported done, e.g. ["chief:0", "worker:0"]
+    resumed_from: int = 0                         # the checkpoint step this run started from
+    timings: dict = field(default_factory=dict)   # start_s, shutdown_s, total_s of the last attempt

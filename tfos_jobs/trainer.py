@@ -12,6 +12,7 @@ watches the control channel, not Spark's status tracker, so it reacts within a f
 """
 import logging
 import os
+import queue
 import random
 import sys
 import threading
@@ -85,19 +86,20 @@ def fit(sc, task, data, **options):
         raise ValueError(f"{data.uri} has {len(plan.files)} data file(s) but {config.num_workers} TF workers each "
                          "need at least one: write the data set with more files (e.g. repartition)")
     total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
-    wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
     with ControlServer(host=_driver_host(sc)) as control:
         spec = NodeSpec(config=config, task=task, source=data, plan=plan, control_address=control.address,
                         control_token=control.token, total_steps=total_steps)
         for attempt in range(1, config.max_attempts + 1):
             control.reset()
             control.expect_ready(config.num_nodes if config.strategy == "ps" else 0)
+            wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
             outcome = _run_attempt(sc, spec, control, attempt)
             if outcome.get("result") is not None:
                 result = outcome["result"]
                 return TrainResult(export_uri=result.get("export_uri", ""), metrics=result.get("metrics", {}),
                                    attempts=attempt, steps=result.get("steps", total_steps),
-                                   nodes=result["nodes"])
+                                   nodes=result["nodes"], resumed_from=result.get("resumed_from", 0),
+                                   timings=outcome["timings"])
             log.warning("attempt %d/%d lost the TF cluster: %s", attempt, config.max_attempts, outcome["lost"])
         raise ClusterLost(f"TF cluster lost on all {config.max_attempts} attempts; last: {outcome['lost']}")
 
@@ -147,20 +149,43 @@ def _run_attempt(sc, spec, control, attempt):
             spark_status["finished"] = True
 
     thread = threading.Thread(target=launch, name=f"tfos-spark-{attempt}", daemon=True)
-    started = time.monotonic()
+    timings = {"launched": time.monotonic()}
     thread.start()
     try:
-        return _watch(spec, control, spark_status, started)
+        outcome = _await_reservations(server, spark_status, config.start_timeout_s)
+        timings["reserved"] = time.monotonic()
+        if outcome is None:
+            outcome = _watch(spec, control, spark_status, timings)
     finally:
         control.request_stop()
         if thread.is_alive():
             sc.cancelJobGroup(group)
         thread.join(timeout=60)
         server.stop()
+    timings["ended"] = time.monotonic()
+    outcome["timings"] = {
+        "start_s": timings["reserved"] - timings["launched"],
+        "shutdown_s": timings["ended"] - timings.get("chief_done", timings["ended"]),
+        "total_s": timings["ended"] - timings["launched"],
+    }
+    return outcome
 
 
-def _watch(spec, control, spark_status, started):
-    import queue
+def _await_reservations(server, spark_status, timeout_s):
+    """Wait for every node to reserve its port. (TFoS's own wait polls once a second and calls
+    ``sc.stop()`` and ``sys.exit`` on any error.) Returns None, or a "lost" outcome."""
+    deadline = time.monotonic() + timeout_s
+    while not server.reservations.done():
+        if spark_status.get("finished"):
+            return {"lost": spark_status.get("error", "the Spark job ended before every node reserved")}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.reservations.remaining()} TF node(s) did not start within {timeout_s:.0f} s: "
+                               "are there enough free executors (one per node, one task slot each)?")
+        time.sleep(0.02)
+    return None
+
+
+def _watch(spec, control, spark_status, timings):
     config = spec.config
     result, seen, done = None, set(), []
     while True:
@@ -172,11 +197,14 @@ def _watch(spec, control, spark_status, started):
             seen.add(event["node"])
             if event["op"] == "progress":
                 _print_progress(event)
+            elif event["op"] == "failed" and event.get("peer_lost"):
+                return {"lost": f"TF node {event['node']} lost a peer: {event['error'].strip().splitlines()[-1]}"}
             elif event["op"] == "failed":
                 raise TrainingFailed(f"TF node {event['node']} failed:\n{event['error']}")
             elif event["op"] == "done":
                 done.append(event["node"])
                 if event["node"] == "chief:0":
+                    timings["chief_done"] = time.monotonic()
                     result = event["result"]
                     control.request_stop()
             continue
@@ -184,8 +212,8 @@ def _watch(spec, control, spark_status, started):
             if result is not None:
                 return {"result": dict(result, nodes=sorted(done))}
             return {"lost": spark_status.get("error", "the Spark job ended before the chief finished")}
-        if not seen and time.monotonic() - started > config.start_timeout_s:
-            raise TimeoutError(f"no TF node started within {config.start_timeout_s:.0f} s")
+        if not seen and time.monotonic() - timings["reserved"] > config.start_timeout_s:
+            raise TimeoutError(f"no TF node reported within {config.start_timeout_s:.0f} s of starting")
 
 
 def _print_progress(event):
