@@ -39,7 +39,7 @@ from .fs import (
     walk_files,
 )
 from .parquet import iter_record_batches, list_data_files, read_parquet, shard_files, write_parquet
-from .publish import SUCCESS, is_published, publish, publish_dir, require_published, staged_output
+from .publishing import SUCCESS, is_published, publish, publish_dir, require_published, staged_output
 from .tfdata import rebatch, tf_dataset
 from .tfrecord import read_tfrecords, write_tfrecords
 

@@ -277,7 +277,9 @@ def _copy_one(sfs, spath: str, dfs, dloc: Location) -> None:
     if sfs is dfs and dloc.scheme in ("s3", "file"):
         sfs.copy_file(spath, dloc.path)  # server-side CopyObject on S3
         return
-    with sfs.open_input_stream(spath) as fin, dfs.open_output_stream(dloc.path) as fout:
+    # compression=None: pyarrow would otherwise (de)compress by file extension (.gz, .bz2, ...)
+    with sfs.open_input_stream(spath, compression=None) as fin, \
+            dfs.open_output_stream(dloc.path, compression=None) as fout:
         while True:
             chunk = fin.read(8 << 20)
             if not chunk:
@@ -426,7 +428,7 @@ class AtomicWriter(io.RawIOBase):
         loc = self._loc
         if loc.scheme == "s3":
             self._sink.seek(0)
-            with self._fs.open_output_stream(loc.path) as out:
+            with self._fs.open_output_stream(loc.path, compression=None) as out:
                 while True:
                     chunk = self._sink.read(8 << 20)
                     if not chunk:

@@ -23,7 +23,7 @@ from . import backends
 from . import fs as _fs
 from .errors import CorruptFileError, SchemaMismatchError, not_found
 from .fs import FileInfo
-from .publish import require_published, staged_output
+from .publishing import require_published, staged_output
 
 __all__ = [
     "list_data_files",
@@ -44,7 +44,7 @@ def _is_data(rel: str) -> bool:
 
 def list_data_files(uri: str, require_success: bool = False) -> list[FileInfo]:
     """The data files of a data set directory (recursively, sorted by URI), or ``[file]`` for a file.
-    With ``require_success=True`` a directory must hold ``_SUCCESS`` (see :mod:`hdfs_io.publish`)."""
+    With ``require_success=True`` a directory must hold ``_SUCCESS`` (see :mod:`hdfs_io.publishing`)."""
     top = _fs.info(uri)
     if not top.is_dir:
         return [top]
@@ -212,7 +212,7 @@ def write_parquet(
 ) -> list[str]:
     """Write ``table`` (a ``pyarrow.Table``, ``RecordBatch`` or pandas DataFrame) as a data set
     directory of ``part-NNNNN.parquet`` files plus ``_SUCCESS``, published atomically (see
-    :mod:`hdfs_io.publish`). Returns the final URIs of the part files."""
+    :mod:`hdfs_io.publishing`). Returns the final URIs of the part files."""
     if not isinstance(table, pa.Table):
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
@@ -229,7 +229,7 @@ def write_parquet(
             name = f"part-{i:05d}.parquet"
             part = table.slice(start, step)
             path = f"{tmp_loc.path}/{name}"
-            with fs.open_output_stream(path) as out:
+            with fs.open_output_stream(path, compression=None) as out:
                 pq.write_table(part, out, row_group_size=row_group_size, compression=compression)
             names.append(name)
     final = backends.resolve(uri)[1].uri

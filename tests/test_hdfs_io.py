@@ -191,14 +191,19 @@ def test_upload_download_directory(tmp_path):
     (src / "saved_model.pb").write_bytes(b"pb" * 100)
     (src / "variables" / "variables.index").write_bytes(b"idx")
     (src / "empty.txt").write_bytes(b"")
+    (src / "events.gz").write_bytes(os.urandom(500))  # copied byte for byte, not (de)compressed
+    (src / "assets").mkdir()  # empty directories survive (SavedModel)
     dest = f"file://{tmp_path}/remote/ckpt"
     written = hdfs_io.upload(str(src), dest)
-    assert sorted(written) == sorted(hdfs_io.join(dest, p) for p in ("saved_model.pb", "variables/variables.index", "empty.txt"))
+    assert sorted(written) == sorted(hdfs_io.join(dest, p) for p in
+                                     ("saved_model.pb", "variables/variables.index", "empty.txt", "events.gz"))
     out = tmp_path / "back"
     hdfs_io.download(dest, str(out))
     assert (out / "saved_model.pb").read_bytes() == b"pb" * 100
     assert (out / "variables" / "variables.index").read_bytes() == b"idx"
     assert (out / "empty.txt").read_bytes() == b""
+    assert (out / "events.gz").read_bytes() == (src / "events.gz").read_bytes()
+    assert (out / "assets").is_dir()
 
 
 def test_atomic_file_write(tmp_path):
