@@ -159,6 +159,14 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
+def spark_scala_version() -> str:
+    for jar in (spark_home() / "jars").glob("spark-core_*.jar"):
+        m = re.match(r"spark-core_(\d+\.\d+)-", jar.name)
+        if m:
+            return m.group(1)
+    return "2.13"
+
+
 # Lean JVM settings: small heaps, serial GC, C1 only (fast start, small code cache).
 JVM_LEAN = [
     "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=48m",
@@ -243,6 +251,8 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
         "yarn.resourcemanager.webapp.address": f"{h}:{p('rm.web')}",
         "yarn.resourcemanager.webapp.https.address": f"{h}:{p('rm.https')}",
         "yarn.resourcemanager.connect.retry-interval.ms": 1000,
+        # A NodeManager whose ResourceManager is gone gives up after 60 s, not 15 min.
+        "yarn.resourcemanager.connect.max-wait.ms": 60000,
         "yarn.resourcemanager.recovery.enabled": "false",
         "yarn.resourcemanager.client.thread-count": 5,
         "yarn.resourcemanager.scheduler.client.thread-count": 5,
@@ -413,6 +423,8 @@ def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> l
         "SPARK_HOME": str(shome),
         "SPARK_CONF_DIR": str(lay.spark_conf),
         "SPARK_LOCAL_IP": HOST,
+        # Spark's launcher (used by workers to start executors) needs it without spark-class.
+        "SPARK_SCALA_VERSION": spark_scala_version(),
         "PYSPARK_PYTHON": python,
         "PATH": f"{Path(python).parent}:{Path(java_home) / 'bin'}:{os.environ.get('PATH', '')}",
         "LANG": os.environ.get("LANG", "C.UTF-8"),

@@ -20,6 +20,7 @@ from .config import HOST, Layout, Options, Service
 from .errors import ClusterError
 
 STOP_TIMEOUT = 20.0
+FIRST_WAVE = {"nodemanager", "datanode"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,20 +363,24 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
     with _locked(lay):
         state = _load_state(lay)
         entries = state.get("services", {})
-        procs, stopped = [], []
+        waves: tuple[list, list] = ([], [])
+        stopped = []
         for name, e in entries.items():
             p = _process(e)
             if p:
-                procs.append(p)
+                # Clients of other daemons go first: a NodeManager whose ResourceManager is
+                # gone retries for minutes before it exits; a DataNode likewise for its NameNode.
+                waves[0 if name in FIRST_WAVE or name.startswith("spark-worker") else 1].append(p)
                 stopped.append({"service": name, "pid": e["pid"]})
                 say(f"stopping {name} (PID {e['pid']})")
-        everything = _with_descendants(procs) + [
-            p for p in _leftovers(lay) if p.pid not in {q.pid for q in procs}]
-        everything = list({p.pid: p for p in everything}.values())
-        alive = _terminate(everything)
-        if alive:
+        survivors = []
+        for wave in waves:
+            survivors += _terminate(_with_descendants(wave))
+        seen = {p["pid"] for p in stopped}
+        survivors += _terminate([p for p in _leftovers(lay) if p.pid not in seen])
+        if survivors:
             raise ClusterError("these processes survived SIGKILL: "
-                               + ", ".join(f"PID {p.pid}" for p in alive))
+                               + ", ".join(f"PID {p.pid}" for p in survivors))
         left = _leftovers(lay)
         if left:
             _terminate(left)
@@ -445,6 +450,12 @@ def status() -> list[dict]:
                 row["detail"] = "running (not part of the current configuration)"
         rows.append(row)
     return rows
+
+
+def any_alive() -> bool:
+    """True when any process of the pseudo-cluster (per its state file) is running."""
+    state = _load_state(_layout())
+    return any(_process(e) for e in state.get("services", {}).values())
 
 
 def is_up() -> bool:

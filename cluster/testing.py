@@ -1,0 +1,137 @@
+"""pytest plugin: the session-scoped ``pseudo_cluster`` fixture.
+
+Load it with ``pytest_plugins = ["cluster.testing"]`` (tests/conftest.py does).  Tests that need the
+cluster carry ``@pytest.mark.cluster`` and take the ``pseudo_cluster`` fixture, which returns the
+connection dict (see ``cluster.connection()``).  The fixture reuses a cluster that is already up and
+otherwise starts one, which it then stops at the end of the session, also when tests fail.  When the
+cluster cannot start (no Java, a port taken, a service failing its health check), the tests that
+need it fail with that message: they are not skipped.
+
+``cluster_env`` (function scope) sets the client environment variables of ``cluster.client_env``
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., HADOOP_CONF_DIR) for one test.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from . import manager
+from .errors import ClusterError
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cluster: needs the local pseudo-cluster (HDFS, YARN, Spark standalone, S3)")
+
+
+class _Session:
+    conn: dict | None = None
+    started = False
+    error: str | None = None
+
+
+@pytest.fixture(scope="session")
+def pseudo_cluster():
+    """Connection info of a running pseudo-cluster (started for the session if needed)."""
+    if _Session.error:
+        pytest.fail(_Session.error, pytrace=False)
+    # Stop it at the end only if this session started it: a cluster that was (even partly)
+    # running before belongs to someone else (a developer's shell, another test session).
+    started = not manager.any_alive()
+    try:
+        conn = manager.up(timeout=float(os.environ.get("TFOS_CLUSTER_UP_TIMEOUT", 240)))
+    except ClusterError as e:
+        _Session.error = f"pseudo-cluster could not start: {e}"
+        if started:
+            # up() stops what it started when it fails; this makes sure of it.
+            try:
+                manager.down()
+            except ClusterError:
+                pass
+        pytest.fail(_Session.error, pytrace=False)
+    _Session.conn, _Session.started = conn, started
+    try:
+        yield conn
+    finally:
+        if started:
+            manager.down()
+
+
+@pytest.fixture
+def cluster_env(pseudo_cluster, monkeypatch):
+    """Set the client environment (S3 endpoint and keys, HADOOP_CONF_DIR, ...) for one test."""
+    env = manager.client_env(pseudo_cluster)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run_process(argv: list[str], env: dict | None = None, timeout: float = 300,
+                cwd: str | None = None):
+    """Run a command (e.g. spark-submit) to completion with a timeout; stop it and every process
+    it started, by PID, whatever happens (timeout, failure, KeyboardInterrupt).
+
+    Returns ``subprocess.CompletedProcess`` with ``stdout`` (stderr merged) as text; raises
+    ``subprocess.TimeoutExpired`` (with the output so far) on timeout.
+    """
+    import subprocess
+    import tempfile
+
+    import psutil
+
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                                start_new_session=True)
+        known: dict[int, psutil.Process] = {}
+
+        def remember():
+            try:
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    known.setdefault(p.pid, p)
+            except psutil.Error:
+                pass
+
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None:
+                remember()
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout, output=_read(out))
+                time.sleep(0.5)
+            return subprocess.CompletedProcess(argv, proc.returncode, _read(out), None)
+        finally:
+            remember()
+            alive = [p for p in known.values() if _running(p)]
+            for p in alive:
+                try:
+                    p.terminate()
+                except psutil.Error:
+                    pass
+            gone, alive = psutil.wait_procs(alive, timeout=10)
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(alive, timeout=5)
+            if proc.poll() is None:
+                proc.wait(timeout=5)
+
+
+def _running(p) -> bool:
+    import psutil
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _read(fh) -> str:
+    fh.flush()
+    fh.seek(0)
+    return fh.read().decode("utf-8", "replace")

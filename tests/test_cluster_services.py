@@ -1,0 +1,175 @@
+"""Integration tests against the real pseudo-cluster services (HDFS, YARN, Spark standalone, S3)."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+import cluster
+from cluster import config, manager
+from cluster.testing import run_process
+
+pytestmark = pytest.mark.cluster
+
+SPARK_SUBMIT = str(config.spark_home() / "bin" / "spark-submit")
+
+
+def with_timeout(fn, timeout=60):
+    """hdfs-native retries without end against a dead NameNode: bound every call."""
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return ex.submit(fn).result(timeout=timeout)
+    finally:
+        ex.shutdown(wait=False)
+
+
+def hdfs_client(conn):
+    from hdfs_native import Client
+    return Client(conn["hdfs"]["uri"])
+
+
+def submit(conn, master: str, app: str, *args: str, timeout=300, conf=()):
+    env = cluster.client_env(conn)
+    argv = [SPARK_SUBMIT, "--master", master]
+    for c in conf:
+        argv += ["--conf", c]
+    argv += [app, *args]
+    res = run_process(argv, env=env, timeout=timeout)
+    assert res.returncode == 0, f"spark-submit failed ({res.returncode}):\n{res.stdout[-6000:]}"
+    return res.stdout
+
+
+def test_status_and_connection_file(pseudo_cluster):
+    conn = pseudo_cluster
+    assert conn == cluster.connection()
+    assert conn["hdfs"]["uri"].startswith("hdfs://127.0.0.1:")
+    assert conn["yarn"]["resourcemanager"].startswith("127.0.0.1:")
+    assert conn["spark"]["master"].startswith("spark://127.0.0.1:")
+    assert conn["s3"]["endpoint"].startswith("http://127.0.0.1:")
+    for key in ("bucket", "access_key", "secret_key", "region"):
+        assert conn["s3"][key]
+    conf = Path(conn["hadoop_conf_dir"])
+    for name in ("core-site.xml", "hdfs-site.xml", "yarn-site.xml"):
+        assert (conf / name).is_file()
+    assert conn["hdfs"]["uri"] in (conf / "core-site.xml").read_text()
+    assert Path(conn["java_home"], "bin", "java").exists()
+    rows = cluster.status()
+    names = {r["service"] for r in rows}
+    assert {"namenode", "datanode", "resourcemanager", "nodemanager", "spark-master", "s3"} <= names
+    assert sum(n.startswith("spark-worker-") for n in names) == conn["spark"]["workers"]
+    for r in rows:
+        assert r["alive"] and r["healthy"], r
+        assert r["pid"] and r["port"] and r["ui"].startswith("http://127.0.0.1:")
+    env = cluster.client_env(conn)
+    assert env["AWS_ENDPOINT_URL"] == conn["s3"]["endpoint"]
+    assert env["HADOOP_CONF_DIR"] == conn["hadoop_conf_dir"]
+
+
+def test_up_twice_is_harmless(pseudo_cluster):
+    before = {r["service"]: r["pid"] for r in cluster.status()}
+    again = cluster.up()
+    assert again["hdfs"] == pseudo_cluster["hdfs"]
+    assert {r["service"]: r["pid"] for r in cluster.status()} == before
+
+
+def test_hdfs_file_read_back_through_spark(pseudo_cluster, tmp_path):
+    conn = pseudo_cluster
+    client = hdfs_client(conn)
+    base = f"/tmp/test_cluster/{uuid.uuid4().hex}"
+    rows = [f"{i},{2 * i}" for i in range(1000)]
+
+    def write():
+        client.mkdirs(base, create_parent=True)
+        with client.create(f"{base}/input.csv") as f:
+            f.write(("\n".join(rows) + "\n").encode())
+    with_timeout(write)
+
+    app = tmp_path / "hdfs_roundtrip.py"
+    app.write_text(
+        "import sys\n"
+        "from pyspark.sql import SparkSession\n"
+        "src, dst = sys.argv[1], sys.argv[2]\n"
+        "spark = SparkSession.builder.appName('tfos-hdfs-roundtrip').getOrCreate()\n"
+        "lines = spark.sparkContext.textFile(src)\n"
+        "count, total = lines.count(), lines.map(lambda l: int(l.split(',')[1])).sum()\n"
+        "spark.createDataFrame([(count, total)], 'count long, total long')"
+        ".coalesce(1).write.mode('overwrite').json(dst)\n"
+        "print('RESULT', count, total, spark.sparkContext.master)\n"
+        "spark.stop()\n")
+    uri = conn["hdfs"]["uri"]
+    out = submit(conn, conn["spark"]["master"], str(app), f"{uri}{base}/input.csv",
+                 f"{uri}{base}/output",
+                 conf=["spark.executor.memory=512m", "spark.cores.max=2"])
+    assert f"RESULT 1000 {sum(2 * i for i in range(1000))} {conn['spark']['master']}" in out
+
+    def read_output():
+        parts = [s.path for s in client.list_status(f"{base}/output")
+                 if s.path.rsplit("/", 1)[-1].startswith("part-")]
+        with client.read(parts[0]) as r:
+            return json.loads(r.read().decode().strip())
+    assert with_timeout(read_output) == {"count": 1000, "total": 999000}
+    with_timeout(lambda: client.delete(base, True))
+
+
+def test_spark_application_on_yarn(pseudo_cluster, tmp_path):
+    conn = pseudo_cluster
+    app = tmp_path / "yarn_app.py"
+    name = f"tfos-yarn-{uuid.uuid4().hex[:8]}"
+    app.write_text(
+        "from pyspark.sql import SparkSession\n"
+        f"spark = SparkSession.builder.appName('{name}').getOrCreate()\n"
+        "sc = spark.sparkContext\n"
+        "import socket\n"
+        "n = sc.parallelize(range(1000), 2).map(lambda x: x * x).sum()\n"
+        "print('RESULT', n, sc.master, sc.applicationId)\n"
+        "spark.stop()\n")
+    out = submit(conn, "yarn", str(app), conf=[
+        "spark.executor.instances=1", "spark.executor.memory=512m", "spark.executor.cores=1"])
+    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    _, n, master, app_id = line.split()
+    assert int(n) == sum(x * x for x in range(1000)) and master == "yarn"
+    assert app_id.startswith("application_")
+    # The ResourceManager saw it run and succeed.
+    info = config.http_json(f"{conn['yarn']['web']}/ws/v1/cluster/apps/{app_id}")["app"]
+    assert info["name"] == name
+    assert info["state"] == "FINISHED" and info["finalStatus"] == "SUCCEEDED", info
+    # Spark's jars came from the local install (spark.yarn.jars=local:...), not an upload.
+    assert "__spark_libs__" not in out
+
+
+def test_s3_object_roundtrip(pseudo_cluster, cluster_env):
+    import boto3
+    s3 = boto3.client("s3")  # endpoint, keys and region from cluster_env (AWS_* variables)
+    bucket = pseudo_cluster["s3"]["bucket"]
+    key = f"test_cluster/{uuid.uuid4().hex}.bin"
+    payload = os.urandom(3 * 2**20 + 17)
+    s3.put_object(Bucket=bucket, Key=key, Body=payload)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == payload
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="test_cluster/")
+    assert key in [o["Key"] for o in listed.get("Contents", [])]
+    s3.delete_object(Bucket=bucket, Key=key)
+    # pyarrow reads the endpoint from AWS_ENDPOINT_URL too.
+    import pyarrow.fs as pafs
+    fs = pafs.S3FileSystem(endpoint_override=pseudo_cluster["s3"]["endpoint"],
+                           access_key=pseudo_cluster["s3"]["access_key"],
+                           secret_key=pseudo_cluster["s3"]["secret_key"],
+                           region=pseudo_cluster["s3"]["region"], scheme="http")
+    with fs.open_output_stream(f"{bucket}/{key}") as f:
+        f.write(b"arrow")
+    with fs.open_input_stream(f"{bucket}/{key}") as f:
+        assert f.read() == b"arrow"
+    fs.delete_file(f"{bucket}/{key}")
+
+
+def test_cli_status_json(pseudo_cluster):
+    res = run_process([sys.executable, "-m", "cluster", "status", "--json"], timeout=120,
+                      env={"TFOS_CLUSTER_HOME": pseudo_cluster["home"]})
+    assert res.returncode == 0, res.stdout
+    rows = json.loads(res.stdout)
+    assert all(r["healthy"] for r in rows)
+    assert manager.rss_total() > 0

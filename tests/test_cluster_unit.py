@@ -1,0 +1,100 @@
+"""Fast checks of the pseudo-cluster package that start no service."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import cluster
+from cluster import config, jars, manager
+from cluster.errors import ClusterError
+
+
+def _props(path):
+    return {p.findtext("name"): p.findtext("value") for p in ET.parse(path).getroot()}
+
+
+def test_conf_files_bind_loopback(tmp_path):
+    lay = config.Layout(tmp_path)
+    opts = config.Options(port_base=21000)
+    config.write_conf(lay, opts, sys.executable)
+    core = _props(lay.conf / "core-site.xml")
+    hdfs = _props(lay.conf / "hdfs-site.xml")
+    yarn = _props(lay.conf / "yarn-site.xml")
+    assert core["fs.defaultFS"] == "hdfs://127.0.0.1:21000"
+    assert hdfs["dfs.replication"] == "1"
+    assert yarn["yarn.nodemanager.vmem-check-enabled"] == "false"
+    assert yarn["yarn.nodemanager.pmem-check-enabled"] == "false"
+    assert yarn["yarn.nodemanager.resource.memory-mb"] == "4096"
+    assert yarn["yarn.scheduler.minimum-allocation-mb"] == "256"
+    for props in (hdfs, yarn):
+        for k, v in props.items():
+            if k.endswith("address") and ":" in v:
+                assert v.startswith("127.0.0.1:"), (k, v)
+    defaults = (lay.spark_conf / "spark-defaults.conf").read_text()
+    assert "spark.yarn.jars local:" in defaults
+
+
+def test_ports_are_distinct():
+    opts = config.Options(workers=config.MAX_WORKERS)
+    ports = [opts.port(k) for k in config.OFFSETS]
+    for i in range(opts.workers):
+        ports += list(opts.worker_ports(i))
+    assert len(ports) == len(set(ports))
+
+
+@pytest.mark.parametrize("kw", [dict(workers=-1), dict(worker_memory="lots"),
+                                dict(port_base=80), dict(bucket="No_Such")])
+def test_bad_options_are_rejected(kw):
+    with pytest.raises(ClusterError):
+        config.Options(**kw).validate()
+
+
+def test_connection_when_not_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFOS_CLUSTER_HOME", str(tmp_path / "nothing"))
+    with pytest.raises(ClusterError, match="not up"):
+        cluster.connection()
+    assert cluster.status() == []
+    assert not cluster.is_up()
+    assert cluster.down() == []
+
+
+def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ClusterError, match="Java not found"):
+        config.find_java()
+
+
+def test_client_env():
+    conn = {"hdfs": {"uri": "hdfs://127.0.0.1:1"}, "spark": {"master": "spark://127.0.0.1:2"},
+            "s3": {"endpoint": "http://127.0.0.1:3", "bucket": "b", "access_key": "a",
+                   "secret_key": "s", "region": "us-east-1"},
+            "hadoop_conf_dir": "/c", "java_home": "/j", "home": "/h"}
+    env = cluster.client_env(conn)
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:3"
+    assert env["AWS_ACCESS_KEY_ID"] == "a" and env["AWS_SECRET_ACCESS_KEY"] == "s"
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["HADOOP_CONF_DIR"] == "/c" and env["JAVA_HOME"] == "/j"
+
+
+def test_jar_fetch_is_idempotent():
+    # The cache is filled by 'make hadoop-jars' / 'tfos-cluster fetch' (or the first 'up').
+    lib = jars.fetch(quiet=True)
+    assert jars.is_fetched()
+    before = {p.name: p.stat().st_mtime for p in lib.glob("*.jar")}
+    assert jars.fetch(quiet=True) == lib
+    assert {p.name: p.stat().st_mtime for p in lib.glob("*.jar")} == before
+    for a in jars.ARTIFACTS:
+        assert (lib / f"{a}-{jars.HADOOP_VERSION}.jar").is_file()
+    assert (jars.webapps_root() / "webapps" / "hdfs" / "index.html").is_file()
+
+
+def test_cli_status_on_empty_home(tmp_path):
+    env = {"TFOS_CLUSTER_HOME": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-m", "cluster", "status", "--json"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3 and json.loads(res.stdout) == []
