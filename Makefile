@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install check-java check-python clean
+.PHONY: demo test install check-java check-python clean hadoop-jars
 
 demo: install
 	$(PY) -m tfos_jobs.demo
@@ -13,6 +13,11 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: check-java $(STAMP)
+
+# Hadoop 3.5.0 server jars for the pseudo-cluster (cluster/): fetched once with Maven, cached in
+# ~/.cache/tfos-jobs/hadoop-3.5.0 (or TFOS_HADOOP_JARS); a no-op when the cache is complete.
+hadoop-jars: install
+	$(PY) -m cluster fetch
 
 # The tested versions are pinned in constraints.txt; setup.cfg keeps the supported ranges.
 $(STAMP): setup.cfg pyproject.toml constraints.txt | check-python
