@@ -16,6 +16,7 @@ dependency pin in setup.cfg, and each has a test in tests/test_compat.py:
   for it and write event files with ``tf.summary`` instead.
 """
 import multiprocessing
+import warnings
 
 _FIX_MARK = "_tfos_jobs_fork_context"
 
@@ -27,7 +28,9 @@ class IncompatibleEnvironment(RuntimeError):
 def check_pkg_resources():
     """Fail with an actionable message when ``pkg_resources`` (needed by TFoS) is missing."""
     try:
-        import pkg_resources  # noqa: F401  (import is the check)
+        with warnings.catch_warnings():  # its deprecation notice is about TFoS, not the user's code
+            warnings.simplefilter("ignore")
+            import pkg_resources  # noqa: F401  (import is the check)
     except ModuleNotFoundError as err:
         raise IncompatibleEnvironment(
             "tensorflowonspark 2.2.5 imports pkg_resources, which setuptools>=82 removed: "

@@ -1,0 +1,71 @@
+"""Resume from checkpoints and survive a lost executor: real TF training on Spark local-cluster."""
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+import hdfs_io
+from tfos_jobs.trainer import fit
+
+from test_training_e2e import DemoCTRTask, ctr_data, no_leftover_tf_processes, source  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def test_rerun_resumes_from_the_last_checkpoint(local_spark, ctr_data, tmp_path):
+    train, valid = ctr_data
+    options = dict(strategy="mwms", num_workers=2, model_dir=str(tmp_path / "model"), batch_size=64,
+                   checkpoint_every=1000, log_every=10)
+    first = fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), steps=20, **options)
+    assert first.resumed_from == 0 and first.steps == 20
+    second = fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), steps=40,
+                 export_uri=str(tmp_path / "export"), **options)
+    assert second.resumed_from == 20, "the second run must start from the first run's final checkpoint"
+    assert second.steps == 40
+    assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
+
+
+def _executor_of(pattern):
+    """The Spark executor JVM above the TF node process whose command line contains ``pattern``."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "tfos_jobs.node" in cmdline and pattern in cmdline:
+            for parent in proc.parents():
+                if "CoarseGrainedExecutorBackend" in " ".join(parent.cmdline()):
+                    return parent
+    return None
+
+
+def test_lost_executor_restarts_the_cluster_from_the_checkpoint(local_spark, ctr_data, tmp_path):
+    train, valid = ctr_data
+    model_dir = str(tmp_path / "model")
+    outcome = {}
+
+    def train_in_background():
+        try:
+            outcome["result"] = fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), strategy="mwms",
+                                    num_workers=2, model_dir=model_dir, export_uri=str(tmp_path / "export"),
+                                    batch_size=32, steps=1500, checkpoint_every=20, log_every=50, max_attempts=2)
+        except BaseException as err:  # handed to the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=train_in_background, daemon=True)
+    thread.start()
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(index) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.path.exists(index), f"no checkpoint was written: {outcome}"
+    victim = _executor_of("tfos-worker0-")
+    assert victim is not None, "could not find the executor running TF worker:0"
+    victim.kill()
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "training did not finish after the executor was lost"
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.attempts == 2
+    assert result.resumed_from >= 20, "the second TF cluster must resume from a checkpoint, not step 0"
+    assert result.steps == 1500
+    assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
