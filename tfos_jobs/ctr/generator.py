@@ -41,7 +41,8 @@ class ModelParams:
     max_vocab: int = 20_000
     base_ctr: float = 0.25
     interaction_rank: int = 4
-    signal: float = 1.0          # scales every effect: higher = easier problem, higher Bayes AUC
+    interaction_max_vocab: int = 1000
+    signal: float = 0.8          # scales every effect: higher = easier problem, higher Bayes AUC
 
 
 class GeneratingModel:
@@ -76,14 +77,15 @@ class GeneratingModel:
             self.cat_hex.append(np.array([f"{h:08x}" for h in hexes], dtype=object))
         # interactions: pairs of categorical fields (factorised) and integer x categorical
         k = params.interaction_rank
-        fields = rng.permutation(nc)
-        self.cat_pairs = [(int(fields[2 * i]), int(fields[2 * i + 1])) for i in range(6)]
+        # interacting fields: those of moderate cardinality (a value's factors need data to be learnt)
+        fields = rng.permutation(np.flatnonzero(self.vocab <= params.interaction_max_vocab))
+        self.cat_pairs = [(int(fields[2 * i]), int(fields[2 * i + 1])) for i in range(min(6, len(fields) // 2))]
         self.factors = {}
         for a, b in self.cat_pairs:
             for f in (a, b):
                 if f not in self.factors:
                     self.factors[f] = rng.normal(0, np.sqrt(0.5 * s / np.sqrt(k)), (self.vocab[f] + 1, k))
-        self.int_cat = [(int(rng.integers(ni)), int(rng.integers(nc))) for _ in range(3)]
+        self.int_cat = [(int(rng.integers(ni)), int(rng.choice(fields))) for _ in range(3)]
         self.int_cat_weight = [rng.normal(0, 0.4 * s, self.vocab[j] + 1) for _, j in self.int_cat]
         self.bias = 0.0
         self.bias = self._calibrate(params.base_ctr, rng)

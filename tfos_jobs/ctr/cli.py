@@ -1,0 +1,266 @@
+"""``tfos-ctr``: the click-through-rate job, step by step or all at once.
+
+    tfos-ctr generate --output URI --rows N          Criteo-format files from a known model (+ Bayes AUC)
+    tfos-ctr prep     --input URI --output URI       Spark: validate, quarantine, transform, split -> Parquet
+    tfos-ctr train    --prep URI --model-dir URI --export URI    distributed training (ps or mwms)
+    tfos-ctr evaluate --export URI --data URI        AUC / log loss -> <export>/evaluation.json
+    tfos-ctr score    --export URI --input URI --output URI      Spark batch scoring -> Parquet
+    tfos-ctr demo     [--work-dir URI]               all of the above on a small embedded default
+
+Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Also runnable as
+``python -m tfos_jobs.ctr ...`` or ``spark-submit tfos_jobs/ctr/cli.py ...`` (the master then comes from
+spark-submit).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+PROG = "tfos-ctr"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _sizes(text):
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,128, got {text!r}")
+    return sizes
+
+
+def _spark_args(parser):
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else $TFOS_SPARK_MASTER, "
+                                         "else local-cluster with enough executors)")
+    parser.add_argument("--executor-memory-mb", type=_positive_int, default=2048,
+                        help="memory per local-cluster executor (default: %(default)s)")
+
+
+def _model_args(parser):
+    parser.add_argument("--arch", choices=["deepfm", "dcn"], default="deepfm")
+    parser.add_argument("--embedding-dim", type=_positive_int, default=16)
+    parser.add_argument("--hidden", type=_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
+    parser.add_argument("--cross-layers", type=int, default=3, help="DCN cross layers (default: %(default)s)")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
+    parser.add_argument("--workers", type=_positive_int, default=2, help="TF workers (default: %(default)s)")
+    parser.add_argument("--ps", type=_positive_int, default=1, help="parameter servers (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=512, help="per worker (default: %(default)s)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=0, help="total steps (default: from --epochs)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    parser.add_argument("--log-every", type=_positive_int, default=100)
+    parser.add_argument("--max-attempts", type=_positive_int, default=2)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:9]))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write Criteo-format files from a known generating model")
+    p.add_argument("--output", required=True, help="directory URI for the part files")
+    p.add_argument("--rows", type=_positive_int, required=True)
+    p.add_argument("--files", type=_positive_int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="sample seed (use another one for a test set)")
+    p.add_argument("--model-seed", type=int, default=7, help="the generating model's parameters")
+    p.add_argument("--malformed-fraction", type=_fraction, default=0.0)
+    p.add_argument("--compression", choices=["none", "gzip"], default="none")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("prep", help="Spark: validate, quarantine, transform, split, write Parquet")
+    p.add_argument("--input", required=True, help="Criteo text/gzip file, directory or glob URI")
+    p.add_argument("--output", required=True, help="directory URI: train/, valid/, quarantine/, prep.json")
+    p.add_argument("--validation-fraction", type=_fraction, default=0.1)
+    p.add_argument("--hash-buckets", type=int, default=10_000, help="per categorical field")
+    p.add_argument("--max-bad-fraction", type=_fraction, default=0.01,
+                   help="fail when more than this fraction of lines is malformed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--partitions", type=int, help="Parquet files per split (default: Spark's)")
+    p.add_argument("--overwrite", action="store_true")
+    _spark_args(p)
+
+    p = sub.add_parser("train", help="distributed training through the runtime; exports the model")
+    p.add_argument("--prep", required=True, help="prep output URI")
+    p.add_argument("--model-dir", required=True, help="URI for checkpoints and TensorBoard events")
+    p.add_argument("--export", required=True, help="URI the model is exported to")
+    _model_args(p)
+    _spark_args(p)
+
+    p = sub.add_parser("evaluate", help="AUC and log loss of an export on prepped Parquet data")
+    p.add_argument("--export", required=True)
+    p.add_argument("--data", required=True, help="prepped Parquet URI (e.g. <prep>/valid)")
+    p.add_argument("--output", help="JSON URI (default: <export>/evaluation.json)")
+    p.add_argument("--max-rows", type=int)
+
+    p = sub.add_parser("score", help="Spark batch scoring of Parquet or Criteo data")
+    p.add_argument("--export", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True, help="Parquet URI for the predictions (written atomically)")
+    p.add_argument("--format", choices=["parquet", "criteo"], default="parquet")
+    p.add_argument("--unlabeled", action="store_true", help="Criteo lines have no label field")
+    p.add_argument("--keep", help="comma-separated input columns to copy to the output")
+    p.add_argument("--batch-size", type=_positive_int, default=4096)
+    p.add_argument("--partitions", type=int)
+    p.add_argument("--overwrite", action="store_true")
+    _spark_args(p)
+
+    p = sub.add_parser("demo", help="generate, prep, train, evaluate on a small embedded default")
+    p.add_argument("--work-dir", default=os.path.join(REPO, "work", "demo"), help="default: %(default)s")
+    p.add_argument("--rows", type=_positive_int, default=40_000)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
+    _spark_args(p)
+    return parser
+
+
+def _session(args, executors):
+    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
+    java_version()
+    master = args.master
+    if not master and "PYSPARK_GATEWAY_PORT" in os.environ:   # under spark-submit: keep its master
+        from pyspark import SparkConf
+        master = SparkConf().get("spark.master", None)
+    if not master and not os.environ.get("TFOS_SPARK_MASTER"):
+        master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
+    return spark_session(master, app_name=f"{PROG}-{args.command}")
+
+
+def _model_config(args):
+    from tfos_jobs.ctr.model import ModelConfig
+    return ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, hidden=args.hidden,
+                       cross_layers=args.cross_layers, dropout=args.dropout, learning_rate=args.learning_rate)
+
+
+def _nodes(args):
+    return args.workers + (args.ps + 1 if args.strategy == "ps" else 0)
+
+
+def cmd_generate(args):
+    from tfos_jobs.ctr.generator import ModelParams, generate
+    report = generate(args.output, args.rows, files=args.files, seed=args.seed,
+                      malformed_fraction=args.malformed_fraction, compression=args.compression,
+                      params=ModelParams(model_seed=args.model_seed), overwrite=args.overwrite)
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_prep(args):
+    from tfos_jobs.ctr.prep import prep
+    spark = _session(args, 2)
+    try:
+        report = prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
+                      hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
+                      partitions=args.partitions, overwrite=args.overwrite)
+    finally:
+        spark.stop()
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def _train(args, spark, prep_uri, model_dir, export_uri):
+    from tfos_jobs.ctr import job
+    return job.train(spark.sparkContext, prep_uri, model_dir, export_uri, model=_model_config(args),
+                     strategy=args.strategy, num_workers=args.workers, num_ps=args.ps,
+                     batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
+                     checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                     max_attempts=args.max_attempts)
+
+
+def cmd_train(args):
+    spark = _session(args, _nodes(args))
+    try:
+        result = _train(args, spark, args.prep, args.model_dir, args.export)
+    finally:
+        spark.stop()
+    print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
+                      "attempts": result.attempts, "nodes": result.nodes}, sort_keys=True))
+    return 0
+
+
+def cmd_evaluate(args):
+    from tfos_jobs.ctr import job
+    print(json.dumps(job.evaluate(args.export, args.data, args.output, max_rows=args.max_rows), sort_keys=True))
+    return 0
+
+
+def cmd_score(args):
+    from tfos_jobs.ctr import job
+    keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep is not None else None
+    spark = _session(args, 2)
+    try:
+        result = job.score(spark, args.export, args.input, args.output, input_format=args.format,
+                           labeled=not args.unlabeled, keep=keep, batch_size=args.batch_size,
+                           overwrite=args.overwrite, partitions=args.partitions)
+    finally:
+        spark.stop()
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args):
+    """``make demo``: generate -> prep -> train (2 TF workers) -> print the export and its AUC."""
+    import hdfs_io
+    from tfos_jobs.ctr.generator import generate
+    from tfos_jobs.ctr.prep import prep
+    started = time.monotonic()
+    root = args.work_dir
+    raw, prepped = hdfs_io.join(root, "raw"), hdfs_io.join(root, "prep")
+    model_dir, export_uri = hdfs_io.join(root, "model"), hdfs_io.join(root, "export")
+    for uri in (model_dir, export_uri):       # a demo starts fresh; `fit` itself would resume
+        hdfs_io.delete(uri, recursive=True, missing_ok=True)
+    report = generate(raw, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
+    print(f"generated {args.rows} rows ({report['malformed']} malformed) under {raw}; "
+          f"Bayes-optimal AUC {report['bayes_auc']:.4f}", file=sys.stderr)
+    args.workers, args.ps, args.batch_size, args.steps = 2, 1, 256, 0
+    args.arch, args.embedding_dim, args.hidden, args.cross_layers = "deepfm", 8, (64, 32), 3
+    args.dropout, args.learning_rate, args.checkpoint_every, args.log_every, args.max_attempts = 0.0, 1e-3, 200, 50, 2
+    spark = _session(args, _nodes(args))
+    try:
+        prep(spark, raw, prepped, hash_buckets=2000, overwrite=True)
+        result = _train(args, spark, prepped, model_dir, export_uri)
+    finally:
+        spark.stop()
+    print(f"exported model: {result.export_uri}")
+    print(f"validation AUC: {result.metrics['auc']:.4f}  (Bayes-optimal {report['bayes_auc']:.4f}, log loss "
+          f"{result.metrics['log_loss']:.4f}, {result.steps} steps, {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
+            "score": cmd_score, "demo": cmd_demo}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    name = f"{PROG} {args.command}"
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:   # BadInputError is a ValueError
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:   # JavaNotFound, TrainingFailed, ...: one line, no Spark traceback
+        print(f"{name}: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
