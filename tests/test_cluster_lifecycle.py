@@ -48,6 +48,7 @@ def _pids_and_ports():
 def test_port_taken_gives_clear_error(private_home):
     opts = cluster.config.Options(port_base=PORT_BASE)
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers
         s.bind(("127.0.0.1", opts.port("rm.web")))
         s.listen(1)
         with pytest.raises(ClusterError) as e:
