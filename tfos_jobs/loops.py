@@ -7,7 +7,7 @@ ps:    ps tasks and workers only host a ``tf.distribute.Server`` (workers stage 
 import os
 import time
 
-from tfos_jobs import inputs
+from tfos_jobs import feed, inputs
 from tfos_jobs.checkpoint import StorageCheckpoints
 from tfos_jobs.export import publish_export
 
@@ -17,6 +17,8 @@ import hdfs_io
 def run_role(spec, control):
     """Run this node's role; return the result dict the chief reports to the driver."""
     if spec.config.strategy == "mwms":
+        if feed.is_feed(spec.source):  # a Spark DataFrame streamed to every worker (tfos_jobs/feed.py)
+            return feed.train_multi_worker(spec, control)
         return train_multi_worker(spec, control)
     if spec.role == "chief":
         return train_parameter_server(spec, control)
@@ -106,6 +108,15 @@ def _finish_on_chief(spec, model, progress, last_loss, rate):
             "resumed_from": progress.start_step}
 
 
+def _steps_to_boundary(spec, current, limit=None):
+    """Steps until the next log line, checkpoint or the end (at most ``limit``)."""
+    config = spec.config
+    boundaries = [spec.total_steps, (current // config.log_every + 1) * config.log_every,
+                  (current // config.checkpoint_every + 1) * config.checkpoint_every]
+    count = min(boundaries) - current
+    return min(count, limit) if limit else count
+
+
 def _checkpoints(spec, checkpoint, writer):
     remote = hdfs_io.join(spec.config.model_dir, "checkpoints") if spec.config.model_dir else None
     # In MWMS every worker must save; only the chief's copy goes to storage.
@@ -130,18 +141,24 @@ def train_multi_worker(spec, control):
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
     @tf.function
-    def train_step(it):
-        features, labels = next(it)
-        per_replica = strategy.run(
-            lambda f, l: _apply_gradients(spec, model, optimizer, f, l, spec.global_batch), args=(features, labels))
-        step.assign_add(1)
-        return strategy.reduce("SUM", per_replica, axis=None)
+    def train_steps(it, count):
+        # Several steps per call: one Python round trip per log/checkpoint interval, not per step.
+        loss = tf.constant(0.0)
+        for _ in tf.range(count):
+            features, labels = next(it)
+            per_replica = strategy.run(lambda f, l: _apply_gradients(
+                spec, model, optimizer, f, l, spec.global_batch), args=(features, labels))
+            loss = strategy.reduce("SUM", per_replica, axis=None)
+        step.assign_add(tf.cast(count, tf.int64))
+        return loss
 
-    progress = Progress(spec, control, int(step.numpy())) if is_chief else None
+    current = int(step.numpy())
+    progress = Progress(spec, control, current) if is_chief else None
     loss, rate = float("nan"), 0.0
-    while int(step.numpy()) < spec.total_steps:
-        loss = train_step(iterator)
-        current = int(step.numpy())
+    while current < spec.total_steps:
+        count = _steps_to_boundary(spec, current)
+        loss = train_steps(iterator, tf.constant(count))
+        current += count
         if is_chief and (current % spec.config.log_every == 0 or current == spec.total_steps):
             rate = progress.report(current, loss)
         if current % spec.config.checkpoint_every == 0 or current == spec.total_steps:
@@ -158,7 +175,12 @@ def serve_until_stopped(spec, control):
     """A ps task or PS-mode worker: host a TF server until the driver says the chief is done."""
     import tensorflow as tf
     if spec.role == "worker":
-        rows = inputs.stage_shard(spec.source, spec.files, spec.config.batch_size, spec.stage_dir)
+        if feed.is_feed(spec.source):  # DataFrame feed: one pass received into the same staged format
+            rows = feed.stage(spec)
+            if rows == 0:
+                raise ValueError(f"worker {spec.index} got no rows from the DataFrame feed")
+        else:
+            rows = inputs.stage_shard(spec.source, spec.files, spec.config.batch_size, spec.stage_dir)
         if rows == 0:
             raise ValueError(f"worker {spec.index} got no rows from its shard {[f.uri for f in spec.files]}")
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -175,6 +197,9 @@ def train_parameter_server(spec, control):
     control.send("ready")
     control.wait_for("all_ready", deadline_s=spec.config.start_timeout_s,
                      orphan_timeout_s=spec.config.orphan_timeout_s)
+    if feed.is_feed(spec.source):  # the workers have staged the feed: now its row count is known
+        spec.total_steps = spec.config.steps or max(1, int(feed.fed_rows(spec) * spec.config.epochs
+                                                           // spec.config.batch_size))
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     strategy = tf.distribute.ParameterServerStrategy(resolver)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
@@ -192,18 +217,23 @@ def train_parameter_server(spec, control):
     iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
 
     @tf.function
-    def train_step(it):
-        features, labels = next(it)
-        return strategy.run(lambda f, l: _apply_gradients(
-            spec, model, optimizer, f, l, spec.config.batch_size), args=(features, labels))
+    def train_steps(it, count):
+        # A closure runs `count` steps on one worker: fewer coordinator round trips per step.
+        loss = tf.constant(0.0)
+        for _ in tf.range(count):
+            features, labels = next(it)
+            loss = strategy.run(lambda f, l: _apply_gradients(
+                spec, model, optimizer, f, l, spec.config.batch_size), args=(features, labels))
+        return loss
 
     progress = Progress(spec, control, int(step.numpy()))
     current, loss, rate = int(step.numpy()), None, 0.0
     while current < spec.total_steps:
-        loss = coordinator.schedule(train_step, args=(iterator,))
-        current += 1
-        boundary = current % spec.config.log_every == 0 or current == spec.total_steps
-        if boundary or current % spec.config.checkpoint_every == 0:
+        count = _steps_to_boundary(spec, current, limit=spec.config.steps_per_closure)
+        loss = coordinator.schedule(train_steps, args=(iterator, tf.constant(count)))
+        current += count
+        if current % spec.config.log_every == 0 or current % spec.config.checkpoint_every == 0 \
+                or current == spec.total_steps:
             coordinator.join()
             step.assign(current)
             rate = progress.report(current, loss.fetch())

@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tfos_jobs import compat, inputs
+from tfos_jobs import compat, feed, inputs
 from tfos_jobs.control import ControlServer
 from tfos_jobs.node import NodeSpec, node_main
 from tfos_jobs.task import TrainResult
@@ -49,6 +49,7 @@ class TrainConfig:
     steps: int = 0                    # total steps; 0 = derive from epochs and the row count
     checkpoint_every: int = 200
     log_every: int = 50
+    steps_per_closure: int = 10       # ps: steps in one closure scheduled on a worker
     max_attempts: int = 2             # TF clusters started in all (executor loss restarts one)
     start_timeout_s: float = 300.0    # for every node to reserve its port and report ready
     orphan_timeout_s: float = 30.0    # a node exits if the driver is unreachable this long
@@ -81,11 +82,13 @@ def fit(sc, task, data, **options):
     config = TrainConfig(**options)
     config.run_id = config.run_id or uuid.uuid4().hex[:12]
     config.validate()
-    plan = inputs.plan_parquet(data)
-    if len(plan.files) < config.num_workers:
+    plan = data.plan() if feed.is_feed(data) else inputs.plan_parquet(data)  # feed: DataFrameSource
+    if not feed.is_feed(data) and len(plan.files) < config.num_workers:
         raise ValueError(f"{data.uri} has {len(plan.files)} data file(s) but {config.num_workers} TF workers each "
                          "need at least one: write the data set with more files (e.g. repartition)")
     total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
+    if feed.is_feed(data):
+        total_steps = config.steps  # 0: until the feed's last epoch (the rows are unknown up front)
     with ControlServer(host=_driver_host(sc)) as control:
         spec = NodeSpec(config=config, task=task, source=data, plan=plan, control_address=control.address,
                         control_token=control.token, total_steps=total_steps)
@@ -93,7 +96,8 @@ def fit(sc, task, data, **options):
             control.reset()
             control.expect_ready(config.num_nodes if config.strategy == "ps" else 0)
             wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
-            outcome = _run_attempt(sc, spec, control, attempt)
+            with feed.attempt(sc, data, spec, control, _driver_host(sc)) as attempt_spec:  # no-op unless a feed
+                outcome = _run_attempt(sc, attempt_spec, control, attempt)
             if outcome.get("result") is not None:
                 result = outcome["result"]
                 return TrainResult(export_uri=result.get("export_uri", ""), metrics=result.get("metrics", {}),
