@@ -94,11 +94,15 @@ def shard_files(files, num_shards: int, index: int) -> list[FileInfo]:
     return sorted(mine, key=lambda f: f.uri)
 
 
-def _open_parquet(uri: str, pre_buffer: bool = False) -> pq.ParquetFile:
+def _open_parquet(uri: str, pre_buffer: bool = False, whole: bool = False) -> pq.ParquetFile:
+    """Open a Parquet file. ``whole=True`` (the caller decodes every column): on HDFS fetch the file
+    in one sequential pass into memory instead of seeking through it with Python-level reads."""
     fs, loc = backends.resolve(uri)
     try:
         if loc.scheme == "s3":
             nf = backends.meta(loc, "open", fs.open_input_file, loc.path)
+        elif loc.scheme in ("hdfs", "viewfs") and whole:
+            nf = pa.BufferReader(pa.py_buffer(fs.handler.open_reader(loc.path).read_all()))
         else:
             nf = fs.open_input_file(loc.path)
     except FileNotFoundError:
@@ -148,7 +152,7 @@ def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_
     columns = list(columns) if columns is not None else None
 
     def read_one(fi: FileInfo):
-        pf = _open_parquet(fi.uri, pre_buffer=True)
+        pf = _open_parquet(fi.uri, pre_buffer=True, whole=columns is None)
         try:
             sig = _signature(pf.schema_arrow, columns, fi.uri)
             return sig, pf.read(columns=columns, use_threads=True)
