@@ -1,0 +1,150 @@
+"""The DataFrame feed on its own: a Spark feeding job on local-cluster executors streaming to receivers
+that run as threads in the test process (no TF cluster), so each semantic is checked directly."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tfos_jobs.feed import DataFrameSource, FeedDriver, FeedError, FeedReceiver
+
+pytestmark = pytest.mark.slow
+
+ROWS = 6_000
+
+
+@pytest.fixture(scope="module")
+def frame(local_spark):
+    """ids 0..ROWS-1 over 7 uneven partitions, a float feature derived from the id and a label."""
+    from pyspark.sql import functions as F
+    df = local_spark.range(0, ROWS, numPartitions=7)
+    return df.select(F.col("id"), (F.col("id") * 0.5).cast("float").alias("x"),
+                     (F.col("id") % 2).cast("float").alias("label"))
+
+
+class Consumer(threading.Thread):
+    """One TF worker's receiver and its consuming loop, in a thread: records every batch it got."""
+
+    def __init__(self, spec, index, stop_after=None, delay_s=0.0):
+        super().__init__(daemon=True)
+        self.receiver = FeedReceiver(spec, index).register()
+        self.stop_after, self.delay_s = stop_after, delay_s
+        self.batches, self.error = [], None
+
+    def run(self):
+        try:
+            for epoch, batch in self.receiver.record_batches():
+                self.batches.append((epoch, batch.column("id").to_numpy(), batch.column("x").to_numpy()))
+                if self.stop_after and len(self.batches) >= self.stop_after:
+                    break
+                time.sleep(self.delay_s)
+        except BaseException as err:  # noqa: BLE001 - the test inspects it
+            self.error = err
+        finally:
+            self.receiver.close()
+
+
+def start(sc, df, workers=2, epochs=1, batch_size=64, in_flight=4, **consumer_kw):
+    driver = FeedDriver(sc, DataFrameSource(df, ["id", "x"], "label", max_batches_in_flight=in_flight),
+                        num_workers=workers, epochs=epochs, batch_size=batch_size)
+    consumers = [Consumer(driver.spec, i, **consumer_kw) for i in range(workers)]
+    for c in consumers:
+        c.start()
+    driver.start()
+    return driver, consumers
+
+
+def finish(driver, consumers, timeout=120):
+    try:
+        for c in consumers:
+            c.join(timeout)
+            assert not c.is_alive(), "a consumer hung"
+    finally:
+        driver.stop()
+
+
+def test_every_row_exactly_once_per_epoch_across_workers(local_spark, frame):
+    driver, consumers = start(local_spark.sparkContext, frame, workers=2, epochs=3, batch_size=64)
+    stats = driver.wait(timeout=180)
+    finish(driver, consumers)
+    assert [c.error for c in consumers] == [None, None]
+    assert stats["rows"] == 3 * ROWS and [e["rows"] for e in stats["epochs"]] == [ROWS] * 3
+    for epoch in range(3):
+        ids = np.concatenate([b[1] for c in consumers for b in c.batches if b[0] == epoch])
+        assert len(ids) == ROWS and np.array_equal(np.sort(ids), np.arange(ROWS)), f"epoch {epoch}"
+        shares = [sum(len(b[1]) for b in c.batches if b[0] == epoch) for c in consumers]
+        assert abs(shares[0] - shares[1]) <= 7, f"every partition is split evenly: {shares}"
+    for c in consumers:
+        assert all(np.allclose(x, ids * 0.5) for _, ids, x in c.batches), "columns stay aligned"
+        sizes = [len(b[1]) for b in c.batches]
+        per_epoch_last = {i for i in range(len(sizes)) if i + 1 == len(sizes) or c.batches[i + 1][0] != c.batches[i][0]}
+        assert all(s == 64 for i, s in enumerate(sizes) if i not in per_epoch_last), "exact batch_size within epochs"
+
+
+def test_early_stop_cancels_the_feed_without_hanging(local_spark, frame):
+    sc = local_spark.sparkContext
+    driver, consumers = start(sc, frame, workers=2, epochs=50, batch_size=32, in_flight=2, stop_after=5)
+    for c in consumers:
+        c.join(60)
+    begun = time.monotonic()
+    finish(driver, consumers)
+    assert time.monotonic() - begun < 30
+    assert driver.error is None, "an early stop is not a failure"
+    assert [len(c.batches) for c in consumers] == [5, 5]
+    assert not driver.done.is_set()
+    assert sc.parallelize(range(3), 3).count() == 3, "executors are free again"
+
+
+def test_failing_producer_is_a_clear_error_on_both_sides(local_spark, frame):
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import FloatType
+
+    def explode(x):
+        if x == 2500.0:
+            raise ValueError("boom: bad row in the producer")
+        return x
+    broken = frame.withColumn("x", F.udf(explode, FloatType())("x"))
+    driver, consumers = start(local_spark.sparkContext, broken, workers=2, epochs=1)
+    with pytest.raises(FeedError, match="boom: bad row in the producer"):
+        driver.wait(timeout=180)
+    finish(driver, consumers)
+    for c in consumers:
+        assert isinstance(c.error, FeedError) and "boom" in str(c.error), "the consumer must not wait forever"
+
+
+def test_memory_is_bounded_by_batches_in_flight(local_spark, frame):
+    driver, consumers = start(local_spark.sparkContext, frame, workers=2, epochs=1, batch_size=50, in_flight=3,
+                              delay_s=0.01)
+    driver.wait(timeout=180)
+    finish(driver, consumers)
+    for c in consumers:
+        stats = c.receiver.stats()
+        assert stats["rows"] == sum(len(b[1]) for b in c.batches)
+        assert 1 <= stats["peak_batches_in_flight"] <= 3
+        # a queued item is at most one batch_size piece of 3 columns x 8 bytes (+ Arrow padding)
+        assert stats["peak_bytes_in_flight"] <= 3 * (50 * 3 * 8 + 3 * 64)
+
+
+def test_tf_dataset_of_named_columns(local_spark, frame):
+    import tensorflow as tf
+    driver = FeedDriver(local_spark.sparkContext, DataFrameSource(frame, ["id", "x"], "label"), num_workers=1,
+                        epochs=2, batch_size=1000)
+    receiver = FeedReceiver(driver.spec, 0).register()
+    driver.start()
+    try:
+        dataset = receiver.dataset()
+        assert dataset.element_spec[0]["x"].dtype == tf.float32 and dataset.element_spec[1].dtype == tf.float32
+        seen = [(f["id"].numpy(), l.numpy()) for f, l in dataset]
+        driver.wait(timeout=120)
+    finally:
+        receiver.close()
+        driver.stop()
+    ids = np.concatenate([s[0] for s in seen])
+    assert np.array_equal(np.sort(ids), np.sort(np.tile(np.arange(ROWS), 2)))
+    assert all(np.array_equal(l, (i % 2).astype(np.float32)) for i, l in seen)
+
+
+def test_source_rejects_non_numeric_columns(local_spark):
+    df = local_spark.createDataFrame([("a", 1.0)], "c string, y double")
+    with pytest.raises(ValueError, match="index or hash it in Spark"):
+        DataFrameSource(df, ["c"], "y").dtypes()
