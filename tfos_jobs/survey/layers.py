@@ -1,0 +1,48 @@
+"""Keras layers of the survey model (importing this module imports Keras and TensorFlow)."""
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tfos_survey")
+class StackColumns(keras.layers.Layer):
+    """A list of ``[batch]`` tensors → ``[batch, n]`` (cast to this layer's dtype)."""
+
+    def __init__(self, out_dtype="float32", **kwargs):
+        super().__init__(**kwargs)
+        self.out_dtype = out_dtype
+
+    def call(self, columns):
+        return keras.ops.stack([keras.ops.cast(c, self.out_dtype) for c in columns], axis=1)
+
+    def compute_output_shape(self, shapes):
+        return (shapes[0][0], len(shapes))
+
+    def get_config(self):
+        return dict(super().get_config(), out_dtype=self.out_dtype)
+
+@keras.saving.register_keras_serializable(package="tfos_survey")
+class SharedEmbedding(keras.layers.Layer):
+    """``[batch, n]`` ids of ``n`` columns (column i in ``[0, vocab_sizes[i])``) → ``[batch, n * dim]``
+    through one table of ``sum(vocab_sizes)`` rows; out-of-range ids are clipped."""
+
+    def __init__(self, vocab_sizes, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.dim = int(dim)
+        self.offsets = np.concatenate([[0], np.cumsum(self.vocab_sizes)[:-1]]).astype("int64")
+        self.table = keras.layers.Embedding(int(sum(self.vocab_sizes)), self.dim,
+                                            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
+
+    def build(self, input_shape):
+        self.table.build((None, len(self.vocab_sizes)))
+
+    def call(self, ids):
+        upper = keras.ops.convert_to_tensor(np.array(self.vocab_sizes, dtype="int64") - 1)
+        ids = keras.ops.clip(ids, 0, upper) + keras.ops.convert_to_tensor(self.offsets)
+        return keras.ops.reshape(self.table(ids), (-1, len(self.vocab_sizes) * self.dim))
+
+    def compute_output_shape(self, shape):
+        return (shape[0], len(self.vocab_sizes) * self.dim)
+
+    def get_config(self):
+        return dict(super().get_config(), vocab_sizes=self.vocab_sizes, dim=self.dim)

@@ -1,0 +1,362 @@
+"""Spark prep of a survey response table: profile, resolve column treatments, encode, split, write.
+
+One pass profiles every column of the training split at once (answers exploded to
+``(column, answer, kind)`` and counted, so hundreds of question columns cost one shuffle), the
+treatments are resolved on the driver (spec first, inference for the rest), and one ``select``
+encodes every column. Output under ``<out>``:
+
+``train/`` and ``valid/`` (Parquet: the id column if any, the encoded features, one ``y_*`` int64 label
+per target, -1 where the target was not answered), ``prep.json`` (the plan: every column's treatment,
+vocabularies, scaling, classes and counts; training, evaluation and prediction read it back).
+
+Encodings (all scalar columns, no nulls, as the runtime requires):
+
+* categorical → ``c_<q>`` int64 id: 0 other/unseen, 1 missing, 2 refused, 3 not asked, 4.. answers;
+* ordinal     → ``n_<q>`` float32 position in the order scaled to [0, 1] (training mean when not
+  answered) plus ``m_<q>__<kind>`` float32 0/1 indicators for the kinds seen in training;
+* numeric     → ``n_<q>`` standardized (0 when not answered) plus the same indicators;
+* target      → ``y_<q>`` int64 index into its classes (sorted answers seen in training), else -1.
+"""
+import time
+
+import hdfs_io
+from tfos_jobs import prep as gprep
+from tfos_jobs.survey import spec as specmod
+from tfos_jobs.survey.spec import KINDS, SpecError
+
+PLAN_FILE = "prep.json"
+RESERVED_IDS = {"other": 0, "missing": 1, "refused": 2, "not_asked": 3}
+FIRST_ANSWER_ID = 4
+PLAN_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------ Spark columns
+
+
+def canonical_col(name):
+    """Spark twin of :func:`spec.canonical`: trimmed text, integral numbers without decimals."""
+    from pyspark.sql import functions as F
+    text = F.trim(F.col(f"`{name}`").cast("string"))
+    number = text.try_cast("double")
+    integral = (number.isNotNull() & ~F.isnan(number) & (F.abs(number) < F.lit(9.2e18))
+                & (number == F.floor(number)))
+    return F.when(integral, number.cast("bigint").cast("string")).otherwise(text)
+
+
+def canonicalize(df, names=None):
+    """Every (or each named) column replaced by its canonical text, once, so later expressions stay
+    small (hundreds of columns would otherwise outgrow Spark's generated-code limits)."""
+    names = list(df.columns) if names is None else list(names)
+    return df.select(*[canonical_col(c).alias(c) for c in names])
+
+
+def _col(name):
+    from pyspark.sql import functions as F
+    return F.col(f"`{name}`")
+
+
+def kind_col(value, codes):
+    """'missing' / 'refused' / 'not_asked' / null (an answer) for a canonical value column."""
+    from pyspark.sql import functions as F
+
+    def among(values):
+        return value.isin(list(values)) if values else F.lit(False)
+    return (F.when(value.isNull() | among(codes["missing"]), F.lit("missing"))
+            .when(among(codes["refused"]), F.lit("refused"))
+            .when(among(codes["not_asked"]), F.lit("not_asked")))
+
+
+def read_table(spark, uri, fmt):
+    reader = spark.read
+    if fmt == "csv":
+        # every column as text: answer codes ("refused", 98, "") are compared as written
+        return reader.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE") \
+            .csv(gprep.spark_uri(uri))
+    return reader.parquet(gprep.spark_uri(uri))
+
+
+# ------------------------------------------------------------------------------------ profile
+
+
+def profile(df, columns, spec, is_valid):
+    """Per column (train split): answer counts, kind counts, numeric summary and top answers.
+
+    Returns ``{column: {"answered", "distinct", "kinds": {kind: n}, "non_numeric", "non_integral",
+    "sum", "sumsq", "numeric_n", "top": [(answer, n), ...], "valid": {answer_or_kind: n}}}``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    max_top = int(spec.infer["max_vocab"]) + 1
+    structs = []
+    for i, name in enumerate(columns):
+        value = _col(name)
+        kind = kind_col(value, spec.codes_for(name))
+        structs.append(F.struct(F.lit(i).alias("c"), F.when(kind.isNull(), value).alias("v"), kind.alias("k")))
+    exploded = df.select(is_valid.alias("valid"), F.explode(F.array(*structs)).alias("e")) \
+        .select("valid", "e.c", "e.v", "e.k")
+    grouped = exploded.groupBy("valid", "c", "v", "k").agg(F.count(F.lit(1)).alias("n")).cache()
+    try:
+        train = grouped.where(~F.col("valid"))
+        number = F.col("v").try_cast("double")
+        answered = F.col("k").isNull()
+        numeric = answered & number.isNotNull() & ~F.isnan(number)
+        stats = train.groupBy("c").agg(
+            F.sum(F.when(answered, F.col("n")).otherwise(0)).alias("answered"),
+            F.count(F.when(answered, 1)).alias("distinct"),
+            *[F.sum(F.when(F.col("k") == kind, F.col("n")).otherwise(0)).alias(kind) for kind in KINDS],
+            F.sum(F.when(answered & ~numeric, F.col("n")).otherwise(0)).alias("non_numeric"),
+            F.sum(F.when(numeric & (number != F.floor(number)), F.col("n")).otherwise(0)).alias("non_integral"),
+            F.sum(F.when(numeric, F.col("n") * number).otherwise(0.0)).alias("sum"),
+            F.sum(F.when(numeric, F.col("n") * number * number).otherwise(0.0)).alias("sumsq"),
+            F.sum(F.when(numeric, F.col("n")).otherwise(0)).alias("numeric_n"),
+        ).collect()
+        rank = F.row_number().over(Window.partitionBy("c").orderBy(F.desc("n"), F.asc("v")))
+        top = train.where(answered).withColumn("r", rank).where(F.col("r") <= max_top) \
+            .select("c", "v", "n").collect()
+        target_ids = [i for i, name in enumerate(columns) if name in spec.targets]
+        valid_rows = grouped.where(F.col("valid") & F.col("c").isin(target_ids)).select("c", "v", "k", "n").collect() \
+            if target_ids else []
+        split_counts = {bool(r["valid"]): r["n"] for r in grouped.where(F.col("c") == 0)
+                        .groupBy("valid").agg(F.sum("n").alias("n")).collect()}
+    finally:
+        grouped.unpersist()
+    out = {name: {"answered": 0, "distinct": 0, "kinds": {k: 0 for k in KINDS}, "non_numeric": 0,
+                  "non_integral": 0, "sum": 0.0, "sumsq": 0.0, "numeric_n": 0, "top": [], "valid": {}}
+           for name in columns}
+    for row in stats:
+        entry = out[columns[row["c"]]]
+        entry.update({key: row[key] or 0 for key in ("answered", "distinct", "non_numeric", "non_integral",
+                                                       "sum", "sumsq", "numeric_n")})
+        entry["kinds"] = {kind: row[kind] or 0 for kind in KINDS}
+    for row in sorted(top, key=lambda r: (r["c"], -r["n"], r["v"])):
+        out[columns[row["c"]]]["top"].append((row["v"], row["n"]))
+    for row in valid_rows:
+        key = row["k"] if row["k"] is not None else row["v"]
+        out[columns[row["c"]]]["valid"][key] = out[columns[row["c"]]]["valid"].get(key, 0) + row["n"]
+    return out, {"train": split_counts.get(False, 0), "valid": split_counts.get(True, 0)}
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+def resolve(spec, header, stats):
+    """Column treatments (spec, else inferred) with their encodings: the plan's ``features``,
+    ``ignored`` and ``targets`` entries."""
+    infer = spec.infer
+    taken = set()
+    features, ignored, targets = [], [], []
+    for name in spec.targets:
+        s = stats[name]
+        classes = specmod.sort_answers([v for v, _ in s["top"]])
+        if s["distinct"] > len(s["top"]):
+            raise SpecError(f"target {name!r} has {s['distinct']} distinct answers, more than infer.max_vocab "
+                            f"({infer['max_vocab']}): is it really a question with a fixed set of answers?")
+        if len(classes) < 2:
+            raise SpecError(f"target {name!r} has {len(classes)} distinct answer(s) in the training split: "
+                            "nothing to predict")
+        counts = dict(s["top"])
+        valid = s["valid"]
+        targets.append({
+            "column": name, "label": specmod.safe_name(name, "y_", taken), "classes": classes,
+            "train_counts": [counts[c] for c in classes],
+            "valid_counts": [valid.get(c, 0) for c in classes],
+            "train_not_answered": dict(s["kinds"]),
+            "valid_not_answered": dict({k: valid.get(k, 0) for k in KINDS},
+                                       unseen=sum(n for v, n in valid.items() if v not in KINDS and v not in counts)),
+        })
+    for name in header:
+        if name in spec.targets or name == spec.id_column:
+            continue
+        s = stats[name]
+        declared = spec.columns.get(name, {}).get("type", "auto")
+        source = "spec" if declared != "auto" else "inferred"
+        ctype, why = (declared, "spec") if declared != "auto" else _infer(s, infer)
+        if ctype == "ignore":
+            ignored.append({"column": name, "why": why})
+            continue
+        entry = {"column": name, "type": ctype, "source": source, "why": why,
+                 "codes": spec.codes_for(name), "answered": s["answered"], "not_answered": dict(s["kinds"])}
+        if ctype == "categorical":
+            vocab = [v for v, n in s["top"][:int(infer["max_vocab"])] if n >= int(infer["min_count"])]
+            entry.update(input=specmod.safe_name(name, "c_", taken), vocab=vocab,
+                         vocab_size=FIRST_ANSWER_ID + len(vocab))
+        else:
+            entry["input"] = specmod.safe_name(name, "n_", taken)
+            if ctype == "ordinal":
+                order = spec.columns.get(name, {}).get("order")
+                if order is None:
+                    order = specmod.sort_answers([v for v, _ in s["top"]])
+                    if len(order) < 2:
+                        order = order + ["__never__"]
+                counts = dict(s["top"])
+                positions = [i / (len(order) - 1) for i in range(len(order))]
+                seen = sum(counts.get(v, 0) for v in order)
+                impute = sum(p * counts.get(v, 0) for p, v in zip(positions, order)) / seen if seen else 0.5
+                entry.update(order=order, impute=impute)
+            else:
+                n = s["numeric_n"]
+                mean = s["sum"] / n if n else 0.0
+                var = max(s["sumsq"] / n - mean * mean, 0.0) if n else 0.0
+                entry.update(mean=mean, std=var ** 0.5 if var > 1e-12 else 1.0)
+            # an unparsable answer in a numeric column counts as missing
+            entry["indicators"] = {kind: specmod.safe_name(f"{name}__{kind}", "m_", taken) for kind in KINDS
+                                   if s["kinds"][kind] or (kind == "missing" and ctype == "numeric"
+                                                           and s["non_numeric"])}
+        features.append(entry)
+    if not features:
+        raise SpecError("no feature columns are left once targets, the id and ignored columns are set aside")
+    return features, ignored, targets
+
+
+def _infer(s, infer):
+    if s["answered"] == 0:
+        return "ignore", "never answered in the training split"
+    if s["distinct"] == 1:
+        return "ignore", "a single answer in the training split (constant)"
+    numeric = s["non_numeric"] == 0
+    if numeric and s["non_integral"] == 0 and s["distinct"] <= int(infer["max_categories"]):
+        return "categorical", f"integer codes, {s['distinct']} distinct answers (<= infer.max_categories)"
+    if numeric:
+        return "numeric", f"numbers, {s['distinct']} distinct values"
+    if s["distinct"] > int(infer["max_categories"]) and s["distinct"] >= 0.5 * s["answered"]:
+        return "ignore", f"text with {s['distinct']} distinct values in {s['answered']} answers (an identifier " \
+                         "or free text?)"
+    return "categorical", f"text, {s['distinct']} distinct answers"
+
+
+def feature_inputs(plan):
+    """``{input column: "int64" | "float32"}`` in model order."""
+    out = {}
+    for f in plan["features"]:
+        out[f["input"]] = "int64" if f["type"] == "categorical" else "float32"
+        for name in f.get("indicators", {}).values():
+            out[name] = "float32"
+    return out
+
+
+def label_columns(plan):
+    return [t["label"] for t in plan["targets"]]
+
+
+# ------------------------------------------------------------------------------------ encode
+
+
+def transform(df, plan, with_labels=True, keep=()):
+    """Encode a :func:`canonicalize`-d response DataFrame with a plan: ``keep`` columns, the features
+    and, when ``with_labels``, the labels. Works for new respondents too (targets may be absent then)."""
+    from pyspark.sql import functions as F
+    out = [F.col(f"`{c}`").alias(c) for c in keep]
+    for f in plan["features"]:
+        value = _col(f["column"])
+        kind = kind_col(value, f["codes"])
+        answered = kind.isNull()
+        if f["type"] == "categorical":
+            pos = F.array_position(F.lit(f["vocab"] or ["\u0000"]).cast("array<string>"), value)
+            code = F.coalesce(*[F.when(kind == k, F.lit(RESERVED_IDS[k])) for k in KINDS],
+                              F.when(pos > 0, pos + (FIRST_ANSWER_ID - 1)), F.lit(0))
+            out.append(code.cast("bigint").alias(f["input"]))
+            continue
+        if f["type"] == "ordinal":
+            order = f["order"]
+            pos = F.array_position(F.lit(order).cast("array<string>"), value)
+            valid = answered & (pos > 0)
+            scaled = (pos - 1).cast("double") / F.lit(float(len(order) - 1))
+            encoded = F.when(valid, scaled).otherwise(F.lit(float(f["impute"])))
+        else:
+            number = value.try_cast("double")
+            valid = answered & number.isNotNull() & ~F.isnan(number)
+            encoded = F.when(valid, (number - F.lit(f["mean"])) / F.lit(f["std"])).otherwise(F.lit(0.0))
+        out.append(encoded.cast("float").alias(f["input"]))
+        for k, name in f.get("indicators", {}).items():
+            flag = (kind == k) if k != "missing" else ((kind == "missing") | (answered & ~valid))
+            out.append(F.coalesce(flag, F.lit(False)).cast("float").alias(name))
+    if with_labels:
+        for t in plan["targets"]:
+            value = _col(t["column"])
+            kind = kind_col(value, t["codes"])
+            pos = F.array_position(F.lit(t["classes"]).cast("array<string>"), value)
+            label = F.when(kind.isNull() & (pos > 0), pos - 1).otherwise(F.lit(-1))
+            out.append(label.cast("bigint").alias(t["label"]))
+    return df.select(*out)
+
+
+# ------------------------------------------------------------------------------------ the job
+
+
+def run_prep(spark, spec, data_uri, out_uri, fmt="auto", files=4, overwrite=False, header=None,
+             validation_fraction=None, seed=None, log=print):
+    """Prep ``data_uri`` with ``spec`` into ``out_uri``; returns the plan (also in ``prep.json``).
+    Call :func:`spec.preflight` first (the CLI does) so bad input fails before Spark starts."""
+    from pyspark.sql import functions as F
+    started = time.monotonic()
+    if header is None:
+        fmt, header = specmod.preflight(spec, data_uri, fmt)
+    if hdfs_io.exists(out_uri) and not overwrite:
+        raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
+    fraction = float(spec.split["validation_fraction"] if validation_fraction is None else validation_fraction)
+    seed = int(spec.split["seed"] if seed is None else seed)
+    df = read_table(spark, data_uri, fmt)
+    missing = [c for c in header if c not in df.columns]
+    if missing:
+        raise SpecError(f"Spark read columns {df.columns[:20]} from {data_uri}, not the header's {missing[:5]}")
+    df = canonicalize(df, header)
+    keys = [_col(spec.id_column)] if spec.id_column else [_col(c) for c in header]
+    df = df.withColumn("__valid", gprep.hash_split(keys, fraction, seed))
+    columns = [c for c in header if c != spec.id_column]
+    df = df.cache()
+    try:
+        stats, counts = profile(df, columns, spec, F.col("__valid"))
+        features, ignored, targets = resolve(spec, header, stats)
+        for t in targets:
+            t["codes"] = spec.codes_for(t["column"])
+        plan = {"version": PLAN_VERSION, "data": data_uri, "format": fmt, "spec": spec.to_dict(),
+                "id": spec.id_column, "features": features, "ignored": ignored, "targets": targets,
+                "split": {"validation_fraction": fraction, "seed": seed, "key": spec.id_column or "<all columns>"},
+                "rows": {"total": counts["train"] + counts["valid"], **counts}}
+        if counts["valid"] == 0 or counts["train"] == 0:
+            raise SpecError(f"the split left {counts['train']} training and {counts['valid']} validation rows: "
+                            "need both (more data or another validation_fraction)")
+        keep = [spec.id_column] if spec.id_column else []
+        for split, flag in (("train", False), ("valid", True)):
+            part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
+            gprep.write_parquet(part, hdfs_io.join(out_uri, split), overwrite=overwrite,
+                                partitions=max(int(files), 1))
+    finally:
+        df.unpersist()
+    plan["inputs"] = feature_inputs(plan)
+    plan["labels"] = label_columns(plan)
+    plan["prep_seconds"] = round(time.monotonic() - started, 1)
+    gprep.write_json(plan, hdfs_io.join(out_uri, PLAN_FILE))
+    log(summary(plan))
+    return plan
+
+
+def read_plan(prep_uri):
+    uri = hdfs_io.join(prep_uri, PLAN_FILE)
+    if not hdfs_io.exists(uri):
+        raise FileNotFoundError(f"{uri} not found: run `tfos-survey prep` first")
+    plan = gprep.read_json(uri)
+    if plan.get("version") != PLAN_VERSION:
+        raise ValueError(f"{uri} has plan version {plan.get('version')}, this code reads {PLAN_VERSION}")
+    return plan
+
+
+def summary(plan):
+    by_type = {}
+    for f in plan["features"]:
+        by_type.setdefault(f["type"], []).append(f)
+    inferred = [f for f in plan["features"] if f["source"] == "inferred"]
+    lines = [f"rows: {plan['rows']['total']} ({plan['rows']['train']} train, {plan['rows']['valid']} validation)",
+             "features: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_type.items()))
+             + f"; {len(plan['ignored'])} ignored; {len(plan['inputs'])} model inputs"]
+    for f in inferred[:15]:
+        lines.append(f"  inferred {f['column']}: {f['type']} ({f['why']})")
+    if len(inferred) > 15:
+        lines.append(f"  ... and {len(inferred) - 15} more inferred columns (see prep.json)")
+    for i in plan["ignored"][:10]:
+        lines.append(f"  ignored {i['column']}: {i['why']}")
+    for t in plan["targets"]:
+        not_answered = sum(t["train_not_answered"].values())
+        lines.append(f"target {t['column']}: {len(t['classes'])} answers {t['classes'][:10]}"
+                     f"{' ...' if len(t['classes']) > 10 else ''}; {not_answered} training rows without an answer")
+    return "\n".join(lines)
