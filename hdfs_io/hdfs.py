@@ -51,6 +51,28 @@ def _probe(url: str, addresses: list[tuple[str, int]], limit: float) -> None:
     raise StorageUnavailableError(url, "NameNode not reachable (" + "; ".join(errors) + ")")
 
 
+def _translate(uri: str, op: str, exc: Exception) -> Exception:
+    """hdfs-native raises RuntimeError("RPCError(<java exception>, <message>)") for server errors."""
+    msg = str(exc)
+    short = msg.split("\\n\\tat ")[0].split("\n\tat ")[0][:500]
+    if "AccessControlException" in msg:
+        return PermissionError(f"HDFS refused {op} on {uri}: {short}")
+    if "FileAlreadyExistsException" in msg:
+        return FileExistsError(f"{uri} already exists: {short}")
+    if "FileNotFoundException" in msg:
+        return not_found(uri)
+    if "SafeModeException" in msg:
+        return StorageUnavailableError(uri, f"NameNode is in safe mode: {short}")
+    return OSError(f"HDFS {op} {uri} failed: {short}")
+
+
+def _timed(uri: str, op: str, fn, *args):
+    try:
+        return _timeout.call(uri, op, fn, *args)
+    except RuntimeError as exc:
+        raise _translate(uri, op, exc) from None
+
+
 class _TimedReader(io.RawIOBase):
     """A seekable reader over an hdfs-native FileReader; each read is bounded by the timeout."""
 
@@ -84,12 +106,12 @@ class _TimedReader(io.RawIOBase):
         """The whole file, in positional reads of ``chunk`` bytes (each bounded by the timeout).
         One sequential pass: the fastest way to fetch a file that will be decoded entirely."""
         if self._size <= chunk:
-            return _timeout.call(self._uri, "read", self._inner.read_range, 0, self._size)
+            return _timed(self._uri, "read", self._inner.read_range, 0, self._size)
         buf = bytearray(self._size)
         view = memoryview(buf)
         for off in range(0, self._size, chunk):
             n = min(chunk, self._size - off)
-            view[off:off + n] = _timeout.call(self._uri, "read", self._inner.read_range, off, n)
+            view[off:off + n] = _timed(self._uri, "read", self._inner.read_range, off, n)
         return buf
 
     def read(self, size: int = -1) -> bytes:
@@ -98,7 +120,7 @@ class _TimedReader(io.RawIOBase):
             size = left
         if size <= 0:
             return b""
-        return _timeout.call(self._uri, "read", self._inner.read, size)
+        return _timed(self._uri, "read", self._inner.read, size)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -137,7 +159,7 @@ class _TimedWriter(io.RawIOBase):
         if self._buf:
             chunk = bytes(self._buf)
             self._buf.clear()
-            _timeout.call(self._uri, "write", self._inner.write, chunk)
+            _timed(self._uri, "write", self._inner.write, chunk)
 
     def flush(self) -> None:
         # hdfs-native streams packets on its own; a Python-level flush only empties our buffer.
@@ -149,7 +171,7 @@ class _TimedWriter(io.RawIOBase):
             return
         try:
             self._flush_buf()
-            _timeout.call(self._uri, "close", self._inner.close)
+            _timed(self._uri, "close", self._inner.close)
         finally:
             super().close()
 
@@ -179,7 +201,14 @@ class HdfsHandler(pafs.FileSystemHandler):
 
                 if self.scheme == "hdfs":
                     _probe(self.url, config.namenode_addresses(self.authority), _timeout.timeout_s())
-                self._client = Client(self.url, config_dir=config.hadoop_conf_dir())
+                conf_dir = config.hadoop_conf_dir()
+                try:
+                    self._client = Client(self.url, config_dir=conf_dir)
+                except Exception as exc:  # noqa: BLE001 - hdfs-native reports config errors as RuntimeError
+                    raise ValueError(
+                        f"cannot set up an HDFS client for {self.url} (HADOOP_CONF_DIR={conf_dir!r}): {exc}"
+                        + (" (viewfs needs fs.viewfs.mounttable.<name>.linkFallback)" if "fallback" in str(exc) else "")
+                    ) from None
             return self._client
 
     def _client_for(self, uri: str):
@@ -205,6 +234,8 @@ class HdfsHandler(pafs.FileSystemHandler):
             raise not_found(uri) from None
         except FileExistsError as exc:
             raise FileExistsError(f"{uri} already exists ({exc})") from None
+        except RuntimeError as exc:
+            raise _translate(uri, op, exc) from None
 
     def _status(self, path: str):
         try:

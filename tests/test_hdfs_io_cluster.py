@@ -314,3 +314,27 @@ def test_hdfs_default_fs_from_hadoop_conf(pseudo_cluster, env):
             hdfs_io.FileInfo(f"{nn}{run}/f.txt", 1, False)]
     finally:
         hdfs_io.delete(f"{nn}{run}", recursive=True, missing_ok=True)
+
+
+def test_viewfs_mount_table(pseudo_cluster, env, tmp_path, monkeypatch):
+    nn = pseudo_cluster["hdfs"]["uri"].rstrip("/")
+    run = f"/tmp/hdfs_io-test-{uuid.uuid4().hex[:10]}"
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    props = {
+        "fs.defaultFS": "viewfs://clusterx",
+        "fs.viewfs.mounttable.clusterx.link./data": f"{nn}{run}",
+        "fs.viewfs.mounttable.clusterx.linkFallback": f"{nn}/",
+    }
+    body = "".join(f"<property><name>{k}</name><value>{v}</value></property>" for k, v in props.items())
+    (conf / "core-site.xml").write_text(f"<configuration>{body}</configuration>")
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(conf))
+    hdfs_io.reset()
+    try:
+        hdfs_io.write_parquet(table(20), "viewfs://clusterx/data/ds", rows_per_file=10)
+        assert [f.uri for f in hdfs_io.list_data_files("viewfs://clusterx/data/ds")] == [
+            f"viewfs://clusterx/data/ds/part-0000{i}.parquet" for i in range(2)]
+        assert hdfs_io.read_parquet(f"{nn}{run}/ds").num_rows == 20  # the same files, via the NameNode
+        assert hdfs_io.is_published("hdfs:///data/ds")  # no host: fs.defaultFS is the viewfs
+    finally:
+        hdfs_io.delete(f"{nn}{run}", recursive=True, missing_ok=True)
