@@ -79,6 +79,23 @@ def _process(entry: dict) -> psutil.Process | None:
         return None
 
 
+def _sayer(lay: Layout, verbose: bool):
+    """Progress messages: printed when verbose, always appended to logs/tfos-cluster.log."""
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, flush=True)
+        try:
+            lay.logs.mkdir(parents=True, exist_ok=True)
+            with open(lay.logs / "tfos-cluster.log", "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] "
+                         f"+{time.monotonic() - t0:6.1f}s {msg}\n")
+        except OSError:
+            pass
+    return say
+
+
 # ---------------------------------------------------------------------------------------------
 # ports
 
@@ -224,8 +241,9 @@ def up(workers: int | None = None, worker_cores: int | None = None,
     """Start every service that is not running yet, wait until all are healthy, write
     ``conf/`` and ``connection.json``; return the connection info.  Harmless when already up."""
     lay = _layout()
-    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
+    say = _sayer(lay, verbose)
     with _locked(lay):
+        say("up requested")
         state = _load_state(lay)
         alive = {n: e for n, e in state.get("services", {}).items() if _process(e)}
         opts = _options(state, bool(alive), dict(workers=workers, worker_cores=worker_cores,
@@ -359,7 +377,7 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
     """Stop every process of the pseudo-cluster by PID and verify that none is left and that its
     ports are free.  With ``wipe`` also delete its data (HDFS, YARN, Spark work dirs, logs)."""
     lay = _layout()
-    say = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
+    say = _sayer(lay, verbose)
     with _locked(lay):
         state = _load_state(lay)
         entries = state.get("services", {})
@@ -374,10 +392,17 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
                 stopped.append({"service": name, "pid": e["pid"]})
                 say(f"stopping {name} (PID {e['pid']})")
         survivors = []
-        for wave in waves:
-            survivors += _terminate(_with_descendants(wave))
+        # A NodeManager keeps finished applications until their container logs expire and
+        # waits for them on SIGTERM (7-17 s); it keeps no state (recovery is off) and has
+        # already unregistered from the ResourceManager by then: SIGKILL after a short grace.
+        for i, (wave, grace) in enumerate(zip(waves, (5.0, STOP_TIMEOUT))):
+            survivors += _terminate(_with_descendants(wave), timeout=grace)
+            say(f"wave {i + 1} stopped")
         seen = {p["pid"] for p in stopped}
-        survivors += _terminate([p for p in _leftovers(lay) if p.pid not in seen])
+        strays = [p for p in _leftovers(lay) if p.pid not in seen]
+        if strays:
+            say(f"stopping leftover processes {[p.pid for p in strays]}")
+            survivors += _terminate(strays)
         if survivors:
             raise ClusterError("these processes survived SIGKILL: "
                                + ", ".join(f"PID {p.pid}" for p in survivors))
@@ -391,6 +416,7 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
         while busy and time.monotonic() < deadline:
             time.sleep(0.3)
             busy = [port for port in busy if not port_free(port)]
+        say(f"ports checked ({len(ports)}), busy: {busy}")
         state["services"] = {}
         _save_state(lay, state)
         with contextlib.suppress(FileNotFoundError):
