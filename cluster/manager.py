@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -225,9 +224,10 @@ def _options(state: dict, running: bool, overrides: dict) -> Options:
         changed = {k: v for k, v in overrides.items()
                    if v is not None and getattr(base, k) != v}
         if changed:
-            raise ClusterError(
-                f"the pseudo-cluster is already up with {{{', '.join(f'{k}={getattr(base, k)!r}' for k in changed)}}}; "
-                f"run 'tfos-cluster down' before starting it with {changed}")
+            running = ", ".join(f"{k}={getattr(base, k)!r}" for k in changed)
+            wanted = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+            raise ClusterError(f"the pseudo-cluster is already up with {running}; run "
+                               f"'tfos-cluster down' before starting it with {wanted}")
         return base
     kw = {k: v for k, v in overrides.items() if v is not None}
     kw.setdefault("port_base", config.default_port_base())
@@ -277,7 +277,11 @@ def up(workers: int | None = None, worker_cores: int | None = None,
             _start_and_wait(lay, state, svcs, to_start, started, java_home, timeout, say)
             _ensure_bucket(opts)
         except BaseException:
-            procs = [psutil.Process(p.pid) for p in started.values() if p.poll() is None]
+            procs = []
+            for p in started.values():
+                with contextlib.suppress(psutil.Error):
+                    if p.poll() is None:
+                        procs.append(psutil.Process(p.pid))
             _terminate(_with_descendants(procs))
             for p in started.values():
                 with contextlib.suppress(Exception):

@@ -124,7 +124,6 @@ def test_spark_application_on_yarn(pseudo_cluster, tmp_path):
         "from pyspark.sql import SparkSession\n"
         f"spark = SparkSession.builder.appName('{name}').getOrCreate()\n"
         "sc = spark.sparkContext\n"
-        "import socket\n"
         "n = sc.parallelize(range(1000), 2).map(lambda x: x * x).sum()\n"
         "print('RESULT', n, sc.master, sc.applicationId)\n"
         "spark.stop()\n")
