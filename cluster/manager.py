@@ -306,7 +306,7 @@ def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: lis
     by_name = {s.name: s for s in svcs}
     pending = list(to_start)
     fmt = None
-    if by_name["namenode"] in to_start and not lay.formatted():
+    if "namenode" in by_name and by_name["namenode"] in to_start and not lay.formatted():
         # A fresh NameNode gets a new cluster id: an old DataNode directory would not match.
         shutil.rmtree(lay.data_dir, ignore_errors=True)
         say("formatting the HDFS NameNode (first start) ...")

@@ -98,3 +98,28 @@ def test_cli_status_on_empty_home(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cluster", "status", "--json"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 3 and json.loads(res.stdout) == []
+
+
+def _fake_service(name, code, healthy=False, port=29990):
+    return config.Service(name, "test", [sys.executable, "-c", code], {"PATH": "/usr/bin:/bin"},
+                          port, [port], None, lambda: (healthy, "fake check"))
+
+
+def test_up_names_the_failing_service_and_its_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFOS_CLUSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(config, "write_conf", lambda *a, **k: None)
+    monkeypatch.setattr(manager, "_ensure_bucket", lambda opts: None)
+    sleeper = _fake_service("sleeper", "import time; time.sleep(60)", port=29991)
+    crasher = _fake_service("crasher", "import sys; print('boom'); sys.exit(3)", port=29992)
+    monkeypatch.setattr(config, "build_services", lambda *a, **k: [sleeper, crasher])
+    with pytest.raises(ClusterError) as e:
+        cluster.up(timeout=30)
+    msg = str(e.value)
+    assert "crasher did not come up" in msg and "exited with code 3" in msg
+    assert str(tmp_path / "home" / "logs" / "crasher.log") in msg and "boom" in msg
+    assert not manager.any_alive()  # the sleeper it had started was stopped
+
+    monkeypatch.setattr(config, "build_services", lambda *a, **k: [sleeper])
+    with pytest.raises(ClusterError, match=r"sleeper did not come up: no healthy answer within 2s"):
+        cluster.up(timeout=2)
+    assert not manager.any_alive()
