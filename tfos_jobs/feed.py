@@ -599,6 +599,7 @@ class FeedDriver:
             addresses = self._wait_for_receivers()
             if addresses is None:
                 return
+            self.stats["started_at"] = time.time()
             for epoch in range(self.epochs):
                 if self._stop.is_set():
                     return
@@ -616,6 +617,7 @@ class FeedDriver:
                 self.stats["rows"] += rows
             for address in addresses:
                 self._tell(address, {"kind": "finish"})
+            self.stats["finished_at"] = time.time()
             self.done.set()
         except BaseException as err:  # noqa: BLE001 - every failure becomes the feed's error
             if self.stopped_early:

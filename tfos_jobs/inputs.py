@@ -22,9 +22,13 @@ class DataPlan:
     files: tuple          # hdfs_io FileInfo, in a stable order
     num_rows: int
     dtypes: dict          # column -> numpy dtype name
+    file_rows: dict       # uri -> rows
 
     def shard(self, num_workers, index):
         return hdfs_io.shard_files(list(self.files), num_workers, index)
+
+    def smallest_shard_rows(self, num_workers):
+        return min(sum(self.file_rows[f.uri] for f in self.shard(num_workers, i)) for i in range(num_workers))
 
 
 def plan_parquet(source):
@@ -32,11 +36,11 @@ def plan_parquet(source):
     files = hdfs_io.list_data_files(source.uri)
     if not files:
         raise FileNotFoundError(f"no Parquet data files under {source.uri}")
-    num_rows, dtypes = 0, None
+    dtypes, file_rows = None, {}
     for info in files:
         with hdfs_io.open(info.uri, "rb") as handle:
             meta = pq.ParquetFile(handle)
-            num_rows += meta.metadata.num_rows
+            file_rows[info.uri] = meta.metadata.num_rows
             schema = meta.schema_arrow
         missing = [c for c in source.columns if c not in schema.names]
         if missing:
@@ -45,7 +49,7 @@ def plan_parquet(source):
         if dtypes is not None and file_types != dtypes:
             raise ValueError(f"{info.uri}: column types {file_types} differ from the first file's {dtypes}")
         dtypes = file_types
-    return DataPlan(files=tuple(files), num_rows=num_rows, dtypes=dtypes)
+    return DataPlan(files=tuple(files), num_rows=sum(file_rows.values()), dtypes=dtypes, file_rows=file_rows)
 
 
 def split_labels(source, batch):
@@ -59,9 +63,12 @@ def split_labels(source, batch):
 
 
 def streaming_dataset(source, files, batch_size):
-    """A worker's shard streamed from storage (MWMS): dict of column tensors per batch."""
+    """A worker's shard streamed from storage (MWMS): dict of column tensors per batch.
+
+    Only full batches: MWMS all-gathers sparse (embedding) gradients, which fails when the workers'
+    batches differ in size."""
     import tensorflow as tf
-    dataset = hdfs_io.tf_dataset(files, list(source.columns), batch_size=batch_size)
+    dataset = hdfs_io.tf_dataset(files, list(source.columns), batch_size=batch_size, drop_remainder=True)
     return dataset.map(lambda batch: split_labels(source, batch), num_parallel_calls=tf.data.AUTOTUNE)
 
 

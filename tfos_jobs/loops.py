@@ -64,11 +64,18 @@ class Progress:
         self.tb_dir = _local(spec, "tensorboard")
         self.writer = tf.summary.create_file_writer(self.tb_dir)
         self.start_step, self.start_time = start_step, time.monotonic()
+        self.first = None
 
     def report(self, step, loss):
-        import tensorflow as tf
-        elapsed = max(time.monotonic() - self.start_time, 1e-6)
+        """Send a progress line; return the steady examples/s (since the first report, which
+        includes tracing and warm-up)."""
+        now = time.monotonic()
+        elapsed = max(now - self.start_time, 1e-6)
         rate = (step - self.start_step) * self.spec.global_batch / elapsed
+        if self.first is None:
+            self.first = (step, now)
+        elif step > self.first[0]:
+            rate = (step - self.first[0]) * self.spec.global_batch / max(now - self.first[1], 1e-6)
         with self.writer.as_default():
             _scalar("loss", loss, step)
             _scalar("examples_per_second", rate, step)

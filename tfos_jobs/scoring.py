@@ -128,3 +128,57 @@ def _parquet_rows(uri):
     import pyarrow.parquet as pq
     with hdfs_io.open(uri, "rb") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
+
+
+# ------------------------------------------------------------------- models with several vector outputs
+
+
+def _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_root):
+    """Like :func:`_scorer`, for ``outputs`` = {serving output name: column}: each row gets the output's
+    whole vector (e.g. a softmax over answers) as ``array<float>``."""
+
+    def score_batches(batches):
+        import numpy as np
+        import pyarrow as pa
+        import tensorflow as tf
+        serve = load_model(export_uri, key, cache_root)
+        for batch in batches:
+            for start in range(0, batch.num_rows, batch_size):
+                part = batch.slice(start, batch_size)
+                inputs = {}
+                for name in features:
+                    column = part.column(name)
+                    if column.null_count:
+                        raise ValueError(f"feature column {name!r} has {column.null_count} null value(s): "
+                                         "fill them before scoring")
+                    inputs[name] = tf.constant(column.to_numpy(zero_copy_only=False))
+                result = serve(**inputs)
+                arrays = [part.column(name) for name in keep]
+                for output in outputs:
+                    values = np.asarray(result[output], dtype=np.float32).reshape(part.num_rows, -1)
+                    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+                    arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel())))
+                yield pa.RecordBatch.from_arrays(arrays, names=list(keep) + list(outputs.values()))
+
+    return score_batches
+
+
+def score_dataframe_vectors(df, export_uri, features, outputs, keep=(), batch_size=4096, cache_root=DEFAULT_CACHE):
+    """A DataFrame of ``keep`` columns + one ``array<float>`` column per entry of ``outputs``
+    ({serving output name: column name}) for every row of ``df`` (multi-output / multi-class models)."""
+    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+    features, keep, outputs = list(features), list(keep), dict(outputs)
+    missing = [c for c in features + keep if c not in df.columns]
+    if missing:
+        raise ValueError(f"column(s) {missing} not in the data to score; it has {df.columns}")
+    clash = set(keep) & set(outputs.values())
+    if clash:
+        raise ValueError(f"kept column(s) {sorted(clash)} clash with output columns")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    key = export_key(export_uri)
+    fields = [df.schema[name] for name in keep] + [
+        StructField(column, ArrayType(FloatType(), True), True) for column in outputs.values()]
+    columns = list(dict.fromkeys(features + keep))
+    fn = _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_root)
+    return df.select(*columns).mapInArrow(fn, StructType(fields))

@@ -164,7 +164,8 @@ def cmd_generate(args):
 
 
 def cmd_prep(args):
-    from tfos_jobs.ctr.prep import prep
+    from tfos_jobs.ctr.prep import _check_input, prep
+    _check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
     spark = _session(args, 2)
     try:
         report = prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
@@ -186,6 +187,8 @@ def _train(args, spark, prep_uri, model_dir, export_uri):
 
 
 def cmd_train(args):
+    from tfos_jobs.ctr.prep import read_report
+    read_report(args.prep)
     spark = _session(args, _nodes(args))
     try:
         result = _train(args, spark, args.prep, args.model_dir, args.export)
@@ -205,6 +208,7 @@ def cmd_evaluate(args):
 def cmd_score(args):
     from tfos_jobs.ctr import job
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep is not None else None
+    job.read_config(args.export)
     spark = _session(args, 2)
     try:
         result = job.score(spark, args.export, args.input, args.output, input_format=args.format,

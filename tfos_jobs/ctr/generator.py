@@ -7,7 +7,8 @@ The model (all parameters drawn from ``model_seed``):
   is the standardised log of the observed value, or a bias of its own when the value is missing.
 * 26 categorical fields: vocabularies of 3 to ``max_vocab`` values drawn with power-law (Zipf)
   frequencies, values written as 8-digit hex hashes, each field missing with its own rate; every value
-  has its own effect (some fields carry no signal at all).
+  has its own effect, larger for frequent values (std ~ 1/sqrt(1 + rank/50)); some fields carry
+  no signal at all.
 * interactions: factorised (rank ``interaction_rank``) effects for pairs of categorical fields and
   integer x categorical products, i.e. what FM / DeepFM / DCN models are built to find.
 * a bias that sets the mean click rate (default 0.25, close to Criteo's).
@@ -42,7 +43,7 @@ class ModelParams:
     base_ctr: float = 0.25
     interaction_rank: int = 4
     interaction_max_vocab: int = 1000
-    signal: float = 0.8          # scales every effect: higher = easier problem, higher Bayes AUC
+    signal: float = 1.0          # scales every effect: higher = easier problem, higher Bayes AUC
 
 
 class GeneratingModel:
@@ -72,7 +73,9 @@ class GeneratingModel:
             v = self.vocab[j]
             freq = np.arange(1, v + 1, dtype=np.float64) ** -self.zipf[j]
             self.cat_cdf.append(np.cumsum(freq) / freq.sum())
-            self.cat_weight.append(np.append(rng.normal(0, scale[j], v), rng.normal(0, 0.2 * s)))  # [-1]: missing
+            # frequent values carry larger effects than the long tail (std ~ 1/sqrt(1 + rank/50))
+            decay = 1 / np.sqrt(1 + np.arange(v) / 50)
+            self.cat_weight.append(np.append(rng.normal(0, scale[j] * decay), rng.normal(0, 0.2 * s)))  # [-1]: missing
             hexes = rng.choice(2 ** 32, size=v, replace=False)
             self.cat_hex.append(np.array([f"{h:08x}" for h in hexes], dtype=object))
         # interactions: pairs of categorical fields (factorised) and integer x categorical

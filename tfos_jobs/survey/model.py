@@ -90,6 +90,8 @@ class SurveyTask(TrainingTask):
         self.options = options
         self.learning_rate = float(options["learning_rate"])
         self.valid_uri = valid_uri
+        from tfos_jobs.survey.prep import plan_id
+        self.plan_id = plan_id(plan)
 
     def build_model(self):
         return build_survey_model(self.plan, hidden=self.options["hidden"],
@@ -107,13 +109,25 @@ class SurveyTask(TrainingTask):
     def evaluate(self, model, context):
         """Per-target accuracy / log loss on (up to EVAL_MAX_ROWS of) the validation split."""
         if not self.valid_uri:
-            return {}
+            return {"survey_plan_id": self.plan_id}
         columns = list(self.plan["inputs"]) + [t["label"] for t in self.plan["targets"]]
         table = hdfs_io.read_parquet(self.valid_uri, columns=columns).slice(0, EVAL_MAX_ROWS)
         features = {name: table.column(name).to_numpy() for name in self.plan["inputs"]}
         probabilities = predict_probabilities(model, features)
-        out = {}
+        out = {"survey_plan_id": self.plan_id}
         for t in self.plan["targets"]:
             for key, value in target_metrics(table.column(t["label"]).to_numpy(), probabilities[t["label"]]).items():
                 out[f"valid/{t['label']}/{key}"] = value
         return out
+
+
+def run_train(sc, plan, prep_uri, model_dir, export_uri, strategy="mwms", num_workers=2, num_ps=1, epochs=20.0,
+              steps=0, batch_size=64, checkpoint_every=200, log_every=50, max_attempts=2, **model_options):
+    """Train the survey model on ``<prep>/train`` through the runtime; returns the TrainResult."""
+    from tfos_jobs.task import ParquetSource
+    from tfos_jobs.trainer import fit
+    task = SurveyTask(plan, valid_uri=hdfs_io.join(prep_uri, "valid"), **model_options)
+    data = ParquetSource(hdfs_io.join(prep_uri, "train"), features=list(plan["inputs"]), labels=plan["labels"])
+    return fit(sc, task, data, strategy=strategy, num_workers=num_workers, num_ps=num_ps, model_dir=model_dir,
+               export_uri=export_uri, epochs=epochs, steps=steps, batch_size=batch_size,
+               checkpoint_every=checkpoint_every, log_every=log_every, max_attempts=max_attempts)

@@ -17,6 +17,8 @@ Encodings (all scalar columns, no nulls, as the runtime requires):
 * numeric     → ``n_<q>`` standardized (0 when not answered) plus the same indicators;
 * target      → ``y_<q>`` int64 index into its classes (sorted answers seen in training), else -1.
 """
+import hashlib
+import json
 import time
 
 import hdfs_io
@@ -329,6 +331,14 @@ def run_prep(spark, spec, data_uri, out_uri, fmt="auto", files=4, overwrite=Fals
     gprep.write_json(plan, hdfs_io.join(out_uri, PLAN_FILE))
     log(summary(plan))
     return plan
+
+
+def plan_id(plan):
+    """A number that identifies a prep plan's encoding (stored in the export's metrics.json, checked
+    before evaluating or predicting with that export)."""
+    key = json.dumps({"inputs": plan["inputs"], "targets": [[t["label"], t["classes"]] for t in plan["targets"]],
+                      "features": plan["features"]}, sort_keys=True)
+    return float(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
 
 
 def read_plan(prep_uri):

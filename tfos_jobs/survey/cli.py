@@ -1,0 +1,246 @@
+"""``tfos-survey``: the survey modelling job, step by step.
+
+    tfos-survey example  --out URI [--name anes96|synthetic]      write an example data set + spec
+    tfos-survey prep     --data URI --spec URI --out URI          Spark: profile, encode, split -> Parquet
+    tfos-survey train    --prep URI --model-dir URI --export URI  multi-task model on the runtime (mwms/ps)
+    tfos-survey evaluate --prep URI --export URI --out URI        model vs majority vs logistic regression
+    tfos-survey predict  --prep URI --export URI --data URI --out URI   answer probabilities, atomically
+
+Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Bad input (a
+spec that does not parse, a target missing from the data or with a single answer, a missing prep or
+export) is reported before Spark starts. Also runnable as ``python -m tfos_jobs.survey ...`` or
+``spark-submit tfos_jobs/survey/cli.py ...`` (the master then comes from spark-submit).
+"""
+import argparse
+import json
+import os
+import sys
+
+if __package__ in (None, ""):   # spark-submit runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+PROG = "tfos-survey"
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _sizes(text):
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 64,32, got {text!r}")
+    return sizes
+
+
+def _spark_args(parser):
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else $TFOS_SPARK_MASTER, else "
+                                         "local-cluster with enough executors)")
+    parser.add_argument("--executor-memory-mb", type=_positive_int, default=1536,
+                        help="memory per local-cluster executor (default: %(default)s)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("example", help="write an example survey (real ANES 1996 or synthetic) and its spec",
+                       description="Write responses + spec.yaml under --out: 'anes96' is the 1996 American "
+                                   "National Election Study sample shipped in statsmodels (944 respondents); "
+                                   "'synthetic' a high-dimensional survey with missing/refused/not-asked answers.")
+    p.add_argument("--out", required=True, help="storage URI of a directory to write into")
+    p.add_argument("--name", choices=["anes96", "synthetic"], default="anes96")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--rows", type=_positive_int, default=5000, help="synthetic only (default: %(default)s)")
+    p.add_argument("--questions", type=_positive_int, default=300, help="synthetic only (default: %(default)s)")
+    p.add_argument("--targets", type=_positive_int, default=3, help="synthetic only (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("prep", help="Spark: profile, infer column types, encode, split -> Parquet + prep.json",
+                       description="Check the spec against the data (before Spark), then encode every column "
+                                   "and write <out>/train, <out>/valid (Parquet) and <out>/prep.json.")
+    p.add_argument("--data", required=True, help="responses: a CSV or Parquet file or directory (any storage URI)")
+    p.add_argument("--spec", required=True, help="the spec file (YAML or JSON)")
+    p.add_argument("--out", required=True, help="output directory URI")
+    p.add_argument("--format", choices=["auto", "csv", "parquet"], default="auto")
+    p.add_argument("--files", type=_positive_int, default=4,
+                   help="Parquet files per split; at least the number of TF workers (default: %(default)s)")
+    p.add_argument("--validation-fraction", type=float, help="overrides the spec's split.validation_fraction")
+    p.add_argument("--seed", type=int, help="overrides the spec's split.seed")
+    p.add_argument("--overwrite", action="store_true")
+    _spark_args(p)
+
+    p = sub.add_parser("train", help="train the multi-task model (shared trunk, one softmax head per target)",
+                       description="Distributed training through the runtime; exports SavedModel, model.keras and "
+                                   "metrics.json (validation accuracy / log loss per target) to --export.")
+    p.add_argument("--prep", required=True, help="output directory of `prep`")
+    p.add_argument("--model-dir", required=True, help="checkpoints and TensorBoard events (resumed if present)")
+    p.add_argument("--export", required=True, help="where the trained model is published")
+    p.add_argument("--strategy", choices=["mwms", "ps"], default="mwms")
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--ps", type=_positive_int, default=1, help="parameter servers (ps strategy)")
+    p.add_argument("--epochs", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=0, help="total steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="per worker (default: %(default)s)")
+    p.add_argument("--hidden", type=_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
+    p.add_argument("--embedding-dim", type=_positive_int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=200)
+    p.add_argument("--log-every", type=_positive_int, default=50)
+    p.add_argument("--max-attempts", type=_positive_int, default=2)
+    _spark_args(p)
+
+    p = sub.add_parser("evaluate", help="per-target accuracy and log loss: model vs majority vs logistic regression",
+                       description="Score the validation split with the export and fit the baselines in the same "
+                                   "job; write <out>/evaluation.json and <out>/evaluation.txt.")
+    p.add_argument("--prep", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--out", required=True, help="output directory URI")
+    p.add_argument("--lr-reg", type=float, default=0.01, help="L2 strength of the LR baseline (default: %(default)s)")
+    p.add_argument("--lr-max-iter", type=_positive_int, default=100)
+    p.add_argument("--overwrite", action="store_true")
+    _spark_args(p)
+
+    p = sub.add_parser("predict", help="answer probabilities for new respondents -> Parquet (atomic)",
+                       description="Encode new respondents with the prep plan and score them on Spark: one "
+                                   "<target>__p_<answer> column per answer and <target>__answer per target.")
+    p.add_argument("--prep", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--data", required=True, help="new respondents: CSV or Parquet (target columns not needed)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["auto", "csv", "parquet"], default="auto")
+    p.add_argument("--keep", help="comma-separated input columns to copy to the output (default: the id column, "
+                                  "else every input column)")
+    p.add_argument("--partitions", type=_positive_int)
+    p.add_argument("--overwrite", action="store_true")
+    _spark_args(p)
+    return parser
+
+
+def _session(args, executors):
+    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
+    java_version()
+    master = args.master
+    if not master and "PYSPARK_GATEWAY_PORT" in os.environ:   # under spark-submit: keep its master
+        from pyspark import SparkConf
+        master = SparkConf().get("spark.master", None)
+    if not master and not os.environ.get("TFOS_SPARK_MASTER"):
+        master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
+    return spark_session(master, app_name=f"{PROG}-{args.command}")
+
+
+def cmd_example(args):
+    from tfos_jobs.survey.data import write_example
+    options = {"rows": args.rows, "questions": args.questions, "targets": args.targets, "seed": args.seed} \
+        if args.name == "synthetic" else {}
+    data_uri, spec_uri = write_example(args.out, args.name, fmt=args.format, **options)
+    print(json.dumps({"data": data_uri, "spec": spec_uri}))
+    return 0
+
+
+def cmd_prep(args):
+    import hdfs_io
+    from tfos_jobs.survey import prep, spec
+    parsed = spec.load_spec(args.spec)
+    fmt, header = spec.preflight(parsed, args.data, args.format)
+    if args.validation_fraction is not None and not 0.0 < args.validation_fraction < 1.0:
+        raise spec.SpecError("--validation-fraction must be between 0 and 1 (exclusive)")
+    if hdfs_io.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    spark = _session(args, 2)
+    try:
+        plan = prep.run_prep(spark, parsed, args.data, args.out, fmt=fmt, header=header, files=args.files,
+                             overwrite=args.overwrite, validation_fraction=args.validation_fraction, seed=args.seed)
+    finally:
+        spark.stop()
+    print(json.dumps({"out": args.out, "rows": plan["rows"], "inputs": len(plan["inputs"]),
+                      "targets": [t["column"] for t in plan["targets"]]}))
+    return 0
+
+
+def cmd_train(args):
+    import hdfs_io
+    from tfos_jobs.survey import prep
+    from tfos_jobs.survey.model import run_train
+    plan = prep.read_plan(args.prep)
+    files = hdfs_io.list_data_files(hdfs_io.join(args.prep, "train"))
+    if len(files) < args.workers:
+        raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {args.workers} each need "
+                         "one: prep again with --files >= workers")
+    nodes = args.workers + (args.ps + 1 if args.strategy == "ps" else 0)
+    spark = _session(args, nodes)
+    try:
+        result = run_train(spark.sparkContext, plan, args.prep, args.model_dir, args.export, strategy=args.strategy,
+                           num_workers=args.workers, num_ps=args.ps, epochs=args.epochs, steps=args.steps,
+                           batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                           log_every=args.log_every, max_attempts=args.max_attempts, hidden=args.hidden,
+                           embedding_dim=args.embedding_dim, dropout=args.dropout, learning_rate=args.learning_rate)
+    finally:
+        spark.stop()
+    print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
+                      "attempts": result.attempts, "nodes": result.nodes}, sort_keys=True))
+    return 0
+
+
+def cmd_evaluate(args):
+    from tfos_jobs.survey import prep
+    from tfos_jobs.survey.evaluate import check_export, run_evaluate
+    plan = prep.read_plan(args.prep)
+    check_export(plan, args.export)
+    spark = _session(args, 2)
+    try:
+        run_evaluate(spark, plan, args.prep, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
+                     lr_max_iter=args.lr_max_iter)
+    finally:
+        spark.stop()
+    return 0
+
+
+def cmd_predict(args):
+    from tfos_jobs.survey import prep
+    from tfos_jobs.survey.evaluate import check_export
+    from tfos_jobs.survey.predict import check_inputs, run_predict
+    plan = prep.read_plan(args.prep)
+    check_export(plan, args.export)
+    keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep else None
+    check_inputs(plan, args.data, args.format, keep)
+    spark = _session(args, 2)
+    try:
+        report = run_predict(spark, plan, args.export, args.data, args.out, fmt=args.format, keep=keep,
+                             overwrite=args.overwrite, partitions=args.partitions)
+    finally:
+        spark.stop()
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
+            "predict": cmd_predict}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:   # SpecError is a ValueError
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:   # JavaNotFound, TrainingFailed (with the node's traceback), ...
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
