@@ -61,12 +61,16 @@ def read_config(export_uri):
 def evaluate(export_uri, data_uri, output_uri=None, batch_size=8192, max_rows=None):
     """AUC / log loss of the exported model (its serving signature) on a prepped Parquet data set;
     written as JSON to ``output_uri`` (default ``<export_uri>/evaluation.json``)."""
-    from tfos_jobs.export import load_serving
-    import tensorflow as tf
+    if not hdfs_io.exists(export_uri):
+        raise FileNotFoundError(f"export {export_uri} does not exist")
     hdfs_io.require_published(export_uri)
+    if not hdfs_io.exists(data_uri):
+        raise FileNotFoundError(f"data {data_uri} does not exist")
     files = hdfs_io.list_data_files(data_uri)
     if not files:
         raise FileNotFoundError(f"no Parquet data files under {data_uri}")
+    import tensorflow as tf
+    from tfos_jobs.export import load_serving
     started = time.monotonic()
     cache = tempfile.mkdtemp(prefix="tfos-ctr-eval-")
     try:
