@@ -1,0 +1,96 @@
+"""The DataFrame feed on the real pseudo-cluster: a Spark application on the standalone master (its two
+1-core workers run the feeding tasks) feeds two receivers in the driver for 2 epochs, checks every row
+arrived exactly once per epoch, then checks that a failing producer surfaces on both sides."""
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from cluster.testing import run_process
+
+pytestmark = pytest.mark.cluster
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+APP = textwrap.dedent("""
+    import json, sys, threading
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType
+    from tfos_jobs.spark import spark_session
+    from tfos_jobs.feed import DataFrameSource, FeedDriver, FeedError, FeedReceiver
+
+    spark = spark_session({master!r}, app_name="tfos-feed-cluster-test",
+                          conf={{"spark.executor.memory": "512m", "spark.cores.max": "2"}})
+    out = {{"master": spark.sparkContext.master}}
+    try:
+        rows = 20_000
+        df = spark.range(0, rows, numPartitions=9).select("id", (F.col("id") % 3).cast("double").alias("y"))
+
+        def run(frame, epochs):
+            driver = FeedDriver(spark.sparkContext, DataFrameSource(frame, ["id"], "y", max_batches_in_flight=3),
+                                num_workers=2, epochs=epochs, batch_size=256, host="127.0.0.1")
+            receivers = [FeedReceiver(driver.spec, i).register() for i in range(2)]
+            got, errors = [[], []], [None, None]
+
+            def consume(i):
+                try:
+                    for epoch, batch in receivers[i].record_batches():
+                        got[i].append((epoch, batch.column("id").to_numpy()))
+                except Exception as err:
+                    errors[i] = str(err)
+                finally:
+                    receivers[i].close()
+            threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            driver.start()
+            try:
+                driver.wait(timeout=240)
+                error = None
+            except FeedError as err:
+                error = str(err)
+            for t in threads:
+                t.join(120)
+            driver.stop()
+            return got, errors, error, [r.stats() for r in receivers], any(t.is_alive() for t in threads)
+
+        got, errors, error, stats, hung = run(df, 2)
+        out["exactly_once"] = all(
+            np.array_equal(np.sort(np.concatenate([ids for g in got for e, ids in g if e == epoch])), np.arange(rows))
+            for epoch in range(2))
+        out["shares"] = [sum(len(ids) for e, ids in g) for g in got]
+        out["errors"], out["error"], out["hung"] = errors, error, hung
+        out["peak_in_flight"] = [s["peak_batches_in_flight"] for s in stats]
+
+        def explode(v):
+            if v > 15_000:
+                raise ValueError("boom: producer broke on the cluster")
+            return float(v)
+        broken = df.withColumn("y", F.udf(explode, DoubleType())("id"))
+        _, errors, error, _, hung = run(broken, 1)
+        out["failure"] = {{"driver": error, "workers": errors, "hung": hung}}
+    finally:
+        spark.stop()
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_feed_on_the_standalone_cluster(pseudo_cluster, tmp_path):
+    master = pseudo_cluster["spark"]["master"]
+    app = tmp_path / "feed_app.py"
+    app.write_text(APP.format(repo=REPO, master=master))
+    res = run_process([sys.executable, str(app)], timeout=480, env={"SPARK_LOCAL_IP": "127.0.0.1"})
+    lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, f"feed app failed ({res.returncode}):\n{res.stdout[-6000:]}"
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["master"] == master
+    assert out["exactly_once"] and out["errors"] == [None, None] and out["error"] is None and not out["hung"]
+    assert abs(out["shares"][0] - out["shares"][1]) <= 2 * 9, out["shares"]
+    assert all(1 <= p <= 3 for p in out["peak_in_flight"]), out["peak_in_flight"]
+    failure = out["failure"]
+    assert "boom: producer broke on the cluster" in failure["driver"] and not failure["hung"]
+    assert all(w and "boom" in w for w in failure["workers"]), failure
