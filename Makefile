@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install check-java check-python clean hadoop-jars
 
 demo: install
-	$(PY) -m tfos_jobs.demo
+	$(PY) -m tfos_jobs.ctr demo
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
