@@ -74,6 +74,17 @@ class _DaemonPool:
 _POOL = _DaemonPool()
 
 
+# S3 transfers run inside the AWS SDK, whose stall detection is coarse (measured: about 7 s past its
+# low-speed window per attempt, 3 attempts). As a backstop each S3 transfer also runs on a timed thread
+# with a budget of the timeout plus its bytes at this minimum rate.
+MIN_TRANSFER_RATE = 1 << 20  # bytes/s
+
+
+def transfer_budget(nbytes: int) -> float:
+    """Seconds allowed for moving ``nbytes``: the timeout plus the bytes at MIN_TRANSFER_RATE."""
+    return timeout_s() + max(0, nbytes) / MIN_TRANSFER_RATE
+
+
 def call(uri: str, operation: str, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
     """Run ``fn(*args)`` on a worker thread; raise :class:`StorageTimeoutError` after ``timeout`` s."""
     limit = timeout_s() if timeout is None else timeout

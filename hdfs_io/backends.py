@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 import pyarrow.fs as pafs
 
 from . import _timeout, config, hdfs
-from .errors import StorageError, StorageUnavailableError, not_found
+from .errors import StorageError, StorageTimeoutError, StorageUnavailableError, not_found
 from .uri import Location, parse
 
 T = TypeVar("T")
@@ -42,10 +42,14 @@ def reset() -> None:
 def _make_s3() -> pafs.FileSystem:
     s3 = config.s3_settings()
     limit = _timeout.timeout_s()
+    # Data transfers run inside the AWS SDK, not on our timed threads: a stalled transfer fails after
+    # request_timeout seconds without progress (curl's low-speed limit), and the SDK tries 3 times.
+    # A third of the budget per attempt keeps a dead endpoint's total near HDFS_IO_TIMEOUT_S.
+    attempt = max(1.0, limit / 3)
     kwargs: dict[str, Any] = dict(
         region=s3.region,
-        connect_timeout=min(limit, 10.0),
-        request_timeout=limit,
+        connect_timeout=min(attempt, 10.0),
+        request_timeout=attempt,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3),
         allow_bucket_creation=False,
         allow_bucket_deletion=False,
@@ -158,6 +162,8 @@ def translate_s3_error(uri: str, exc: OSError) -> OSError:
     if isinstance(exc, (StorageError, FileNotFoundError, FileExistsError, PermissionError)):
         return exc
     msg = str(exc)
+    if "curlCode: 28" in msg or "Timeout was reached" in msg:
+        return StorageTimeoutError(uri, _timeout.timeout_s(), "transfer of")
     if "NETWORK_CONNECTION" in msg or "curlCode" in msg or "EndpointConnectionError" in msg or "ConnectTimeout" in msg:
         return StorageUnavailableError(uri, "S3 endpoint " + config.s3_settings().describe() + ": " + msg[:300])
     if "NoSuchBucket" in msg or "Not Found" in msg or "bucket does not exist" in msg or "NoSuchKey" in msg:

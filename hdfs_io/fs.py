@@ -28,7 +28,7 @@ from typing import IO, Iterable
 
 import pyarrow.fs as pafs
 
-from . import backends, hdfs
+from . import _timeout, backends, hdfs
 from .errors import not_found
 from .uri import Location, join, parse
 
@@ -300,7 +300,7 @@ def copy(src: str, dst: str, threads: int = COPY_THREADS) -> list[str]:
         if fi.type == pafs.FileType.Directory:
             subdirs.append(target)
         else:
-            jobs.append((fi.path, target))
+            jobs.append((fi.path, target, int(fi.size or 0)))
     if not src_is_file and dloc.scheme != "s3":
         # directories, empty ones included (a SavedModel's assets/); S3 has none to create
         for d in [dloc] + subdirs:
@@ -310,22 +310,24 @@ def copy(src: str, dst: str, threads: int = COPY_THREADS) -> list[str]:
                 if _file_info(dfs, d).type == pafs.FileType.NotFound:
                     dfs.create_dir(d.path, recursive=True)
     if len(jobs) <= 1 or threads <= 1:
-        for spath, target in jobs:
-            _copy_guarded(sfs, sloc, spath, dfs, target)
+        for spath, target, nbytes in jobs:
+            _copy_guarded(sfs, sloc, spath, dfs, target, nbytes)
     else:
         with concurrent.futures.ThreadPoolExecutor(min(threads, len(jobs))) as pool:
-            for f in [pool.submit(_copy_guarded, sfs, sloc, s, dfs, t) for s, t in jobs]:
+            for f in [pool.submit(_copy_guarded, sfs, sloc, s, dfs, t, n) for s, t, n in jobs]:
                 f.result()
-    return [t.uri for _, t in jobs]
+    return [t.uri for _, t, _ in jobs]
 
 
-def _copy_guarded(sfs, sloc: Location, spath: str, dfs, target: Location) -> None:
+def _copy_guarded(sfs, sloc: Location, spath: str, dfs, target: Location, nbytes: int = 0) -> None:
+    if sloc.scheme != "s3" and target.scheme != "s3":
+        _copy_one(sfs, spath, dfs, target)  # HDFS calls are timed one by one; local ones can't hang
+        return
     try:
-        _copy_one(sfs, spath, dfs, target)
+        _timeout.call(target.uri, "copy to", _copy_one, sfs, spath, dfs, target,
+                      timeout=_timeout.transfer_budget(nbytes))
     except OSError as exc:
-        if sloc.scheme == "s3" or target.scheme == "s3":
-            raise backends.translate_s3_error(target.uri, exc) from None
-        raise
+        raise backends.translate_s3_error(target.uri, exc) from None
 
 
 def _child_path(loc: Location, rel: str) -> str:
@@ -364,9 +366,14 @@ class _NativeRaw(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:
-        data = self._nf.read(len(buf))
+        view = memoryview(buf).cast("B")
+        want = min(len(view), 8 << 20)  # each timed call moves at most 8 MiB
+        try:
+            data = _timeout.call(self.name, "read", self._nf.read, want)
+        except OSError as exc:
+            raise backends.translate_s3_error(self.name, exc) from None
         n = len(data)
-        memoryview(buf).cast("B")[:n] = data
+        view[:n] = data
         return n
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -427,13 +434,12 @@ class AtomicWriter(io.RawIOBase):
     def _commit(self) -> None:
         loc = self._loc
         if loc.scheme == "s3":
+            nbytes = self._sink.seek(0, os.SEEK_END)
             self._sink.seek(0)
-            with self._fs.open_output_stream(loc.path, compression=None) as out:
-                while True:
-                    chunk = self._sink.read(8 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
+            try:
+                _timeout.call(loc.uri, "upload to", self._upload, timeout=_timeout.transfer_budget(nbytes))
+            except OSError as exc:
+                raise backends.translate_s3_error(loc.uri, exc) from None
             self._sink.close()
         elif loc.scheme == "file":
             self._sink.close()
@@ -441,6 +447,14 @@ class AtomicWriter(io.RawIOBase):
         else:
             self._sink.close()
             self._handler.rename_over(self._tmp.path, loc.path)
+
+    def _upload(self) -> None:
+        with self._fs.open_output_stream(self._loc.path, compression=None) as out:
+            while True:
+                chunk = self._sink.read(8 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
 
     def _discard(self) -> None:
         try:

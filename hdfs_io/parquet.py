@@ -19,10 +19,11 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import backends
+from . import _timeout, backends
 from . import fs as _fs
 from .errors import CorruptFileError, SchemaMismatchError, not_found
 from .fs import FileInfo
+from .uri import parse
 from .publishing import require_published, staged_output
 
 __all__ = [
@@ -36,6 +37,10 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 8192
 READ_THREADS = 4
+def _bounded(loc_scheme: str, uri: str, op: str, nbytes: int, fn, *args):
+    if loc_scheme != "s3":
+        return fn(*args)  # local reads cannot hang on a network; HDFS reads are timed per call
+    return _timeout.call(uri, op, fn, *args, timeout=_timeout.transfer_budget(nbytes))
 
 
 def _is_data(rel: str) -> bool:
@@ -110,12 +115,11 @@ def _open_parquet(uri: str, pre_buffer: bool = False, whole: bool = False) -> pq
     except IsADirectoryError:
         raise CorruptFileError(uri, "is a directory, not a Parquet file") from None
     try:
-        return pq.ParquetFile(nf, pre_buffer=pre_buffer)
+        return _bounded(loc.scheme, uri, "read footer of", 1 << 20,
+                        lambda: pq.ParquetFile(nf, pre_buffer=pre_buffer))
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        if isinstance(exc, (ConnectionError, TimeoutError, FileNotFoundError)):
-            raise
         nf.close()
-        raise CorruptFileError(uri, str(exc)) from None
+        raise _corrupt(uri, exc) from None
 
 
 def _signature(schema: pa.Schema, columns: Sequence[str] | None, uri: str) -> list[tuple[str, pa.DataType]]:
@@ -138,8 +142,14 @@ def _check(expected, got, uri: str) -> None:
 
 
 def _corrupt(uri: str, exc: Exception) -> Exception:
-    if isinstance(exc, (ConnectionError, TimeoutError, FileNotFoundError, CorruptFileError, SchemaMismatchError)):
+    """A decode failure as CorruptFileError naming the file; network failures stay network errors."""
+    if isinstance(exc, (ConnectionError, TimeoutError, FileNotFoundError, PermissionError,
+                        CorruptFileError, SchemaMismatchError)):
         return exc
+    if isinstance(exc, OSError):
+        translated = backends.translate_s3_error(uri, exc)
+        if translated is not exc:
+            return translated
     return CorruptFileError(uri, str(exc))
 
 
@@ -155,7 +165,9 @@ def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_
         pf = _open_parquet(fi.uri, pre_buffer=True, whole=columns is None)
         try:
             sig = _signature(pf.schema_arrow, columns, fi.uri)
-            return sig, pf.read(columns=columns, use_threads=True)
+            scheme = parse(fi.uri).scheme
+            return sig, _bounded(scheme, fi.uri, "read", fi.size,
+                                 lambda: pf.read(columns=columns, use_threads=True))
         except Exception as exc:  # noqa: BLE001
             raise _corrupt(fi.uri, exc) from None
         finally:
@@ -194,9 +206,12 @@ def iter_record_batches(
                 expected = sig
             _check(expected, sig, fi.uri)
             it = pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+            scheme = parse(fi.uri).scheme
+            md = pf.metadata
+            group_bytes = max((md.row_group(i).total_byte_size for i in range(md.num_row_groups)), default=0)
             while True:
                 try:
-                    batch = next(it)
+                    batch = _bounded(scheme, fi.uri, "read", group_bytes, next, it)
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001

@@ -617,6 +617,58 @@ def test_hung_s3_endpoint_times_out(silent_server, monkeypatch):
         assert uri in str(info.value)
 
 
+@pytest.fixture
+def stalling_s3():
+    """An HTTP server that answers HEAD like S3 but stalls every GET after a few bytes (a transfer
+    hanging mid-stream). Stopped, with its handler threads released, at teardown."""
+    import http.server
+    import socketserver
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.send_header("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT")
+            self.end_headers()
+
+        def do_GET(self):
+            self.send_response(206)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"PAR1")
+            self.wfile.flush()
+            release.wait(60)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_stalled_s3_transfer_times_out(stalling_s3, monkeypatch):
+    _s3_env(monkeypatch, stalling_s3)
+    monkeypatch.setenv("HDFS_IO_TIMEOUT_S", "2")
+    uri = "s3://bucket/data/part-0.parquet"
+    calls = (lambda: hdfs_io.open(uri).read(), lambda: hdfs_io.read_parquet(uri),
+             lambda: list(hdfs_io.iter_record_batches([uri])))
+    for call in calls:
+        t0 = time.monotonic()
+        with pytest.raises(hdfs_io.StorageTimeoutError) as info:
+            call()
+        assert time.monotonic() - t0 < 8
+        assert uri in str(info.value)
+
+
 def test_timed_call_propagates_results_and_errors():
     from hdfs_io import _timeout
 
