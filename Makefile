@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 demo: install
 	$(PY) -m tfos_jobs.ctr demo
 
-test: install
+test: install hadoop-jars
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: check-java $(STAMP)
