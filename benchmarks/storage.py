@@ -76,7 +76,7 @@ def cluster_connection(start: bool, conn_json: str | None = None):
         return cluster.connection(), False
     except Exception as exc:  # noqa: BLE001 - not up
         if not start:
-            raise SystemExit(f"pseudo-cluster not up ({exc}); run without --no-start or 'tfos-cluster up'")
+            raise SystemExit(f"pseudo-cluster not up ({exc}); run without --no-start or 'tfos-cluster up'") from None
     print("starting the pseudo-cluster ...", flush=True)
     return cluster.up(), True
 

@@ -144,8 +144,3 @@ def s3_settings() -> S3Settings:
     if region is None and endpoint:
         region = "us-east-1"  # S3-compatible servers accept any region; avoid a region lookup
     return S3Settings(endpoint=endpoint, scheme=scheme, region=region, profile=profile)
-
-
-def effective_timeout() -> float:
-    """Alias of :func:`timeout_s` (the per-call bound in seconds)."""
-    return timeout_s()

@@ -24,7 +24,7 @@ import os
 import posixpath
 import tempfile
 import uuid
-from typing import IO, Iterable
+from typing import IO
 
 import pyarrow.fs as pafs
 
@@ -555,7 +555,3 @@ def open(uri: str, mode: str = "rb", encoding: str = "utf-8"):  # noqa: A001 - m
     else:
         f = io.BufferedReader(fs.handler.open_reader(loc.path), buffer_size=READ_BUFFER)
     return f if mode == "rb" else io.TextIOWrapper(f, encoding=encoding)
-
-
-def _iter_uris(items: Iterable) -> list[str]:
-    return [i.uri if isinstance(i, FileInfo) else os.fspath(i) for i in items]

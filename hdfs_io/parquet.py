@@ -178,9 +178,7 @@ def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_
     else:
         with concurrent.futures.ThreadPoolExecutor(min(threads, len(infos))) as pool:
             futures = [pool.submit(read_one, fi) for fi in infos]
-            results = []
-            for fi, f in zip(infos, futures):
-                results.append(f.result())
+            results = [f.result() for f in futures]
     expected = results[0][0]
     for fi, (sig, _) in zip(infos, results):
         _check(expected, sig, fi.uri)
