@@ -112,7 +112,7 @@ class DataFrameSource:
 
     def plan(self):
         from tfos_jobs.inputs import DataPlan
-        return DataPlan(files=(), num_rows=0, dtypes=self.dtypes())
+        return DataPlan(files=(), num_rows=0, dtypes=self.dtypes(), file_rows={})
 
 
 @dataclass

@@ -86,7 +86,7 @@ def fit(sc, task, data, **options):
     if not feed.is_feed(data) and len(plan.files) < config.num_workers:
         raise ValueError(f"{data.uri} has {len(plan.files)} data file(s) but {config.num_workers} TF workers each "
                          "need at least one: write the data set with more files (e.g. repartition)")
-    if plan.smallest_shard_rows(config.num_workers) < config.batch_size:
+    if not feed.is_feed(data) and plan.smallest_shard_rows(config.num_workers) < config.batch_size:
         raise ValueError(f"{data.uri}: a worker's share has {plan.smallest_shard_rows(config.num_workers)} rows, "
                          f"fewer than one batch of {config.batch_size}: use a smaller batch_size or more data")
     total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
