@@ -1,0 +1,375 @@
+"""The survey modelling job: spec checks (no Spark), prep on Spark, and the real ANES 1996 example
+end to end (prep → train → evaluate → predict) on Spark local-cluster with file:// storage."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import hdfs_io
+from tfos_jobs.survey import cli, data, spec
+from tfos_jobs.survey.spec import SpecError
+
+
+
+def own_tf_node_processes():
+    """TF node processes started by this test session (descendants of this process) only: other
+    people's jobs on the same machine are none of these tests' business."""
+    import psutil
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "tfos_jobs.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_tf_processes():
+    """After every test, no TF node process of ours may remain (killed here, by pid, if one does)."""
+    import time
+    yield
+    deadline = time.monotonic() + 20
+    while own_tf_node_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = own_tf_node_processes()
+    for proc in leftover:
+        proc.kill()
+    assert not leftover, f"TF node processes left behind: {[p.pid for p in leftover]}"
+
+
+def write_csv(path, header, rows):
+    with open(path, "w") as handle:
+        handle.write(",".join(header) + "\n")
+        for row in rows:
+            handle.write(",".join(str(v) for v in row) + "\n")
+    return str(path)
+
+
+def write_spec(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------ spec (no Spark)
+
+
+def test_canonical_answers():
+    assert spec.canonical(2.0) == "2" and spec.canonical("2.0") == "2" and spec.canonical(" 7 ") == "7"
+    assert spec.canonical("refused") == "refused" and spec.canonical(0.5) == "0.5"
+    assert spec.canonical(None) is None and spec.canonical(float("nan")) is None
+    assert spec.sort_answers(["10", "9", "b", "a"]) == ["9", "10", "a", "b"]
+
+
+def test_spec_parses_yaml_and_json_with_defaults():
+    parsed = spec.parse_spec("targets: [vote]\ncolumns: {age: numeric, q1: {order: [low, mid, high]}}\n"
+                             "missing_codes: {refused: [98, refused], not_asked: 99}")
+    assert parsed.targets == ["vote"]
+    assert parsed.columns["q1"] == {"type": "ordinal", "order": ["low", "mid", "high"]}
+    codes = parsed.codes_for("q1")
+    assert codes["refused"] == ["98", "refused"] and codes["not_asked"] == ["99"] and "" in codes["missing"]
+    assert parsed.split["validation_fraction"] == 0.2 and parsed.infer["max_categories"] == 20
+    as_json = spec.parse_spec(json.dumps({"targets": "vote", "id": "rid", "split": {"seed": 3}}))
+    assert as_json.targets == ["vote"] and as_json.id_column == "rid" and as_json.split["seed"] == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("targets: [vote\ncolumns: {", "does not parse"),
+    ("- just a list", "must be a mapping"),
+    ("columns: {a: numeric}", "'targets' must be a non-empty list"),
+    ("targets: [a]\ncolumns: {b: fancy}", "type must be one of"),
+    ("targets: [a]\ncolumns: {b: {type: numeric, order: [1, 2]}}", "only for ordinal"),
+    ("targets: [a]\ncolumns: {a: numeric}", "must be categorical"),
+    ("targets: [a]\nmissing_codes: {refused: [9], not_asked: [9]}", "both refused and not_asked"),
+    ("targets: [a]\nmissing_codes: {skipped: [9]}", "unknown kind"),
+    ("targets: [a]\nsplit: {validation_fraction: 1.5}", "between 0 and 1"),
+    ("targets: [a]\ntargetz: [b]", "unknown key"),
+])
+def test_bad_specs_are_rejected_with_a_reason(text, message):
+    with pytest.raises(SpecError, match=message):
+        spec.parse_spec(text)
+
+
+@pytest.fixture
+def small_csv(tmp_path):
+    rows = [[i, ["yes", "no"][i % 2], i % 3, "x", 98 if i == 3 else i % 5] for i in range(40)]
+    return write_csv(tmp_path / "r.csv", ["rid", "q_target", "q_other", "q_const", "q_num"], rows)
+
+
+def test_preflight_checks_targets_and_columns(small_csv, tmp_path):
+    ok = spec.parse_spec("targets: [q_target]\nid: rid\ncolumns: {q_num: numeric}")
+    fmt, header = spec.preflight(ok, small_csv)
+    assert fmt == "csv" and header[:2] == ["rid", "q_target"]
+    with pytest.raises(SpecError, match=r"target question\(s\) \['vote'\] not in the data"):
+        spec.preflight(spec.parse_spec("targets: [q_target, vote]"), small_csv)
+    with pytest.raises(SpecError, match="'q_const' has only the answer 'x'"):
+        spec.preflight(spec.parse_spec("targets: [q_const]"), small_csv)
+    # codes declared as not-answers do not count as answers either
+    with pytest.raises(SpecError, match="has only the answer 'yes'"):
+        spec.preflight(spec.parse_spec("targets: [q_target]\nmissing_codes: {refused: ['no']}"), small_csv)
+    with pytest.raises(SpecError, match=r"lists column\(s\) \['nope'\]"):
+        spec.preflight(spec.parse_spec("targets: [q_target]\ncolumns: {nope: numeric}"), small_csv)
+    # Parquet input: same checks from the schema and the target column only
+    import pyarrow as pa
+    parquet = str(tmp_path / "pq")
+    hdfs_io.write_parquet(pa.table({"a": [1, 1, 1], "b": [1.0, 2.0, 1.0]}), parquet)
+    assert spec.preflight(spec.parse_spec("targets: [b]"), parquet)[0] == "parquet"
+    with pytest.raises(SpecError, match="'a' has only the answer '1'"):
+        spec.preflight(spec.parse_spec("targets: [a]"), parquet)
+
+
+@pytest.fixture
+def no_spark(monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise AssertionError("Spark was started before the input was checked")
+    monkeypatch.setattr(cli, "_session", fail)
+
+
+@pytest.mark.parametrize("spec_text, message", [
+    ("targets: [missing_question]", "not in the data"),
+    ("targets: [q_const]", "has only the answer 'x'"),
+    ("targets: [q_target\n", "does not parse"),
+])
+def test_cli_prep_rejects_bad_input_before_spark(no_spark, small_csv, tmp_path, capsys, spec_text, message):
+    spec_uri = write_spec(tmp_path / "spec.yaml", spec_text)
+    rc = cli.main(["prep", "--data", small_csv, "--spec", spec_uri, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.startswith("tfos-survey: error:")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_cli_other_commands_reject_missing_inputs_before_spark(no_spark, tmp_path, capsys):
+    assert cli.main(["train", "--prep", str(tmp_path / "nope"), "--model-dir", "m", "--export", "e"]) == 2
+    assert "run `tfos-survey prep` first" in capsys.readouterr().err
+    assert cli.main(["prep", "--data", str(tmp_path / "nope.csv"), "--spec", str(tmp_path / "s.yaml"),
+                     "--out", "o"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["example", "prep", "train", "evaluate", "predict"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: tfos-survey {command}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ data and model (no Spark)
+
+
+def test_synthetic_survey_has_codes_and_is_reproducible():
+    table, generated = data.synthetic_survey(rows=300, questions=40, targets=2, seed=5)
+    again, _ = data.synthetic_survey(rows=300, questions=40, targets=2, seed=5)
+    assert table.equals(again)
+    assert table.num_columns == 1 + 40 + 2 and generated["targets"] == ["t1", "t2"]
+    values = np.concatenate([np.array(table.column(f"q{q:04d}").to_pylist()) for q in range(1, 41)])
+    for code in ("", "98", "99"):
+        assert (values == code).mean() > 0.005, f"code {code!r} should occur"
+    assert 0.05 < (np.array(table.column("t1").to_pylist()) == "not asked").mean() < 0.2
+    parsed = spec.parse_spec(json.dumps(generated))
+    assert parsed.codes_for("q0001")["not_asked"] == ["99", "not asked"]
+
+
+def test_anes96_ships_offline():
+    table = data.anes96_table()
+    assert table.num_rows == 944 and {"vote", "PID", "selfLR", "respondent"} <= set(table.column_names)
+    spec.parse_spec(json.dumps(data.ANES96_SPEC))
+
+
+def tiny_plan():
+    return {"inputs": {"c_a": "int64", "n_b": "float32", "m_b__missing": "float32"},
+            "features": [{"type": "categorical", "input": "c_a", "vocab_size": 6, "column": "a"},
+                         {"type": "numeric", "input": "n_b", "column": "b"}],
+            "targets": [{"label": "y_t", "classes": ["x", "y", "z"]}, {"label": "y_u", "classes": ["p", "q"]}],
+            "labels": ["y_t", "y_u"]}
+
+
+def test_model_heads_masked_loss_and_keras_file(tmp_path):
+    import keras
+    from tfos_jobs.survey.model import SurveyTask, masked_cross_entropy, target_metrics
+    task = SurveyTask(tiny_plan(), hidden=[8])
+    model = task.build_model()
+    features = {"c_a": np.array([0, 5, 9], dtype=np.int64), "n_b": np.array([0.1, -1, 2], dtype=np.float32),
+                "m_b__missing": np.array([0, 1, 0], dtype=np.float32)}
+    out = model(features)
+    assert set(out) == {"y_t", "y_u"} and tuple(out["y_t"].shape) == (3, 3) and tuple(out["y_u"].shape) == (3, 2)
+    np.testing.assert_allclose(np.asarray(out["y_t"]).sum(axis=1), 1.0, rtol=1e-5)
+    loss = np.asarray(masked_cross_entropy(np.array([-1, 0, 2]), out["y_t"]))
+    assert loss[0] == 0.0 and loss[1] > 0 and loss[2] > 0
+    both = np.asarray(task.per_example_loss({"y_t": np.array([-1, 0, 2]), "y_u": np.array([1, -1, 0])}, out))
+    assert both[0] > 0 and both[1] == pytest.approx(loss[1], rel=1e-5)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(reloaded(features)["y_u"]), np.asarray(out["y_u"]), rtol=1e-5)
+    metrics = target_metrics(np.array([-1, 0, 1]), np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]))
+    assert metrics["rows"] == 2 and metrics["accuracy"] == 0.5
+    assert metrics["log_loss"] == pytest.approx(-(np.log(0.8) + np.log(0.3)) / 2)
+
+
+def test_majority_baseline_and_table():
+    from tfos_jobs.survey.evaluate import format_table, majority_metrics
+    m = majority_metrics({"classes": ["a", "b"], "train_counts": [30, 10], "valid_counts": [6, 4]})
+    assert m["answer"] == "a" and m["accuracy"] == 0.6 and m["rows"] == 10
+    assert m["log_loss"] == pytest.approx(-(6 * np.log(0.75) + 4 * np.log(0.25)) / 10)
+    entry = {k: {"rows": 10, "accuracy": 0.5, "log_loss": 0.7} for k in ("model", "majority", "logistic_regression")}
+    table = format_table({"targets": {"vote": dict(entry, answers=2)}})
+    assert table.splitlines()[0].split()[:3] == ["target", "answers", "rows"] and "vote" in table
+
+
+# ------------------------------------------------------------------------------ Spark
+
+
+@pytest.fixture(scope="module")
+def synthetic_prep(local_spark, tmp_path_factory):
+    from tfos_jobs.survey import prep
+    root = tmp_path_factory.mktemp("synthetic")
+    table, generated = data.synthetic_survey(rows=600, questions=30, targets=2, seed=1)
+    csv_uri = data.write_csv(table, str(root / "survey.csv"))
+    parsed = spec.parse_spec(json.dumps(generated))
+    plan = prep.run_prep(local_spark, parsed, csv_uri, str(root / "prep"), files=3)
+    return table, generated, parsed, plan, root
+
+
+@pytest.mark.slow
+def test_prep_infers_encodes_and_splits_deterministically(local_spark, synthetic_prep):
+    from tfos_jobs.survey import prep
+    table, generated, parsed, plan, tmp_path = synthetic_prep
+    features = {f["column"]: f for f in plan["features"]}
+    assert len(features) + len(plan["ignored"]) == 30
+    listed = [c for c, entry in generated["columns"].items()]
+    assert listed and all(features[c]["type"] == "ordinal" and features[c]["source"] == "spec" for c in listed)
+    nominal = [c for c in features if table.column(c).to_pylist()[0].startswith("opt_")
+               or any(v.startswith("opt_") for v in table.column(c).to_pylist()[:50])]
+    assert nominal and all(features[c]["type"] == "categorical" for c in nominal)
+    # the refused code of text questions is "refused", never an answer in the vocabulary
+    assert all("refused" not in features[c]["vocab"] and "not asked" not in features[c]["vocab"] for c in nominal)
+    inferred_likert = [c for c, f in features.items() if f["source"] == "inferred" and f["type"] == "categorical"
+                       and set(f["vocab"]) <= {"1", "2", "3", "4", "5"}]
+    assert inferred_likert, "unlisted 1-5 scales are inferred as categorical codes"
+    assert any(f["type"] == "numeric" for f in features.values())
+    ordinal = features[listed[0]]
+    assert set(ordinal["indicators"]) == {"missing", "refused", "not_asked"}
+
+    train = hdfs_io.read_parquet(str(tmp_path / "prep" / "train"))
+    valid = hdfs_io.read_parquet(str(tmp_path / "prep" / "valid"))
+    assert len(hdfs_io.list_data_files(str(tmp_path / "prep" / "train"))) == 3
+    assert train.num_rows + valid.num_rows == 600 and 60 < valid.num_rows < 180
+    assert set(train.column_names) == {"rid", *plan["inputs"], *plan["labels"]}
+    assert train.schema.field(ordinal["input"]).type == "float" and train.schema.field("y_t1").type == "int64"
+    raw = {r: i for i, r in enumerate(table.column("rid").to_pylist())}
+    rows = [raw[r] for r in train.column("rid").to_pylist()]
+    source = np.array(table.column(listed[0]).to_pylist(), dtype=object)[rows]
+    encoded = train.column(ordinal["input"]).to_numpy()
+    refused = train.column(ordinal["indicators"]["refused"]).to_numpy()
+    not_asked = train.column(ordinal["indicators"]["not_asked"]).to_numpy()
+    np.testing.assert_array_equal(refused == 1, source == "98")
+    np.testing.assert_array_equal(not_asked == 1, source == "99")
+    answered = np.isin(source, ["1", "2", "3", "4", "5"])
+    np.testing.assert_allclose(encoded[answered], (source[answered].astype(int) - 1) / 4.0, rtol=1e-6)
+    cat = features[nominal[0]]
+    ids = train.column(cat["input"]).to_numpy()
+    cat_source = np.array(table.column(nominal[0]).to_pylist(), dtype=object)[rows]
+    assert np.all(ids[cat_source == "refused"] == 2) and np.all(ids[cat_source == "not asked"] == 3)
+    assert np.all(ids[cat_source == ""] == 1) and np.all(ids[np.char.startswith(cat_source.astype(str), "opt_")] >= 4)
+    labels = train.column("y_t1").to_numpy()
+    t1 = np.array(table.column("t1").to_pylist(), dtype=object)[rows]
+    assert np.all(labels[t1 == "not asked"] == -1) and np.all(labels[t1 != "not asked"] >= 0)
+    target = plan["targets"][0]
+    assert target["train_not_answered"]["not_asked"] == int((t1 == "not asked").sum())
+
+    # the split depends on the id only: the same respondents land in validation from Parquet input
+    # written with another file layout
+    parquet = str(tmp_path / "survey_pq")
+    hdfs_io.write_parquet(table, parquet, rows_per_file=250)
+    prep.run_prep(local_spark, parsed, parquet, str(tmp_path / "prep2"), files=2)
+    valid2 = hdfs_io.read_parquet(str(tmp_path / "prep2" / "valid"))
+    assert sorted(valid2.column("rid").to_pylist()) == sorted(valid.column("rid").to_pylist())
+    with open(tmp_path / "prep" / "prep.json") as handle:
+        assert json.load(handle)["rows"]["valid"] == valid.num_rows
+
+
+@pytest.mark.slow
+def test_parameter_server_training_on_synthetic_survey(local_spark, synthetic_prep):
+    from tfos_jobs.survey import model
+    _, _, _, plan, root = synthetic_prep
+    result = model.run_train(local_spark.sparkContext, plan, str(root / "prep"), str(root / "model"),
+                             str(root / "export"), strategy="ps", num_workers=1, num_ps=1, steps=40,
+                             batch_size=32, log_every=20, hidden=[32])
+    assert sorted(result.nodes) == ["chief:0", "ps:0", "worker:0"] and result.steps == 40
+    assert hdfs_io.is_published(str(root / "export"))
+    for t in plan["targets"]:
+        assert 0.0 <= result.metrics[f"valid/{t['label']}/accuracy"] <= 1.0
+        assert result.metrics[f"valid/{t['label']}/rows"] == sum(t["valid_counts"])
+
+
+@pytest.fixture(scope="module")
+def anes96_run(local_spark, tmp_path_factory):
+    """The real example end to end: prep, train (mwms, 2 workers), evaluate and predict."""
+    from tfos_jobs.survey import evaluate, model, predict, prep
+    root = tmp_path_factory.mktemp("anes96")
+    data_uri, spec_uri = data.write_example(str(root / "example"))
+    parsed = spec.load_spec(spec_uri)
+    fmt, header = spec.preflight(parsed, data_uri)
+    plan = prep.run_prep(local_spark, parsed, data_uri, str(root / "prep"), fmt=fmt, header=header)
+    result = model.run_train(local_spark.sparkContext, plan, str(root / "prep"), str(root / "model"),
+                             str(root / "export"), strategy="mwms", num_workers=2, epochs=30, batch_size=64,
+                             log_every=100)
+    report = evaluate.run_evaluate(local_spark, plan, str(root / "prep"), str(root / "export"), str(root / "eval"))
+    new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(0, 40)
+    new_uri = data.write_csv(new, str(root / "new.csv"))
+    predicted = predict.run_predict(local_spark, plan, str(root / "export"), new_uri, str(root / "pred"))
+    return {"root": root, "plan": plan, "result": result, "report": report, "predicted": predicted}
+
+
+@pytest.mark.slow
+def test_anes96_model_beats_majority_on_every_target(anes96_run):
+    report = anes96_run["report"]
+    assert set(report["targets"]) == {"vote", "PID", "selfLR"}
+    for name, entry in report["targets"].items():
+        model, majority, lr = entry["model"], entry["majority"], entry["logistic_regression"]
+        assert model["rows"] == majority["rows"] == lr["rows"] > 150
+        assert model["accuracy"] > majority["accuracy"], f"{name}: {model} vs majority {majority}"
+        assert model["log_loss"] < majority["log_loss"], f"{name}: {model} vs majority {majority}"
+        assert 0 < lr["accuracy"] <= 1 and lr["log_loss"] > 0
+    # the chief's in-training evaluation agrees with the Spark-side scoring of the export
+    metrics = anes96_run["result"].metrics
+    for t in anes96_run["plan"]["targets"]:
+        expected = report["targets"][t["column"]]["model"]
+        assert metrics[f"valid/{t['label']}/accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+        assert metrics[f"valid/{t['label']}/log_loss"] == pytest.approx(expected["log_loss"], rel=1e-3)
+    root = anes96_run["root"]
+    with open(root / "eval" / "evaluation.json") as handle:
+        assert json.load(handle)["targets"]["vote"]["answers"] == 2
+    text = (root / "eval" / "evaluation.txt").read_text()
+    assert "acc majority" in text and "logloss LR" in text and "selfLR" in text
+    assert os.path.exists(root / "eval" / "_SUCCESS")
+
+
+@pytest.mark.slow
+def test_anes96_predictions_are_probabilities(anes96_run):
+    root, plan = anes96_run["root"], anes96_run["plan"]
+    assert hdfs_io.is_published(str(root / "pred")) and anes96_run["predicted"]["rows"] == 40
+    table = hdfs_io.read_parquet(str(root / "pred")).to_pandas().sort_values("respondent", key=lambda s: s.astype(int))
+    assert table["respondent"].tolist() == [str(i) for i in range(1, 41)]
+    for t in plan["targets"]:
+        columns = [f"{t['column']}__p_{c}" for c in t["classes"]]
+        probabilities = table[columns].to_numpy()
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+        best = np.array(t["classes"])[probabilities.argmax(axis=1)]
+        assert table[f"{t['column']}__answer"].tolist() == best.tolist()
+    with pytest.raises(FileExistsError):
+        from tfos_jobs.survey import predict
+        predict.run_predict(None, plan, str(root / "export"), str(root / "new.csv"), str(root / "pred"))
+
+
+@pytest.mark.slow
+def test_export_from_another_prep_is_refused(anes96_run, tmp_path):
+    from tfos_jobs.survey.evaluate import check_export
+    plan = json.loads(json.dumps(anes96_run["plan"]))
+    plan["targets"][0]["classes"] = ["0", "1", "2"]
+    with pytest.raises(ValueError, match="not trained on this prep"):
+        check_export(plan, str(anes96_run["root"] / "export"))
