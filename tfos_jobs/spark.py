@@ -48,22 +48,42 @@ def spark_session(master=None, app_name="tfos-jobs", conf=None):
     * ``spark.executorEnv.PYTHONPATH`` carries the driver's path for a source checkout.
     """
     java_version()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Under spark-submit (PySpark's gateway is already running) the master, the app name and every
+    # --conf / spark-defaults.conf setting come from spark-submit: ours only fill what it left unset,
+    # and 127.0.0.1 is used only when SPARK_LOCAL_IP says so (on a real cluster the driver and the
+    # executors must reach each other by host name).
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not submitted:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    given = None
+    if submitted:
+        from pyspark import SparkConf
+        given = SparkConf()
+        master = master or given.get("spark.master", None)
     master = master or os.environ.get("TFOS_SPARK_MASTER") or local_cluster_master()
-    builder = SparkSession.builder.master(master).appName(app_name)
+    builder = SparkSession.builder
+    if not (given is not None and given.get("spark.master", None) == master):
+        builder = builder.master(master)
     settings = {
+        "spark.app.name": app_name,
         "spark.task.maxFailures": "1",
-        "spark.driver.host": os.environ["SPARK_LOCAL_IP"],
-        "spark.driver.bindAddress": os.environ["SPARK_LOCAL_IP"],
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.executorEnv.PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
-        "spark.executorEnv.SPARK_LOCAL_IP": os.environ["SPARK_LOCAL_IP"],
     }
+    local_ip = os.environ.get("SPARK_LOCAL_IP")
+    if local_ip:
+        settings.update({"spark.driver.host": local_ip, "spark.driver.bindAddress": local_ip,
+                         "spark.executorEnv.SPARK_LOCAL_IP": local_ip})
+    if not master.startswith("yarn"):
+        # same-host executors (local-cluster, standalone here): carry a source checkout's path. On
+        # YARN the code comes with the job (tfos-deploy: --archives/--py-files), never from our paths.
+        settings["spark.executorEnv.PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    if given is not None:
+        settings = {k: v for k, v in settings.items() if not given.contains(k)}
     if master.startswith("local-cluster"):
         # local-cluster executors find Spark's jars through SPARK_HOME.
         import pyspark
