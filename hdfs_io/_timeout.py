@@ -74,6 +74,16 @@ class _DaemonPool:
 _POOL = _DaemonPool()
 
 
+def _after_fork_in_child() -> None:
+    # The parent's worker threads do not exist in a forked child (Spark/TFoS fork Python workers):
+    # start from an empty pool, or tasks would wait for workers the child does not have.
+    global _POOL
+    _POOL = _DaemonPool()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # S3 transfers run inside the AWS SDK, whose stall detection is coarse (measured: about 7 s past its
 # low-speed window per attempt, 3 attempts). As a backstop each S3 transfer also runs on a timed thread
 # with a budget of the timeout plus its bytes at this minimum rate.

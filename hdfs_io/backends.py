@@ -18,6 +18,7 @@ on every scheme and the layer on top adds only a metadata call per file.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -37,6 +38,23 @@ def reset() -> None:
     """Forget cached clients (after changing ``HADOOP_CONF_DIR``, AWS variables or the timeout)."""
     with _lock:
         _cache.clear()
+
+
+_inherited: list = []
+
+
+def _after_fork_in_child() -> None:
+    # Clients hold threads and connections (hdfs-native's tokio runtime) that a forked child (Spark and
+    # TFoS fork Python workers) does not inherit in working order, so the child makes its own. The
+    # parent's objects are kept referenced, never dropped: destroying hdfs-native's client waits for
+    # runtime threads that do not exist in the child, and would hang it.
+    global _lock
+    _lock = threading.Lock()
+    _inherited.append(dict(_cache))
+    _cache.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _make_s3() -> pafs.FileSystem:

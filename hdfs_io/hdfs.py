@@ -19,6 +19,7 @@ hdfs-native never gives up on a dead NameNode, so:
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from . import _timeout, config
-from .errors import StorageTimeoutError, StorageUnavailableError, not_found
+from .errors import StorageError, StorageTimeoutError, StorageUnavailableError, not_found
 
 WRITE_BUFFER = 4 << 20  # bytes gathered in Python before one (timed) call into hdfs-native
 
@@ -64,6 +65,30 @@ def _translate(uri: str, op: str, exc: Exception) -> Exception:
     if "SafeModeException" in msg:
         return StorageUnavailableError(uri, f"NameNode is in safe mode: {short}")
     return OSError(f"HDFS {op} {uri} failed: {short}")
+
+
+# hdfs-native keeps finished DataNode read connections in a process-wide cache. A child forked after
+# the parent read HDFS data inherits that cache, and its reads then hang on the parent's sockets
+# (measured with hdfs-native 0.14). Metadata calls and writes are unaffected. So a forked child of a
+# process that read HDFS data refuses HDFS reads at once instead of hanging until the timeout.
+_state = {"read_in_this_process": False, "reads_broken_by_fork": False}
+
+
+def _after_fork_in_child() -> None:
+    _state["reads_broken_by_fork"] = _state["reads_broken_by_fork"] or _state["read_in_this_process"]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_reads_allowed(uri: str) -> None:
+    if _state["reads_broken_by_fork"]:
+        raise StorageError(
+            f"cannot read {uri}: this process was forked from one that had already read HDFS data, and "
+            "hdfs-native's DataNode connection cache does not survive fork(). Read HDFS only in the "
+            "child, or start children with the 'spawn'/'forkserver' multiprocessing method."
+        )
+    _state["read_in_this_process"] = True
 
 
 def _timed(uri: str, op: str, fn, *args):
@@ -330,6 +355,7 @@ class HdfsHandler(pafs.FileSystemHandler):
             raise not_found(self.url + path)
         if st.isdir:
             raise IsADirectoryError(f"{self.url}{path} is a directory")
+        _check_reads_allowed(self.url + path)
         reader = self._call("open", path, "read", path, raw=True)
         return _TimedReader(reader, self.url + path)
 

@@ -3,7 +3,9 @@ hdfs-native) and its S3 endpoint over HTTP. Every test works under a unique pref
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import uuid
 
 import numpy as np
@@ -338,3 +340,75 @@ def test_viewfs_mount_table(pseudo_cluster, env, tmp_path, monkeypatch):
         assert hdfs_io.is_published("hdfs:///data/ds")  # no host: fs.defaultFS is the viewfs
     finally:
         hdfs_io.delete(f"{nn}{run}", recursive=True, missing_ok=True)
+
+
+def _fork_child(q, hdfs_uri, s3_uri):
+    out = {}
+    try:
+        out["s3_rows"] = hdfs_io.read_parquet(s3_uri).num_rows
+        out["hdfs_exists"] = hdfs_io.exists(hdfs_uri)
+        with hdfs_io.open(hdfs_uri.rsplit("/", 1)[0] + "/child.txt", "w") as f:
+            f.write("from the child")
+        try:
+            out["hdfs_rows"] = hdfs_io.read_parquet(hdfs_uri).num_rows
+        except hdfs_io.StorageError as exc:
+            out["hdfs_error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        out["unexpected"] = repr(exc)
+    q.put(out)
+
+
+def test_forked_children(pseudo_cluster, env):
+    import multiprocessing
+
+    hbase, sbase = _base("hdfs", pseudo_cluster), _base("s3", pseudo_cluster)
+    hds, sds = hdfs_io.join(hbase, "ds"), hdfs_io.join(sbase, "ds")
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+
+    def run_child(timeout=60):
+        q = ctx.Queue()
+        p = ctx.Process(target=_fork_child, args=(q, hds, sds))
+        procs.append(p)
+        p.start()
+        result = q.get(timeout=timeout)
+        p.join(10)
+        assert p.exitcode == 0
+        return result
+
+    try:
+        hdfs_io.write_parquet(table(30), hds)
+        hdfs_io.write_parquet(table(30), sds)
+        # a fresh parent that has not read HDFS data (like a Spark Python worker starting the TF
+        # process): its forked child can do everything. Run in a new interpreter, stopped by PID.
+        from cluster.testing import run_process
+
+        script = (
+            "import json, multiprocessing as mp, sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import hdfs_io, tests.test_hdfs_io_cluster as t\n"
+            "hdfs_io.exists(sys.argv[2])\n"
+            "ctx = mp.get_context('fork'); q = ctx.Queue()\n"
+            "p = ctx.Process(target=t._fork_child, args=(q, sys.argv[2], sys.argv[3])); p.start()\n"
+            "out = q.get(timeout=60); p.join(10)\n"
+            "print('RESULT', json.dumps(out))\n"
+        )
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = run_process([sys.executable, "-c", script, repo, hds, sds], env=env, timeout=120, cwd=repo)
+        assert done.returncode == 0, done.stdout[-2000:]
+        first = json.loads(done.stdout.split("RESULT ", 1)[1])
+        assert first == {"s3_rows": 30, "hdfs_exists": True, "hdfs_rows": 30}
+        assert hdfs_io.read_parquet(hds).num_rows == 30  # this process has now read HDFS data
+        # after the parent read HDFS data, a forked child's HDFS reads fail at once with a clear
+        # message (hdfs-native's connection cache does not survive fork), the rest still works
+        second = run_child(timeout=20)
+        assert second["s3_rows"] == 30 and second["hdfs_exists"] is True
+        assert "forked" in second["hdfs_error"] and "spawn" in second["hdfs_error"]
+        assert hdfs_io.open(hdfs_io.join(hbase, "child.txt"), "r").read() == "from the child"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+        hdfs_io.delete(hbase, recursive=True, missing_ok=True)
+        hdfs_io.delete(sbase, recursive=True, missing_ok=True)
