@@ -44,14 +44,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FORMAT = 1                      # bump when the archive layout changes: it is part of the cache key
+MANIFEST = "tfos-package.json"   # written by upload: the current file of each kind
 ENV_ALIAS = "tfenv"             # directory name of the unpacked archive in every YARN container
 ENV_PYTHON = f"./{ENV_ALIAS}/bin/python"
 CODE_PACKAGES = ("tfos_jobs", "hdfs_io", "cluster")
 ROOT_DIST = "tfos-jobs"
-# Never shipped: the cluster brings Spark's jars; these are test or build tools.
-EXCLUDE_DISTS = {"pip", "wheel", "pytest", "pytest-timeout", "moto", "boto3", "tfos-jobs"}
-EXCLUDE_PREFIXES = ("pyspark/jars/", "pyspark/examples/", "pyspark/data/", "pyspark/bin/",
-                    "pyspark/sbin/", "pyspark/licenses/", "pyspark/tests/")
+# Never shipped: test or build tools; libclang (TF lists it but never imports it at run time).
+EXCLUDE_DISTS = {"pip", "wheel", "pytest", "pytest-timeout", "moto", "boto3", "tfos-jobs", "libclang"}
+# Never shipped either (about 0.9 GiB): Spark's jars (the cluster has Spark; YARN puts its pyspark.zip
+# first on PYTHONPATH), C headers for building extensions, the libraries' own test suites.
+EXCLUDE_PATTERN = re.compile(
+    r"pyspark/(jars|examples|data|bin|sbin|licenses|tests)/"
+    r"|tensorflow/include/|pyarrow/(include|src)/"
+    r"|(pandas|scipy|statsmodels|numpy|pyarrow)/(.+/)?tests?/")
 ENTRY = '''\
 """spark-submit entry point written by tfos-deploy: tfos_main.py MODULE [ARGS...] runs MODULE as
 ``python -m MODULE ARGS...`` (for example tfos_jobs.ctr or tfos_jobs.survey)."""
@@ -63,21 +68,31 @@ if len(sys.argv) < 2:
     sys.exit("usage: tfos_main.py MODULE [ARGS...]  (e.g. tfos_jobs.ctr train ...)")
 module = sys.argv.pop(1)
 sys.argv[0] = module
+made = []
+if "PYSPARK_GATEWAY_PORT" in os.environ:
+    from pyspark import SparkConf, SparkContext
+    # pyspark 4: a SparkConf() made before the gateway is up is empty (no spark.master, no --conf):
+    # connect to spark-submit's JVM first so the job's CLI sees spark-submit's settings.
+    SparkContext._ensure_initialized()
+    _do_init = SparkContext._do_init
+
+    def _record(self, *args, **kwargs):
+        made.append(True)
+        return _do_init(self, *args, **kwargs)
+    SparkContext._do_init = _record
 code = 0
 try:
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    if exc.code not in (None, 0) and not isinstance(exc.code, int):
+    if not isinstance(exc.code, (int, type(None))):
         print(exc.code, file=sys.stderr)
-if code == 0 and "PYSPARK_GATEWAY_PORT" in os.environ:
+if code == 0 and "PYSPARK_GATEWAY_PORT" in os.environ and not made:
     # YARN cluster mode fails an application whose driver never started a SparkContext
-    # ("User did not initialize spark context"): some steps (`tfos-ctr evaluate`) need none.
-    from pyspark import SparkConf, SparkContext
-    if SparkContext._gateway is None:
-        conf = SparkConf()
-        if conf.get("spark.submit.deployMode", "client") == "cluster":
-            SparkContext(conf=conf.set("spark.executor.instances", "0")).stop()
+    # ("User did not initialize spark context"); some steps (`tfos-ctr evaluate`) need none.
+    conf = SparkConf()
+    if conf.get("spark.submit.deployMode", "client") == "cluster":
+        SparkContext(conf=conf.set("spark.executor.instances", "0")).stop()
 sys.exit(code)
 '''
 
@@ -106,7 +121,7 @@ def env_key(node_python: str, compression: str) -> str:
         path = REPO / name
         h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
     h.update(f"{FORMAT}|{node_python}|{sys.version_info[:3]}|{compression}|"
-             f"{sorted(EXCLUDE_DISTS)}|{EXCLUDE_PREFIXES}".encode())
+             f"{sorted(EXCLUDE_DISTS)}|{EXCLUDE_PATTERN.pattern}".encode())
     return h.hexdigest()[:16]
 
 
@@ -221,7 +236,7 @@ def build_env(node_python: str | None = None, compression: str = "none", force: 
                 dist_site = Path(str(dist.locate_file(""))).resolve()
                 for f in dist.files:
                     rel = _site_relative(dist, str(f), dist_site)
-                    if rel is None or rel in seen or rel.startswith(EXCLUDE_PREFIXES):
+                    if rel is None or rel in seen or EXCLUDE_PATTERN.match(rel):
                         continue
                     src = dist_site / rel
                     if not src.is_file():
@@ -291,7 +306,15 @@ def upload(pkg: Package, dest: str, timeout: float = 900) -> dict:
             _bounded(lambda t=tmp, u=uri: (hdfs_io.delete(u, missing_ok=True), hdfs_io.rename(t, u)),
                      60, f"rename {tmp}")
         uris[field] = uri
+    import hdfs_io as _h
+    _bounded(lambda: _write_text(_h.join(dest, MANIFEST), json.dumps(uris, indent=1)), 60, "write the manifest")
     return uris
+
+
+def _write_text(uri: str, text: str) -> None:
+    import hdfs_io
+    with hdfs_io.open(uri, "wb") as fh:
+        fh.write(text.encode())
 
 
 def _bounded(fn, timeout: float, what: str):
@@ -417,6 +440,17 @@ def _site_value(conf_dir: str | None, file: str, key: str) -> str | None:
     return None
 
 
+def loopback_conf(conf_dir: str | None = None) -> dict:
+    """A single-host cluster bound to 127.0.0.1 (the pseudo-cluster): the driver in the YARN AM and
+    the executors must bind to loopback too (YARN cluster mode drops spark.driver.host)."""
+    conf_dir = conf_dir or os.environ.get("YARN_CONF_DIR") or os.environ.get("HADOOP_CONF_DIR")
+    host = _site_value(conf_dir, "yarn-site.xml", "yarn.resourcemanager.hostname") or ""
+    if host not in ("127.0.0.1", "localhost"):
+        return {}
+    return {"spark.yarn.appMasterEnv.SPARK_LOCAL_IP": "127.0.0.1",
+            "spark.executorEnv.SPARK_LOCAL_IP": "127.0.0.1"}
+
+
 def rm_web(conf_dir: str | None = None) -> str:
     """The ResourceManager's web address from yarn-site.xml (HADOOP_CONF_DIR / YARN_CONF_DIR)."""
     conf_dir = conf_dir or os.environ.get("YARN_CONF_DIR") or os.environ.get("HADOOP_CONF_DIR")
@@ -531,7 +565,8 @@ class Submission:
 
 
 def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, accept_timeout: float = 120,
-           executor_timeout: float = 180, res: Resources | None = None, check: bool = True,
+           executor_timeout: float = 180, register_timeout: float = 600, res: Resources | None = None,
+           check: bool = True,
            conf_dir: str | None = None) -> Submission:
     """Run spark-submit (``argv`` from :func:`submit_argv`) with preflight checks and a watchdog."""
     import psutil
@@ -579,10 +614,20 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
                     continue
                 state = app.get("state")
                 if state == "ACCEPTED":
-                    since["ACCEPTED"] = since["ACCEPTED"] or now
-                    if now - since["ACCEPTED"] > accept_timeout:
-                        problem = (f"YARN application {app['id']} stayed ACCEPTED for {accept_timeout:.0f} s: "
-                                   f"YARN could not start its application master. Diagnostics: "
+                    # ACCEPTED lasts until the driver registers with the RM; only the wait for the AM
+                    # container itself (no resources) is what would otherwise last forever.
+                    launched = bool(app.get("amContainerLogs")) or "launched" in (app.get("diagnostics") or "")
+                    key = "launched" if launched else "ACCEPTED"
+                    since[key] = since.get(key) or now
+                    if not launched and now - since["ACCEPTED"] > accept_timeout:
+                        problem = (f"YARN application {app['id']} stayed ACCEPTED for {accept_timeout:.0f} s without "
+                                   "a container for its application master: too few free resources in the queue. "
+                                   f"Diagnostics: {(app.get('diagnostics') or '').strip()[:500]}")
+                        break
+                    if launched and now - since["launched"] > register_timeout:
+                        problem = (f"YARN application {app['id']}: its application master was launched but did not "
+                                   f"register within {register_timeout:.0f} s (archive localization or the driver's "
+                                   f"start is stuck; container logs on the NodeManager). Diagnostics: "
                                    f"{(app.get('diagnostics') or '').strip()[:500]}")
                         break
                 elif state == "RUNNING":
@@ -693,19 +738,27 @@ def build_parser():
 
 
 def _package_uris(pkg_dir: str | None) -> dict:
+    """The package's URIs: from the manifest an upload wrote, or built/reused locally."""
     if pkg_dir and "://" in pkg_dir and not pkg_dir.startswith("file:"):
-        import hdfs_io
-        names = [os.path.basename(u.rstrip("/")) for u in
-                 (i.uri if hasattr(i, "uri") else str(i) for i in _bounded(lambda: hdfs_io.ls(pkg_dir), 60,
-                                                                          f"list {pkg_dir}"))]
-        env = sorted(n for n in names if n.startswith(f"{ENV_ALIAS}-") and ".tar" in n)
-        code = sorted(n for n in names if n.startswith("tfos-code-"))
-        if not env or not code or "tfos_main.py" not in names:
-            raise DeployError(f"{pkg_dir} holds no complete package (tfenv-*.tar, tfos-code-*.zip, tfos_main.py)")
-        return {"env_archive": hdfs_io.join(pkg_dir, env[-1]), "code_zip": hdfs_io.join(pkg_dir, code[-1]),
-                "entry": hdfs_io.join(pkg_dir, "tfos_main.py")}
+        return read_manifest(pkg_dir)
     pkg = package(pkg_dir, log=lambda m: print(m, file=sys.stderr))
     return {"env_archive": pkg.env_archive, "code_zip": pkg.code_zip, "entry": pkg.entry}
+
+
+def read_manifest(dest: str) -> dict:
+    import hdfs_io
+    uri = hdfs_io.join(dest, MANIFEST)
+
+    def read():
+        with hdfs_io.open(uri, "rb") as fh:
+            return json.loads(fh.read().decode())
+    try:
+        return _bounded(read, 60, f"read {uri}")
+    except DeployError:
+        raise
+    except Exception as exc:
+        raise DeployError(f"no package under {dest} ({uri}: {exc}); upload one with "
+                          f"`tfos-deploy package --upload {dest}`") from None
 
 
 def main(argv=None) -> int:
@@ -723,7 +776,8 @@ def main(argv=None) -> int:
         elif args.command == "submit":
             uris = _package_uris(args.package_dir)
             res = _res(args)
-            extra = dict(c.split("=", 1) for c in args.conf)
+            extra = loopback_conf() if args.master.startswith("yarn") else {}
+            extra.update(dict(c.split("=", 1) for c in args.conf))
             tag = f"tfos-{uuid.uuid4().hex[:12]}"
             cmd = submit_argv(args.module, [a for a in args.args if a != "--"], env_uri=uris["env_archive"],
                               code_uri=uris["code_zip"], entry_uri=uris["entry"], master=args.master,

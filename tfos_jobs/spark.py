@@ -60,7 +60,9 @@ def spark_session(master=None, app_name="tfos-jobs", conf=None):
 
     given = None
     if submitted:
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
+        # pyspark 4: SparkConf() is empty until the gateway is up; connect first to read spark-submit's
+        SparkContext._ensure_initialized()
         given = SparkConf()
         master = master or given.get("spark.master", None)
     master = master or os.environ.get("TFOS_SPARK_MASTER") or local_cluster_master()
