@@ -539,11 +539,13 @@ def check_uri(uri: str, timeout: float = 30) -> None:
         raise DeployError(f"{uri} does not exist: upload it with `tfos-deploy package --upload DIR`")
 
 
-def find_app(web: str, tag: str) -> dict | None:
+def find_app(web: str, tag: str, since_ms: int = 0) -> dict | None:
+    """The newest YARN application carrying ``tag`` started after ``since_ms`` (epoch ms)."""
     try:
         apps = (_rm(f"{web}/ws/v1/cluster/apps?applicationTags={tag}").get("apps") or {}).get("app") or []
     except (OSError, urllib.error.URLError, ValueError):
         return None
+    apps = [a for a in apps if int(a.get("startedTime") or 0) >= since_ms]
     return max(apps, key=lambda a: a.get("startedTime", 0)) if apps else None
 
 
@@ -594,6 +596,7 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
         if not tag or tag == "tfos-deploy":
             raise DeployError("submit_argv(..., tag=...) is needed to watch the YARN application")
     t0 = time.monotonic()
+    since_ms = int(time.time() * 1000) - 5000
     app = None
     problem = None
     with tempfile.TemporaryFile() as out:
@@ -609,7 +612,7 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
                     break
                 if not web:
                     continue
-                app = find_app(web, tag) or app
+                app = find_app(web, tag, since_ms) or app
                 if not app:
                     continue
                 state = app.get("state")
@@ -646,7 +649,7 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     if web:
-        app = find_app(web, tag) or app
+        app = find_app(web, tag, since_ms) or app
     sub = Submission(proc.returncode if not problem else -1, text, app and app.get("id"),
                      app and app.get("state"), app and app.get("finalStatus"), round(time.monotonic() - t0, 1))
     if problem:
