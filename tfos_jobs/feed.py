@@ -206,12 +206,11 @@ class FeedReceiver:
         an early stop, not as a feed failure."""
         if self._closed.is_set():
             return
-        finished = self._finished
-        self._closed.set()
-        if not finished:
+        if not self._finished:  # first tell the driver, then close the sockets
             with contextlib.suppress(OSError, ValueError, ConnectionError):
                 _request(self.spec.coordinator, {"op": "closed", "token": self.spec.token, "worker": self.index},
                          timeout=5)
+        self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
@@ -447,7 +446,9 @@ def _make_sender(spec, epoch, addresses):
                         lo, hi = j * rows // n, (j + 1) * rows // n
                         if hi > lo:
                             links[(j + partition) % n].write(piece.slice(lo, hi - lo))
-            counts = [link.finish() for link in links]
+            for link in links:      # end every stream before waiting for any acknowledgement
+                link.end()
+            counts = [link.ack() for link in links]
         finally:
             for link in links:
                 link.close()
@@ -480,13 +481,19 @@ class _Link:
     def write(self, batch):
         if self.writer is not None:
             self.writer.write_batch(batch)
+            # Flush every piece: buffered pieces for one worker while another's queue is full would
+            # break the even split and could deadlock lockstep (MWMS) consumers.
+            self.wfile.flush()
             self.rows += batch.num_rows
 
-    def finish(self):
+    def end(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.wfile.flush()
+
+    def ack(self):
         if self.writer is None:
             return self.dup
-        self.writer.close()
-        self.wfile.flush()
         ack = _recv_json(self.rfile)
         if ack.get("rows") != self.rows:
             raise FeedError(f"worker {self.worker} at {self.address} acknowledged {ack} after {self.rows} rows")
@@ -620,6 +627,9 @@ class FeedDriver:
             self.stats["finished_at"] = time.time()
             self.done.set()
         except BaseException as err:  # noqa: BLE001 - every failure becomes the feed's error
+            # A worker that stops early or dies breaks its producers' connections: give its "closed"
+            # notice (or the node's own failure report, which says more) a moment to arrive first.
+            self._stop.wait(2.0)
             if self.stopped_early:
                 return
             self._fail(err)
@@ -766,6 +776,7 @@ def train_multi_worker(spec, control):
     checkpoints = loops._checkpoints(spec, checkpoint, writer=is_chief)
     checkpoints.restore_latest()
     receiver = FeedReceiver(spec.source, worker_index(spec)).register()
+    print(f"[feed] {spec.node}: receiver {receiver.address} registered as worker {receiver.index}", flush=True)
     try:
         iterator = iter(strategy.distribute_datasets_from_function(lambda _ctx: receiver.dataset().prefetch(1)))
 
