@@ -133,10 +133,9 @@ def _session(args, executors):
     from tfos_jobs.spark import java_version, local_cluster_master, spark_session
     java_version()
     master = args.master
-    if not master and "PYSPARK_GATEWAY_PORT" in os.environ:   # under spark-submit: keep its master
-        from pyspark import SparkConf
-        master = SparkConf().get("spark.master", None)
-    if not master and not os.environ.get("TFOS_SPARK_MASTER"):
+    # under spark-submit (its gateway is up) spark_session takes spark-submit's master and settings
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not master and not submitted and not os.environ.get("TFOS_SPARK_MASTER"):
         master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
     return spark_session(master, app_name=f"{PROG}-{args.command}")
 
