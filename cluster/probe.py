@@ -39,6 +39,7 @@ def executor_report(_):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    import hdfs_io  # noqa: F401 - before spark.stop(): in client mode the --py-files zip goes with it
     from tfos_jobs.spark import spark_session
     spark = spark_session(app_name="tfos-probe")
     try:
@@ -51,7 +52,6 @@ def main(argv=None):
         spark.stop()
     print("TFOS_PROBE " + json.dumps(result, sort_keys=True), flush=True)
     if argv:
-        import hdfs_io
         with hdfs_io.open(argv[0], "wb") as fh:
             fh.write(json.dumps(result, indent=1, sort_keys=True).encode())
     failed = [e for e in executors if "tf_node_error" in e]
