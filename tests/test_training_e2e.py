@@ -24,11 +24,16 @@ def ctr_data(tmp_path_factory):
 
 
 def tf_node_processes():
+    """TF node processes started under this test process (Spark's JVM -> executors -> TF nodes)."""
     import psutil
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
+        try:
+            if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []) and \
+                    any(parent.pid == os.getpid() for parent in proc.parents()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
     return found
 
 
