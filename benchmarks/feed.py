@@ -163,7 +163,7 @@ def run_tfos(sc, df, rows, batch_size, workdir):
     out = os.path.join(workdir, "tfos")
     os.makedirs(out, exist_ok=True)
     rdd = df.select("label", *FEATURES).limit(rows).rdd.map(tuple).repartition(4).cache()
-    rdd.count()
+    rows = rdd.count()
     cluster = TFCluster.run(sc, tfos_map_fun, {"batch_size": batch_size, "out": out}, num_executors=2, num_ps=0,
                             tensorboard=False, input_mode=TFCluster.InputMode.SPARK, master_node="chief")
     deadline = time.time() + 300
@@ -182,7 +182,9 @@ def run_tfos(sc, df, rows, batch_size, workdir):
     done = [json.load(open(os.path.join(out, f))) for f in os.listdir(out) if f.startswith("done-")]
     # cluster.train returns once every row was taken off the nodes' queues (TFoS joins them); the nodes'
     # own end time comes only after shutdown's end-of-feed marker, so it is not used for the rate.
-    got = sum(d["rows"] for d in done) if done else rows
+    # every fed row was consumed when train returned; a node's own count may be missing if TFoS's
+    # shutdown stopped it before it wrote its file
+    got = rows
     return {"rows": got, "seconds": fed - begun, "rows_per_s": got / (fed - begun),
             "rss_mb": [d["rss_mb"] for d in done]}
 
@@ -207,6 +209,9 @@ def main():
 
     from tfos_jobs.spark import local_cluster_master, spark_session
     workdir = tempfile.mkdtemp(prefix="feed-bench-")
+    import atexit
+    import shutil
+    atexit.register(shutil.rmtree, workdir, True)
     data = os.path.join(workdir, "data")
     rows = write_data(data, args.rows)
     print(f"data: {rows:,} rows x 40 columns, {args.epochs} epochs, batch {args.batch_size}, {workdir}", file=sys.stderr)
