@@ -1,4 +1,5 @@
 """fit() on a Spark DataFrame through the feed: real TF workers (MWMS) on local-cluster executors."""
+import os
 import time
 
 import pytest
@@ -14,11 +15,16 @@ ROWS = 4_000
 
 
 def tf_node_processes():
+    """TF node processes started under this test process (Spark's JVM -> executors -> TF nodes)."""
     import psutil
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
+        try:
+            if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []) and \
+                    any(parent.pid == os.getpid() for parent in proc.parents()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
     return found
 
 
