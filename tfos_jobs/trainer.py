@@ -89,7 +89,9 @@ def fit(sc, task, data, **options):
     if not feed.is_feed(data) and plan.smallest_shard_rows(config.num_workers) < config.batch_size:
         raise ValueError(f"{data.uri}: a worker's share has {plan.smallest_shard_rows(config.num_workers)} rows, "
                          f"fewer than one batch of {config.batch_size}: use a smaller batch_size or more data")
-    total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // (config.batch_size * config.num_workers)))
+    # An MWMS step consumes one batch on every worker; a PS step one batch on one worker.
+    rows_per_step = config.batch_size * (config.num_workers if config.strategy == "mwms" else 1)
+    total_steps = config.steps or max(1, int(plan.num_rows * config.epochs // rows_per_step))
     if feed.is_feed(data):
         total_steps = config.steps  # 0: until the feed's last epoch (the rows are unknown up front)
     with ControlServer(host=_driver_host(sc)) as control:
