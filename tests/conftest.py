@@ -3,6 +3,9 @@
 The pseudo-cluster fixtures live in ``cluster.testing`` so that notebooks and benchmarks can reuse
 them; every test that needs Spark gets its session from ``local_spark`` here (one per test session).
 """
+import time
+
+import psutil
 import pytest
 
 pytest_plugins = ["cluster.testing"]
@@ -17,3 +20,29 @@ def local_spark():
         yield spark
     finally:
         spark.stop()
+
+
+def own_tf_node_processes():
+    """TF node processes this test session started (its descendants): other jobs on the same
+    machine are none of these tests' business."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "tfos_jobs.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_tf_processes():
+    """After every test, success or failure, no TF node process of ours may remain (killed by PID)."""
+    yield
+    deadline = time.monotonic() + 20
+    while own_tf_node_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = own_tf_node_processes()
+    for proc in leftover:
+        proc.kill()
+    assert not leftover, f"TF node processes left behind: {[p.pid for p in leftover]}"

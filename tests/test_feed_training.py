@@ -1,5 +1,4 @@
 """fit() on a Spark DataFrame through the feed: real TF workers (MWMS) on local-cluster executors."""
-import os
 import time
 
 import pytest
@@ -12,33 +11,6 @@ from tfos_jobs.trainer import TrainingFailed, fit
 pytestmark = pytest.mark.slow
 
 ROWS = 4_000
-
-
-def tf_node_processes():
-    """TF node processes started under this test process (Spark's JVM -> executors -> TF nodes)."""
-    import psutil
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []) and \
-                    any(parent.pid == os.getpid() for parent in proc.parents()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_tf_processes():
-    """After every job, success or failure, no TF node process may remain (killed here if one does)."""
-    yield
-    deadline = time.monotonic() + 20
-    while tf_node_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = tf_node_processes()
-    for proc in leftover:
-        proc.kill()
-    assert not leftover, f"TF node processes left behind: {[p.pid for p in leftover]}"
 
 
 @pytest.fixture(scope="module")

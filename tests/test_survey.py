@@ -12,34 +12,6 @@ from tfos_jobs.survey.spec import SpecError
 
 
 
-def own_tf_node_processes():
-    """TF node processes started by this test session (descendants of this process) only: other
-    people's jobs on the same machine are none of these tests' business."""
-    import psutil
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "tfos_jobs.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_tf_processes():
-    """After every test, no TF node process of ours may remain (killed here, by pid, if one does)."""
-    import time
-    yield
-    deadline = time.monotonic() + 20
-    while own_tf_node_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = own_tf_node_processes()
-    for proc in leftover:
-        proc.kill()
-    assert not leftover, f"TF node processes left behind: {[p.pid for p in leftover]}"
-
-
 def write_csv(path, header, rows):
     with open(path, "w") as handle:
         handle.write(",".join(header) + "\n")

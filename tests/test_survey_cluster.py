@@ -12,7 +12,6 @@ import hdfs_io
 from cluster.testing import run_process
 from tfos_jobs.survey import data, evaluate, model, predict, prep, spec
 
-from test_survey import no_leftover_tf_processes  # noqa: F401
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,6 @@
 """Real distributed training: TFoS on Spark local-cluster executors, data on file:// storage."""
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -21,33 +20,6 @@ def ctr_data(tmp_path_factory):
     hdfs_io.write_parquet(synthetic_ctr(12_000, seed=1), train, rows_per_file=3_000)
     hdfs_io.write_parquet(synthetic_ctr(3_000, seed=2), valid)
     return train, valid
-
-
-def tf_node_processes():
-    """TF node processes started under this test process (Spark's JVM -> executors -> TF nodes)."""
-    import psutil
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if "tfos_jobs.node" in " ".join(proc.info["cmdline"] or []) and \
-                    any(parent.pid == os.getpid() for parent in proc.parents()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_tf_processes():
-    """After every job, success or failure, no TF node process may remain (killed here if one does)."""
-    yield
-    deadline = time.monotonic() + 20
-    while tf_node_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftover = tf_node_processes()
-    for proc in leftover:
-        proc.kill()
-    assert not leftover, f"TF node processes left behind: {[p.pid for p in leftover]}"
 
 
 def source(uri):

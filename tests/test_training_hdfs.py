@@ -10,8 +10,6 @@ from tfos_jobs.export import load_serving
 from tfos_jobs.task import ParquetSource
 from tfos_jobs.trainer import fit
 
-from test_training_e2e import no_leftover_tf_processes  # noqa: F401
-
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 

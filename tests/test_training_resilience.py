@@ -9,7 +9,7 @@ import pytest
 import hdfs_io
 from tfos_jobs.trainer import fit
 
-from test_training_e2e import DemoCTRTask, ctr_data, no_leftover_tf_processes, source  # noqa: F401
+from test_training_e2e import DemoCTRTask, ctr_data, source  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
