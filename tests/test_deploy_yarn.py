@@ -13,6 +13,7 @@ import pytest
 import cluster
 from cluster import config, deploy, emr
 from cluster.deploy import DeployError, Resources
+from cluster.testing import run_process
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -124,7 +125,7 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
     assert bounded(lambda: hdfs_io.list_data_files(f"{base}/scores")), "no scores written"
 
 
-def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster):
+def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster, tmp_path):
     env = shipped["env"]
     # a missing archive: reported before spark-submit starts
     t0 = time.monotonic()
@@ -137,17 +138,46 @@ def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster):
     with pytest.raises(DeployError, match=r"too few YARN resources for 6 TF nodes.*MiB"):
         deploy.submit(argv_for(shipped, "cluster.probe", [], res=big), env=env, res=big)
     assert time.monotonic() - t0 < 60
-    # an application master larger than the queue's AM share (50% of 4 GiB): YARN keeps it
-    # ACCEPTED forever; the watchdog kills it and says why
-    greedy = Resources(tf_nodes=1, executor_memory="512m", executor_memory_overhead="512m",
-                       driver_memory="2g", driver_memory_overhead="512m")
-    t0 = time.monotonic()
-    with pytest.raises(DeployError, match=r"stayed ACCEPTED for 20 s") as err:
-        deploy.submit(argv_for(shipped, "cluster.probe", [], res=greedy), env=env, res=greedy,
-                      accept_timeout=20)
-    assert time.monotonic() - t0 < 120
-    app_id = str(err.value).split()[2]
+    # a cluster that stays full (another application holds every container): YARN would keep ours
+    # ACCEPTED for as long as that lasts; the watchdog kills it after accept_timeout and says why
     web = pseudo_cluster["yarn"]["web"]
+    release = tmp_path / "release"
+    hog_app = tmp_path / "hog.py"
+    hog_app.write_text(
+        "import os, sys, time\n"
+        "from pyspark import SparkContext\n"
+        "sc = SparkContext()\n"
+        "deadline = time.time() + 240\n"
+        "while not os.path.exists(sys.argv[1]) and time.time() < deadline:\n"
+        "    time.sleep(0.5)\n"
+        "sc.stop()\n")
+    tag = f"hog-{uuid.uuid4().hex[:8]}"
+    hog_argv = [deploy.spark_submit_path(), "--master", "yarn", "--deploy-mode", "client",
+                "--conf", "spark.executor.instances=2", "--conf", "spark.executor.memory=512m",
+                "--conf", "spark.executor.memoryOverhead=1024m", "--conf", "spark.yarn.am.memory=512m",
+                "--conf", "spark.yarn.am.memoryOverhead=512m", "--conf", f"spark.yarn.tags={tag}",
+                str(hog_app), str(release)]
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    hog = pool.submit(run_process, hog_argv, env=env, timeout=300)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:      # the hog holds AM + 2 executors = all 4 GiB
+            app = deploy.find_app(web, tag)
+            if app and app["state"] == "RUNNING" and int(app.get("allocatedMB") or 0) >= 4096:
+                break
+            assert not hog.done(), hog.result().stdout[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail(f"the hog application did not fill the cluster: {app}")
+        t0 = time.monotonic()
+        with pytest.raises(DeployError, match=r"stayed ACCEPTED for 20 s") as err:
+            deploy.submit(argv_for(shipped, "cluster.probe", []), env=env, res=SMALL, accept_timeout=20)
+        assert time.monotonic() - t0 < 90
+    finally:
+        release.write_text("go")
+        hog.result(timeout=320)
+        pool.shutdown()
+    app_id = str(err.value).split()[2]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state = config.http_json(f"{web}/ws/v1/cluster/apps/{app_id}")["app"]["state"]
