@@ -453,7 +453,8 @@ def loopback_conf(conf_dir: str | None = None) -> dict:
 
 def rm_web(conf_dir: str | None = None) -> str:
     """The ResourceManager's web address from yarn-site.xml (HADOOP_CONF_DIR / YARN_CONF_DIR)."""
-    conf_dir = conf_dir or os.environ.get("YARN_CONF_DIR") or os.environ.get("HADOOP_CONF_DIR")
+    if conf_dir is None:
+        conf_dir = os.environ.get("YARN_CONF_DIR") or os.environ.get("HADOOP_CONF_DIR")
     if not conf_dir:
         raise DeployError("--master yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR (the directory of "
                           "yarn-site.xml); on the pseudo-cluster: eval \"$(tfos-cluster env)\"")
@@ -587,7 +588,7 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
         check_uri(entry)
     web = tag = None
     if master.startswith("yarn"):
-        conf_dir = conf_dir or env.get("YARN_CONF_DIR") or env.get("HADOOP_CONF_DIR")
+        conf_dir = conf_dir or env.get("YARN_CONF_DIR") or env.get("HADOOP_CONF_DIR") or ""
         web = rm_web(conf_dir)
         cluster = check_yarn(web)
         min_alloc = int(_site_value(conf_dir, "yarn-site.xml", "yarn.scheduler.minimum-allocation-mb") or 1024)
