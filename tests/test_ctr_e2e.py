@@ -79,4 +79,4 @@ def test_mwms_from_a_dataframe(local_spark, trained, tmp_path):
                        model=SMALL, data=frame, strategy="mwms", num_workers=2, batch_size=64, steps=30,
                        log_every=15, checkpoint_every=30)
     assert result.nodes == ["chief:0", "worker:0"] and 0.4 < result.metrics["auc"] <= 1
-    assert hdfs_io.is_published(str(tmp_path / "model" / "feed"))
+    assert hdfs_io.is_published(result.export_uri)

@@ -21,8 +21,8 @@ EVALUATION_FILE = "evaluation.json"
 def train(sc, prep_uri, model_dir, export_uri, *, model=ModelConfig(), data=None, strategy="ps",
           num_workers=2, num_ps=1, batch_size=512, epochs=1.0, steps=0, checkpoint_every=500,
           log_every=100, max_attempts=2):
-    """Train on ``<prep_uri>/train`` (or on ``data``, a Spark DataFrame of prepped rows, staged to
-    ``<model_dir>/feed`` as Parquet first), evaluate on ``<prep_uri>/valid``, export to ``export_uri``.
+    """Train on ``<prep_uri>/train`` (or on ``data``, a Spark DataFrame of prepped rows, streamed through
+    the runtime's DataFrame feed), evaluate on ``<prep_uri>/valid``, export to ``export_uri``.
 
     ``model.hash_buckets`` is taken from the prep report. Returns the runtime's ``TrainResult``.
     """
@@ -30,16 +30,15 @@ def train(sc, prep_uri, model_dir, export_uri, *, model=ModelConfig(), data=None
     from tfos_jobs.trainer import fit
     report = ctr_prep.read_report(prep_uri)
     model = ModelConfig(**dict(model.__dict__, hash_buckets=int(report["hash_buckets"]))).validate()
-    train_uri = report["train"]
-    if data is not None:
-        missing = [c for c in schema.FEATURES + [schema.LABEL] if c not in data.columns]
-        if missing:
-            raise ValueError(f"the DataFrame to train on lacks column(s) {missing}")
-        train_uri = hdfs_io.join(model_dir, "feed")
-        gprep.write_parquet(data.select(*schema.FEATURES, schema.LABEL), train_uri, overwrite=True)
+    if data is None:
+        source = ParquetSource(report["train"], schema.FEATURES, schema.LABEL)
+    else:   # the runtime's DataFrame feed: partitions stream to the TF workers as Arrow batches
+        from tfos_jobs.feed import DataFrameSource
+        source = DataFrameSource(data, schema.FEATURES, schema.LABEL)
+        source.dtypes()   # missing or non-numeric columns: a clear error before any TF node starts
     task = CTRTask(model, valid_uri=report["valid"] if report.get("valid_rows") else None)
     started = time.monotonic()
-    result = fit(sc, task, ParquetSource(train_uri, schema.FEATURES, schema.LABEL), strategy=strategy,
+    result = fit(sc, task, source, strategy=strategy,
                  num_workers=num_workers, num_ps=num_ps, model_dir=model_dir, export_uri=export_uri,
                  batch_size=batch_size, epochs=epochs, steps=steps, checkpoint_every=checkpoint_every,
                  log_every=log_every, max_attempts=max_attempts)
