@@ -97,7 +97,7 @@ def test_preflight_checks_targets_and_columns(small_csv, tmp_path):
 def no_spark(monkeypatch):
     def fail(*_args, **_kwargs):
         raise AssertionError("Spark was started before the input was checked")
-    monkeypatch.setattr(cli, "_session", fail)
+    monkeypatch.setattr(cli, "job_session", fail)
 
 
 @pytest.mark.parametrize("spec_text, message", [
@@ -109,7 +109,7 @@ def test_cli_prep_rejects_bad_input_before_spark(no_spark, small_csv, tmp_path, 
     spec_uri = write_spec(tmp_path / "spec.yaml", spec_text)
     rc = cli.main(["prep", "--data", small_csv, "--spec", spec_uri, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert rc == 2 and message in err and err.startswith("tfos-survey: error:")
+    assert rc == 2 and message in err and err.startswith("tfos-survey ") and ": error:" in err.splitlines()[0]
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -17,15 +17,15 @@ import os
 import sys
 import time
 
+if __package__ in (None, ""):   # spark-submit runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tfos_jobs.cli import add_spark_args, job_session, layer_sizes, positive_int, run_command  # noqa: E402
+
 PROG = "tfos-ctr"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _fraction(text):
@@ -35,39 +35,26 @@ def _fraction(text):
     return value
 
 
-def _sizes(text):
-    try:
-        sizes = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,128, got {text!r}")
-    return sizes
 
 
-def _spark_args(parser):
-    parser.add_argument("--master", help="Spark master (default: spark-submit's, else $TFOS_SPARK_MASTER, "
-                                         "else local-cluster with enough executors)")
-    parser.add_argument("--executor-memory-mb", type=_positive_int, default=2048,
-                        help="memory per local-cluster executor (default: %(default)s)")
 
 
 def _model_args(parser):
     parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
-    parser.add_argument("--embedding-dim", type=_positive_int, default=16)
-    parser.add_argument("--hidden", type=_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
+    parser.add_argument("--embedding-dim", type=positive_int, default=16)
+    parser.add_argument("--hidden", type=layer_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
     parser.add_argument("--cross-layers", type=int, default=3, help="DCN cross layers (default: %(default)s)")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
-    parser.add_argument("--workers", type=_positive_int, default=2, help="TF workers (default: %(default)s)")
-    parser.add_argument("--ps", type=_positive_int, default=1, help="parameter servers (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=512, help="per worker (default: %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="TF workers (default: %(default)s)")
+    parser.add_argument("--ps", type=positive_int, default=1, help="parameter servers (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=512, help="per worker (default: %(default)s)")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=0, help="total steps (default: from --epochs)")
-    parser.add_argument("--checkpoint-every", type=_positive_int, default=500)
-    parser.add_argument("--log-every", type=_positive_int, default=100)
-    parser.add_argument("--max-attempts", type=_positive_int, default=2)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=500)
+    parser.add_argument("--log-every", type=positive_int, default=100)
+    parser.add_argument("--max-attempts", type=positive_int, default=2)
 
 
 def build_parser():
@@ -78,8 +65,8 @@ def build_parser():
 
     p = sub.add_parser("generate", help="write Criteo-format files from a known generating model")
     p.add_argument("--output", required=True, help="directory URI for the part files")
-    p.add_argument("--rows", type=_positive_int, required=True)
-    p.add_argument("--files", type=_positive_int, default=1)
+    p.add_argument("--rows", type=positive_int, required=True)
+    p.add_argument("--files", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0, help="sample seed (use another one for a test set)")
     p.add_argument("--model-seed", type=int, default=7, help="the generating model's parameters")
     p.add_argument("--malformed-fraction", type=_fraction, default=0.0)
@@ -96,14 +83,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--partitions", type=int, help="Parquet files per split (default: Spark's)")
     p.add_argument("--overwrite", action="store_true")
-    _spark_args(p)
+    add_spark_args(p)
 
     p = sub.add_parser("train", help="distributed training through the runtime; exports the model")
     p.add_argument("--prep", required=True, help="prep output URI")
     p.add_argument("--model-dir", required=True, help="URI for checkpoints and TensorBoard events")
     p.add_argument("--export", required=True, help="URI the model is exported to")
     _model_args(p)
-    _spark_args(p)
+    add_spark_args(p)
 
     p = sub.add_parser("evaluate", help="AUC and log loss of an export on prepped Parquet data")
     p.add_argument("--export", required=True)
@@ -118,30 +105,20 @@ def build_parser():
     p.add_argument("--format", choices=["parquet", "criteo"], default="parquet")
     p.add_argument("--unlabeled", action="store_true", help="Criteo lines have no label field")
     p.add_argument("--keep", help="comma-separated input columns to copy to the output")
-    p.add_argument("--batch-size", type=_positive_int, default=4096)
+    p.add_argument("--batch-size", type=positive_int, default=4096)
     p.add_argument("--partitions", type=int)
     p.add_argument("--overwrite", action="store_true")
-    _spark_args(p)
+    add_spark_args(p)
 
     p = sub.add_parser("demo", help="generate, prep, train, evaluate on a small embedded default")
     p.add_argument("--work-dir", default=os.path.join(REPO, "work", "demo"), help="default: %(default)s")
-    p.add_argument("--rows", type=_positive_int, default=40_000)
+    p.add_argument("--rows", type=positive_int, default=40_000)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
-    _spark_args(p)
+    add_spark_args(p)
     return parser
 
 
-def _session(args, executors):
-    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
-    java_version()
-    master = args.master
-    if not master and "PYSPARK_GATEWAY_PORT" in os.environ:   # under spark-submit: keep its master
-        from pyspark import SparkConf
-        master = SparkConf().get("spark.master", None)
-    if not master and not os.environ.get("TFOS_SPARK_MASTER"):
-        master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
-    return spark_session(master, app_name=f"{PROG}-{args.command}")
 
 
 def _model_config(args):
@@ -166,7 +143,7 @@ def cmd_generate(args):
 def cmd_prep(args):
     from tfos_jobs.ctr.prep import _check_input, prep
     _check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
-    spark = _session(args, 2)
+    spark = job_session(args, PROG, 2)
     try:
         report = prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
                       hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
@@ -189,7 +166,7 @@ def _train(args, spark, prep_uri, model_dir, export_uri):
 def cmd_train(args):
     from tfos_jobs.ctr.prep import read_report
     read_report(args.prep)
-    spark = _session(args, _nodes(args))
+    spark = job_session(args, PROG, _nodes(args))
     try:
         result = _train(args, spark, args.prep, args.model_dir, args.export)
     finally:
@@ -209,7 +186,7 @@ def cmd_score(args):
     from tfos_jobs.ctr import job
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep is not None else None
     job.read_config(args.export)
-    spark = _session(args, 2)
+    spark = job_session(args, PROG, 2)
     try:
         result = job.score(spark, args.export, args.input, args.output, input_format=args.format,
                            labeled=not args.unlabeled, keep=keep, batch_size=args.batch_size,
@@ -237,7 +214,7 @@ def cmd_demo(args):
     args.workers, args.ps, args.batch_size, args.steps = 2, 1, 256, 0
     args.arch, args.embedding_dim, args.hidden, args.cross_layers = "dcn", 8, (64, 32), 2
     args.dropout, args.learning_rate, args.checkpoint_every, args.log_every, args.max_attempts = 0.0, 1e-3, 200, 50, 2
-    spark = _session(args, _nodes(args))
+    spark = job_session(args, PROG, _nodes(args))
     try:
         prep(spark, raw, prepped, hash_buckets=2000, overwrite=True)
         result = _train(args, spark, prepped, model_dir, export_uri)
@@ -254,16 +231,7 @@ COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "eva
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    name = f"{PROG} {args.command}"
-    try:
-        return COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:   # BadInputError is a ValueError
-        print(f"{name}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:   # JavaNotFound, TrainingFailed, ...: one line, no Spark traceback
-        print(f"{name}: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
+    return run_command(PROG, build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -19,34 +19,15 @@ import sys
 if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from tfos_jobs.cli import add_spark_args, job_session, layer_sizes, positive_int, run_command  # noqa: E402
+
 PROG = "tfos-survey"
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
-def _sizes(text):
-    try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 64,32, got {text!r}")
-    return sizes
 
 
-def _spark_args(parser):
-    parser.add_argument("--master", help="Spark master (default: spark-submit's, else $TFOS_SPARK_MASTER, else "
-                                         "local-cluster with enough executors)")
-    parser.add_argument("--executor-memory-mb", type=_positive_int, default=1536,
-                        help="memory per local-cluster executor (default: %(default)s)")
 
 
 def build_parser():
@@ -62,9 +43,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="storage URI of a directory to write into")
     p.add_argument("--name", choices=["anes96", "synthetic"], default="anes96")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
-    p.add_argument("--rows", type=_positive_int, default=5000, help="synthetic only (default: %(default)s)")
-    p.add_argument("--questions", type=_positive_int, default=300, help="synthetic only (default: %(default)s)")
-    p.add_argument("--targets", type=_positive_int, default=3, help="synthetic only (default: %(default)s)")
+    p.add_argument("--rows", type=positive_int, default=5000, help="synthetic only (default: %(default)s)")
+    p.add_argument("--questions", type=positive_int, default=300, help="synthetic only (default: %(default)s)")
+    p.add_argument("--targets", type=positive_int, default=3, help="synthetic only (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("prep", help="Spark: profile, infer column types, encode, split -> Parquet + prep.json",
@@ -74,12 +55,12 @@ def build_parser():
     p.add_argument("--spec", required=True, help="the spec file (YAML or JSON)")
     p.add_argument("--out", required=True, help="output directory URI")
     p.add_argument("--format", choices=["auto", "csv", "parquet"], default="auto")
-    p.add_argument("--files", type=_positive_int, default=4,
+    p.add_argument("--files", type=positive_int, default=4,
                    help="Parquet files per split; at least the number of TF workers (default: %(default)s)")
     p.add_argument("--validation-fraction", type=float, help="overrides the spec's split.validation_fraction")
     p.add_argument("--seed", type=int, help="overrides the spec's split.seed")
     p.add_argument("--overwrite", action="store_true")
-    _spark_args(p)
+    add_spark_args(p, executor_memory_mb=1536)
 
     p = sub.add_parser("train", help="train the multi-task model (shared trunk, one softmax head per target)",
                        description="Distributed training through the runtime; exports SavedModel, model.keras and "
@@ -88,19 +69,19 @@ def build_parser():
     p.add_argument("--model-dir", required=True, help="checkpoints and TensorBoard events (resumed if present)")
     p.add_argument("--export", required=True, help="where the trained model is published")
     p.add_argument("--strategy", choices=["mwms", "ps"], default="mwms")
-    p.add_argument("--workers", type=_positive_int, default=2)
-    p.add_argument("--ps", type=_positive_int, default=1, help="parameter servers (ps strategy)")
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--ps", type=positive_int, default=1, help="parameter servers (ps strategy)")
     p.add_argument("--epochs", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=0, help="total steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="per worker (default: %(default)s)")
-    p.add_argument("--hidden", type=_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
-    p.add_argument("--embedding-dim", type=_positive_int)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="per worker (default: %(default)s)")
+    p.add_argument("--hidden", type=layer_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
+    p.add_argument("--embedding-dim", type=positive_int)
     p.add_argument("--dropout", type=float)
     p.add_argument("--learning-rate", type=float)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=200)
-    p.add_argument("--log-every", type=_positive_int, default=50)
-    p.add_argument("--max-attempts", type=_positive_int, default=2)
-    _spark_args(p)
+    p.add_argument("--checkpoint-every", type=positive_int, default=200)
+    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--max-attempts", type=positive_int, default=2)
+    add_spark_args(p, executor_memory_mb=1536)
 
     p = sub.add_parser("evaluate", help="per-target accuracy and log loss: model vs majority vs logistic regression",
                        description="Score the validation split with the export and fit the baselines in the same "
@@ -109,9 +90,9 @@ def build_parser():
     p.add_argument("--export", required=True)
     p.add_argument("--out", required=True, help="output directory URI")
     p.add_argument("--lr-reg", type=float, default=0.01, help="L2 strength of the LR baseline (default: %(default)s)")
-    p.add_argument("--lr-max-iter", type=_positive_int, default=100)
+    p.add_argument("--lr-max-iter", type=positive_int, default=100)
     p.add_argument("--overwrite", action="store_true")
-    _spark_args(p)
+    add_spark_args(p, executor_memory_mb=1536)
 
     p = sub.add_parser("predict", help="answer probabilities for new respondents -> Parquet (atomic)",
                        description="Encode new respondents with the prep plan and score them on Spark: one "
@@ -123,21 +104,12 @@ def build_parser():
     p.add_argument("--format", choices=["auto", "csv", "parquet"], default="auto")
     p.add_argument("--keep", help="comma-separated input columns to copy to the output (default: the id column, "
                                   "else every input column)")
-    p.add_argument("--partitions", type=_positive_int)
+    p.add_argument("--partitions", type=positive_int)
     p.add_argument("--overwrite", action="store_true")
-    _spark_args(p)
+    add_spark_args(p, executor_memory_mb=1536)
     return parser
 
 
-def _session(args, executors):
-    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
-    java_version()
-    master = args.master
-    # under spark-submit (its gateway is up) spark_session takes spark-submit's master and settings
-    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
-    if not master and not submitted and not os.environ.get("TFOS_SPARK_MASTER"):
-        master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
-    return spark_session(master, app_name=f"{PROG}-{args.command}")
 
 
 def cmd_example(args):
@@ -158,7 +130,7 @@ def cmd_prep(args):
         raise spec.SpecError("--validation-fraction must be between 0 and 1 (exclusive)")
     if hdfs_io.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    spark = _session(args, 2)
+    spark = job_session(args, PROG, 2)
     try:
         plan = prep.run_prep(spark, parsed, args.data, args.out, fmt=fmt, header=header, files=args.files,
                              overwrite=args.overwrite, validation_fraction=args.validation_fraction, seed=args.seed)
@@ -179,7 +151,7 @@ def cmd_train(args):
         raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {args.workers} each need "
                          "one: prep again with --files >= workers")
     nodes = args.workers + (args.ps + 1 if args.strategy == "ps" else 0)
-    spark = _session(args, nodes)
+    spark = job_session(args, PROG, nodes)
     try:
         result = run_train(spark.sparkContext, plan, args.prep, args.model_dir, args.export, strategy=args.strategy,
                            num_workers=args.workers, num_ps=args.ps, epochs=args.epochs, steps=args.steps,
@@ -198,7 +170,7 @@ def cmd_evaluate(args):
     from tfos_jobs.survey.evaluate import check_export, run_evaluate
     plan = prep.read_plan(args.prep)
     check_export(plan, args.export)
-    spark = _session(args, 2)
+    spark = job_session(args, PROG, 2)
     try:
         run_evaluate(spark, plan, args.prep, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
                      lr_max_iter=args.lr_max_iter)
@@ -215,7 +187,7 @@ def cmd_predict(args):
     check_export(plan, args.export)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep else None
     check_inputs(plan, args.data, args.format, keep)
-    spark = _session(args, 2)
+    spark = job_session(args, PROG, 2)
     try:
         report = run_predict(spark, plan, args.export, args.data, args.out, fmt=args.format, keep=keep,
                              overwrite=args.overwrite, partitions=args.partitions)
@@ -230,15 +202,7 @@ COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evalu
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:   # SpecError is a ValueError
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:   # JavaNotFound, TrainingFailed (with the node's traceback), ...
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    return run_command(PROG, build_parser(), COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""What every job's command line shares: argument types, Spark options, the session and the error
+contract (bad input: one line and exit 2; a failed run: the error and exit 1; never a Spark traceback).
+"""
+import argparse
+import os
+import sys
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def layer_sizes(text):
+    """``256,128`` -> (256, 128)."""
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,128, got {text!r}")
+    return sizes
+
+
+def add_spark_args(parser, executor_memory_mb=2048):
+    parser.add_argument("--master", help="Spark master (default: spark-submit's, else $TFOS_SPARK_MASTER, "
+                                         "else local-cluster with enough executors)")
+    parser.add_argument("--executor-memory-mb", type=positive_int, default=executor_memory_mb,
+                        help="memory per local-cluster executor (default: %(default)s)")
+
+
+def job_session(args, prog, executors):
+    """The SparkSession for one command: ``--master``, else spark-submit's (``spark_session`` reads
+    it once its gateway is up), else ``$TFOS_SPARK_MASTER``, else a local-cluster of ``executors``."""
+    from tfos_jobs.spark import java_version, local_cluster_master, spark_session
+    java_version()
+    master = args.master
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not master and not submitted and not os.environ.get("TFOS_SPARK_MASTER"):
+        master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
+    return spark_session(master, app_name=f"{prog}-{args.command}")
+
+
+def run_command(prog, parser, commands, argv=None):
+    args = parser.parse_args(argv)
+    try:
+        return commands[args.command](args)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:   # bad input errors are ValueErrors
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:   # JavaNotFound, TrainingFailed (with the node's traceback), ...
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        return 1
