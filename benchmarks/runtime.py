@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.demo import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr  # noqa: E402
+from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr  # noqa: E402
 from tfos_jobs.task import ParquetSource  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import time
 import pytest
 
 import hdfs_io
-from tfos_jobs.demo import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
+from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
 from tfos_jobs.feed import DataFrameSource
 from tfos_jobs.trainer import TrainingFailed, fit
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hdfs_io
-from tfos_jobs.demo import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
+from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
 from tfos_jobs.task import ParquetSource
 from tfos_jobs.trainer import TrainingFailed, fit
 

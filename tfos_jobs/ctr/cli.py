@@ -199,6 +199,8 @@ def cmd_score(args):
 
 def cmd_demo(args):
     """``make demo``: generate -> prep -> train (2 TF workers) -> print the export and its AUC."""
+    from tfos_jobs.spark import java_version
+    java_version()  # before any work, so a missing Java is the first and only error
     import hdfs_io
     from tfos_jobs.ctr.generator import generate
     from tfos_jobs.ctr.prep import prep
