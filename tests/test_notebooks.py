@@ -30,7 +30,7 @@ def test_notebook_is_stored_without_outputs(name):
     assert nb.metadata.kernelspec.name == "python3"
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, \
+            assert cell.outputs == [] and cell.execution_count is None and "execution" not in cell.metadata, \
                 f"{name} cell {index} has outputs: strip them (e.g. `jupyter nbconvert --clear-output --inplace`)"
     assert "widgets" not in nb.metadata
 
