@@ -65,3 +65,15 @@ def test_node_gives_up_on_a_vanished_driver():
     started = time.monotonic()
     assert client.wait_for("stop", poll_s=0.05, orphan_timeout_s=0.5) is False
     assert time.monotonic() - started < 5
+
+
+def test_messages_of_an_earlier_attempt_are_dropped_and_told_to_stop():
+    with ControlServer() as server:
+        server.reset(attempt=2)
+        stale = ControlClient(server.address, server.token, "chief:0", attempt=1)
+        assert stale.send("failed", error="peer lost", peer_lost=True)["stop"] is True
+        current = ControlClient(server.address, server.token, "chief:0", attempt=2)
+        assert current.send("poll")["stop"] is False
+        current.send("progress", step=1, loss=0.1)
+        assert server.events.get(timeout=1)["op"] == "progress"
+        assert server.events.empty()

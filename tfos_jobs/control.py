@@ -31,6 +31,7 @@ class ControlServer:
         self._stop = False
         self._lock = threading.Lock()
         self._expected_ready = None
+        self.attempt = None
         server = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -67,9 +68,11 @@ class ControlServer:
         with self._lock:
             self._stop = True
 
-    def reset(self):
-        """Forget a previous attempt's state before a TF cluster is started again."""
+    def reset(self, attempt=None):
+        """Forget a previous attempt's state before a TF cluster is started again. From then on,
+        messages of other attempts (a dying node of the last cluster) are dropped and told to stop."""
         with self._lock:
+            self.attempt = attempt
             self._stop = False
             self._ready.clear()
         while not self.events.empty():
@@ -77,6 +80,8 @@ class ControlServer:
 
     def _handle(self, msg):
         op = msg.get("op")
+        if self.attempt is not None and msg.get("attempt") != self.attempt:
+            return {"stop": True, "all_ready": False}
         if op == "ready":
             with self._lock:
                 self._ready.add(msg.get("node"))
@@ -99,14 +104,15 @@ class ControlServer:
 class ControlClient:
     """Node side: sends events to the driver; every call is bounded by a timeout."""
 
-    def __init__(self, address, token, node):
+    def __init__(self, address, token, node, attempt=None):
         host, port = address.rsplit(":", 1)
         self.address = (host, int(port))
         self.token = token
         self.node = node
+        self.attempt = attempt
 
     def send(self, op, timeout=REQUEST_TIMEOUT_S, **fields):
-        msg = dict(fields, op=op, node=self.node, token=self.token)
+        msg = dict(fields, op=op, node=self.node, token=self.token, attempt=self.attempt)
         try:
             with socket.create_connection(self.address, timeout=timeout) as sock:
                 sock.settimeout(timeout)

@@ -33,6 +33,7 @@ class NodeSpec:
     control_address: str
     control_token: str
     total_steps: int
+    attempt: int = 0          # which TF cluster of this run the node belongs to
     # filled in on the executor:
     role: str = ""
     index: int = 0
@@ -175,7 +176,7 @@ def child_main(spec_path):
     _die_with_parent()
     with open(spec_path, "rb") as handle:
         spec = pickle.load(handle)
-    control = ControlClient(spec.control_address, spec.control_token, spec.node)
+    control = ControlClient(spec.control_address, spec.control_token, spec.node, spec.attempt)
     code = 0
     try:
         result = __import__("tfos_jobs.loops", fromlist=["run_role"]).run_role(spec, control)

@@ -98,7 +98,8 @@ def fit(sc, task, data, **options):
         spec = NodeSpec(config=config, task=task, source=data, plan=plan, control_address=control.address,
                         control_token=control.token, total_steps=total_steps)
         for attempt in range(1, config.max_attempts + 1):
-            control.reset()
+            control.reset(attempt)
+            spec.attempt = attempt
             control.expect_ready(config.num_nodes if config.strategy == "ps" else 0)
             wait_for_executors(sc, config.num_nodes, timeout_s=config.start_timeout_s)
             with feed.attempt(sc, data, spec, control, _driver_host(sc)) as attempt_spec:  # no-op unless a feed
