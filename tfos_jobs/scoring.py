@@ -55,28 +55,33 @@ def load_model(export_uri, key, cache_root=DEFAULT_CACHE):
     return _LOADED[key]
 
 
+def _serve_parts(serve, batches, features, batch_size):
+    """(rows, serving outputs) for every ``batch_size`` slice of the Arrow ``batches``."""
+    import tensorflow as tf
+    for batch in batches:
+        for start in range(0, batch.num_rows, batch_size):
+            part = batch.slice(start, batch_size)
+            inputs = {}
+            for name in features:
+                column = part.column(name)
+                if column.null_count:
+                    raise ValueError(f"feature column {name!r} has {column.null_count} null value(s): "
+                                     "fill them before scoring")
+                inputs[name] = tf.constant(column.to_numpy(zero_copy_only=False))
+            yield part, serve(**inputs)
+
+
 def _scorer(export_uri, key, features, keep, prediction_column, batch_size, cache_root, output_name):
     """The function ``mapInArrow`` runs on the executors (a closure over plain values only)."""
 
     def score_batches(batches):
         import numpy as np
         import pyarrow as pa
-        import tensorflow as tf
         serve = load_model(export_uri, key, cache_root)
-        for batch in batches:
-            for start in range(0, batch.num_rows, batch_size):
-                part = batch.slice(start, batch_size)
-                inputs = {}
-                for name in features:
-                    column = part.column(name)
-                    if column.null_count:
-                        raise ValueError(f"feature column {name!r} has {column.null_count} null value(s): "
-                                         "fill them before scoring")
-                    inputs[name] = tf.constant(column.to_numpy(zero_copy_only=False))
-                outputs = serve(**inputs)
-                scores = np.asarray(outputs[output_name]).reshape(part.num_rows, -1)[:, 0].astype(np.float32)
-                arrays = [part.column(name) for name in keep] + [pa.array(scores, type=pa.float32())]
-                yield pa.RecordBatch.from_arrays(arrays, names=list(keep) + [prediction_column])
+        for part, outputs in _serve_parts(serve, batches, features, batch_size):
+            scores = np.asarray(outputs[output_name]).reshape(part.num_rows, -1)[:, 0].astype(np.float32)
+            arrays = [part.column(name) for name in keep] + [pa.array(scores, type=pa.float32())]
+            yield pa.RecordBatch.from_arrays(arrays, names=list(keep) + [prediction_column])
 
     return score_batches
 
@@ -140,25 +145,14 @@ def _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_r
     def score_batches(batches):
         import numpy as np
         import pyarrow as pa
-        import tensorflow as tf
         serve = load_model(export_uri, key, cache_root)
-        for batch in batches:
-            for start in range(0, batch.num_rows, batch_size):
-                part = batch.slice(start, batch_size)
-                inputs = {}
-                for name in features:
-                    column = part.column(name)
-                    if column.null_count:
-                        raise ValueError(f"feature column {name!r} has {column.null_count} null value(s): "
-                                         "fill them before scoring")
-                    inputs[name] = tf.constant(column.to_numpy(zero_copy_only=False))
-                result = serve(**inputs)
-                arrays = [part.column(name) for name in keep]
-                for output in outputs:
-                    values = np.asarray(result[output], dtype=np.float32).reshape(part.num_rows, -1)
-                    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-                    arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel())))
-                yield pa.RecordBatch.from_arrays(arrays, names=list(keep) + list(outputs.values()))
+        for part, result in _serve_parts(serve, batches, features, batch_size):
+            arrays = [part.column(name) for name in keep]
+            for output in outputs:
+                values = np.asarray(result[output], dtype=np.float32).reshape(part.num_rows, -1)
+                offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel())))
+            yield pa.RecordBatch.from_arrays(arrays, names=list(keep) + list(outputs.values()))
 
     return score_batches
 
