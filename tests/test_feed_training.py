@@ -23,7 +23,9 @@ def ctr(local_spark, tmp_path_factory):
 
 def test_mwms_trains_from_a_dataframe_for_n_epochs(local_spark, ctr, tmp_path):
     df, valid = ctr
-    result = fit(local_spark.sparkContext, DemoCTRTask(valid), DataFrameSource(df, NUMERIC + CATEGORICAL, "label"),
+    task = DemoCTRTask(valid)
+    task.learning_rate = 0.01  # 32 steps at the default 1e-3 leave the AUC near chance
+    result = fit(local_spark.sparkContext, task, DataFrameSource(df, NUMERIC + CATEGORICAL, "label"),
                  strategy="mwms", num_workers=2, epochs=2, batch_size=128, log_every=10, checkpoint_every=20,
                  model_dir=str(tmp_path / "model"), export_uri=str(tmp_path / "export"))
     assert result.nodes == ["chief:0", "worker:0"]

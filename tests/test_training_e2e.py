@@ -40,7 +40,9 @@ def assert_export_predicts(export_uri, valid_uri):
 
 def test_mwms_two_workers_train_and_export(local_spark, ctr_data, tmp_path):
     train, valid = ctr_data
-    result = fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), strategy="mwms", num_workers=2,
+    task = DemoCTRTask(valid)
+    task.learning_rate = 0.01  # a few dozen steps at the default 1e-3 leave the AUC near chance
+    result = fit(local_spark.sparkContext, task, source(train), strategy="mwms", num_workers=2,
                  model_dir=str(tmp_path / "model"), export_uri=str(tmp_path / "export"),
                  batch_size=128, epochs=1, log_every=10, checkpoint_every=20)
     assert result.nodes == ["chief:0", "worker:0"], "both TF workers must report"
