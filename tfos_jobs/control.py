@@ -21,6 +21,31 @@ class DriverUnreachable(ConnectionError):
     """A TF node could not reach the driver's control server."""
 
 
+def json_line_server(host, token, handle):
+    """A threaded TCP server on an ephemeral port: one JSON request line per connection, answered with
+    ``handle(msg)`` as one JSON line; requests without ``token`` are dropped. Returns the server and
+    the (not yet started) thread that serves it."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        timeout = REQUEST_TIMEOUT_S
+
+        def handle(self):
+            try:
+                msg = json.loads(self.rfile.readline())
+            except (ValueError, OSError):
+                return
+            if msg.pop("token", None) != token:
+                return
+            self.wfile.write((json.dumps(handle(msg)) + "\n").encode())
+
+    tcp = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=False)
+    tcp.daemon_threads = True
+    tcp.allow_reuse_address = True
+    tcp.server_bind()
+    tcp.server_activate()
+    return tcp, threading.Thread(target=tcp.serve_forever, args=(0.2,), daemon=True)
+
+
 class ControlServer:
     """Driver side: collects node events, answers polls. Thread-safe; use as a context manager."""
 
@@ -32,27 +57,7 @@ class ControlServer:
         self._lock = threading.Lock()
         self._expected_ready = None
         self.attempt = None
-        server = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            timeout = REQUEST_TIMEOUT_S
-
-            def handle(self):
-                try:
-                    msg = json.loads(self.rfile.readline())
-                except (ValueError, OSError):
-                    return
-                if msg.pop("token", None) != server.token:
-                    return
-                reply = server._handle(msg)
-                self.wfile.write((json.dumps(reply) + "\n").encode())
-
-        self._tcp = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=False)
-        self._tcp.daemon_threads = True
-        self._tcp.allow_reuse_address = True
-        self._tcp.server_bind()
-        self._tcp.server_activate()
-        self._thread = threading.Thread(target=self._tcp.serve_forever, args=(0.2,), daemon=True)
+        self._tcp, self._thread = json_line_server(host, self.token, self._handle)
 
     @property
     def address(self):

@@ -39,12 +39,13 @@ import os
 import queue
 import secrets
 import socket
-import socketserver
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from tfos_jobs.control import json_line_server
 
 log = logging.getLogger("tfos_jobs")
 
@@ -528,26 +529,7 @@ class FeedDriver:
         self._registered = threading.Condition()
         self._group = f"tfos-feed-{uuid.uuid4().hex[:10]}"
         token = secrets.token_hex(16)
-        driver = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            timeout = REQUEST_TIMEOUT_S
-
-            def handle(self):
-                try:
-                    msg = json.loads(self.rfile.readline())
-                except (ValueError, OSError):
-                    return
-                if msg.get("token") != token:
-                    return
-                self.wfile.write((json.dumps(driver._handle(msg)) + "\n").encode())
-
-        self._tcp = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=False)
-        self._tcp.daemon_threads = True
-        self._tcp.allow_reuse_address = True
-        self._tcp.server_bind()
-        self._tcp.server_activate()
-        self._server_thread = threading.Thread(target=self._tcp.serve_forever, args=(0.2,), daemon=True)
+        self._tcp, self._server_thread = json_line_server(host, token, self._handle)
         self._server_thread.start()
         self.spec = FeedSpec(features=source.features, labels=source.labels, dtypes=source.dtypes(),
                              num_workers=num_workers, batch_size=batch_size,
