@@ -669,17 +669,8 @@ def _stop_tree(proc, psutil) -> None:
         procs += procs[0].children(recursive=True)
     except psutil.Error:
         procs = []
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    from cluster.manager import _terminate
+    _terminate(procs, timeout=10)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:

@@ -106,19 +106,7 @@ def run_process(argv: list[str], env: dict | None = None, timeout: float = 300,
             return subprocess.CompletedProcess(argv, proc.returncode, _read(out), None)
         finally:
             remember()
-            alive = [p for p in known.values() if _running(p)]
-            for p in alive:
-                try:
-                    p.terminate()
-                except psutil.Error:
-                    pass
-            gone, alive = psutil.wait_procs(alive, timeout=10)
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(alive, timeout=5)
+            manager._terminate([p for p in known.values() if _running(p)], timeout=10)
             if proc.poll() is None:
                 proc.wait(timeout=5)
 
