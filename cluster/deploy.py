@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -41,6 +42,8 @@ import uuid
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 FORMAT = 1                      # bump when the archive layout changes: it is part of the cache key
@@ -565,13 +568,34 @@ class Submission:
     state: str | None
     final_status: str | None
     wall_s: float
+    diagnostics: str = ""
 
 
-def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, accept_timeout: float = 120,
-           executor_timeout: float = 180, register_timeout: float = 600, res: Resources | None = None,
-           check: bool = True,
-           conf_dir: str | None = None) -> Submission:
-    """Run spark-submit (``argv`` from :func:`submit_argv`) with preflight checks and a watchdog."""
+def spark_ui_startup_race(output: str) -> bool:
+    """True when spark-submit died in Spark's own startup race on YARN client mode: the AM's
+    ``AddWebUIFilter`` message adds a filter to the UI's handlers while ``SparkUI.attachAllHandlers``
+    starts them (not synchronized in Spark 4), and the SparkContext constructor fails with a
+    ConcurrentModificationException. Nothing of the job has run then, so one resubmission is safe."""
+    return "ConcurrentModificationException" in output and "attachAllHandlers" in output
+
+
+def submit(argv: list[str], **kwargs) -> Submission:
+    """Run spark-submit (``argv`` from :func:`submit_argv`) with preflight checks and a watchdog;
+    resubmit once when the driver hit :func:`spark_ui_startup_race` (keyword arguments: see
+    :func:`_submit_once`)."""
+    sub = _submit_once(argv, **{**kwargs, "check": False})
+    if sub.returncode != 0 and spark_ui_startup_race(sub.output):
+        log.warning("spark-submit hit Spark's UI startup race (ConcurrentModificationException in "
+                    "SparkUI.attachAllHandlers) before the job started; submitting once more")
+        sub = _submit_once(argv, **{**kwargs, "check": False})
+    if kwargs.get("check", True):
+        _raise_for(sub)
+    return sub
+
+
+def _submit_once(argv: list[str], *, env: dict | None = None, timeout: float = 1800, accept_timeout: float = 120,
+                 executor_timeout: float = 180, register_timeout: float = 600, res: Resources | None = None,
+                 check: bool = True, conf_dir: str | None = None) -> Submission:
     import psutil
     res = res or Resources()
     env = {**os.environ, **(env or {})}
@@ -655,12 +679,17 @@ def submit(argv: list[str], *, env: dict | None = None, timeout: float = 1800, a
                      app and app.get("state"), app and app.get("finalStatus"), round(time.monotonic() - t0, 1))
     if problem:
         raise DeployError(problem)
-    if check and (sub.returncode != 0 or (sub.final_status not in (None, "SUCCEEDED"))):
-        diag = (app or {}).get("diagnostics") or ""
-        raise DeployError(f"spark-submit failed (exit {sub.returncode}, YARN {sub.app_id} {sub.state}/"
-                          f"{sub.final_status}) {diag.strip()[:1000]}\n--- spark-submit output (tail) ---\n"
-                          + text[-4000:])
+    sub.diagnostics = ((app or {}).get("diagnostics") or "").strip()
+    if check:
+        _raise_for(sub)
     return sub
+
+
+def _raise_for(sub: Submission) -> None:
+    if sub.returncode != 0 or sub.final_status not in (None, "SUCCEEDED"):
+        raise DeployError(f"spark-submit failed (exit {sub.returncode}, YARN {sub.app_id} {sub.state}/"
+                          f"{sub.final_status}) {sub.diagnostics[:1000]}\n--- spark-submit output (tail) ---\n"
+                          + sub.output[-4000:])
 
 
 def _stop_tree(proc, psutil) -> None:

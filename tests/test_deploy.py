@@ -233,3 +233,29 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     cfg.write_text("name: x\njob: tfos_jobs.ctr\nsteps: []\n")
     assert deploy.main(["emr", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert "tfos-deploy: error:" in capsys.readouterr().err
+
+
+RACE = ("py4j.protocol.Py4JJavaError: An error occurred while calling None.org.apache.spark.api.java."
+        "JavaSparkContext.\n: java.util.ConcurrentModificationException\n\tat org.apache.spark.ui.SparkUI."
+        "attachAllHandlers(SparkUI.scala:82)\n")
+
+
+@pytest.mark.parametrize("first, calls, error", [
+    (RACE, 2, None),                                   # Spark's UI startup race: one resubmission
+    ("Traceback ...\nValueError: bad --rows\n", 1, "bad --rows"),  # the job's own failure: no retry
+])
+def test_submit_resubmits_only_on_spark_ui_startup_race(monkeypatch, first, calls, error):
+    outputs = [first, "RESULT ok\n"]
+    seen = []
+
+    def once(argv, **kwargs):
+        out = outputs[len(seen)]
+        seen.append(kwargs)
+        return deploy.Submission(0 if out.startswith("RESULT") else 1, out, None, None, None, 0.1)
+    monkeypatch.setattr(deploy, "_submit_once", once)
+    if error:
+        with pytest.raises(DeployError, match=error):
+            deploy.submit(["spark-submit", "--master", "yarn", "app.py"], timeout=5)
+    else:
+        assert deploy.submit(["spark-submit", "--master", "yarn", "app.py"], timeout=5).output == "RESULT ok\n"
+    assert len(seen) == calls and all(k["check"] is False and k["timeout"] == 5 for k in seen)
