@@ -76,7 +76,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=512, help="per worker")
+    parser.add_argument("--batch-size", type=int, default=1024, help="per worker")
     args = parser.parse_args()
     from tfos_jobs.spark import local_cluster_master, spark_session
     from tfos_jobs.trainer import fit
