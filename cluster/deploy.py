@@ -404,6 +404,10 @@ def submit_argv(module: str, args: list[str], *, env_uri: str, code_uri: str, en
     """The spark-submit command line that runs ``python -m module args...`` with the package."""
     if deploy_mode not in ("client", "cluster"):
         raise DeployError(f"deploy mode must be 'client' or 'cluster', got {deploy_mode!r}")
+    if deploy_mode == "cluster" and (master.startswith("local") or master.startswith("spark://")):
+        # spark-submit refuses it (standalone: "not supported for python applications")
+        raise DeployError(f"--master {master} runs Python jobs in client deploy mode only; "
+                          "cluster deploy mode needs YARN (or Kubernetes)")
     res = res or Resources()
     argv = [spark_submit, "--master", master, "--deploy-mode", deploy_mode,
             "--name", name or f"{module}{' ' + args[0] if args else ''}"]
@@ -420,6 +424,22 @@ def submit_argv(module: str, args: list[str], *, env_uri: str, code_uri: str, en
         # local-cluster / standalone: executors run on machines that have the toolkit installed
         argv += ["--py-files", code_uri]
         conf["spark.task.maxFailures"] = "1"
+        if master.startswith("local"):
+            # the executors run on this machine: the driver's interpreter has TF and the toolkit
+            # (spark-submit's default is whatever `python3` is on PATH)
+            conf["spark.pyspark.python"] = conf["spark.pyspark.driver.python"] = sys.executable
+        m = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]", master)
+        if m and int(m.group(1)) < res.tf_nodes:
+            raise DeployError(f"--master {master} starts {m.group(1)} executor(s) but {res.tf_nodes} TF "
+                              "nodes need one each")
+        if master.startswith("spark://"):
+            # standalone: one TF node per executor (a worker with more cores would otherwise start one
+            # executor holding every core, and several TF nodes in it), and only as many as TF nodes
+            conf.update({"spark.executor.cores": "1", "spark.task.cpus": "1",
+                         "spark.cores.max": str(res.tf_nodes), "spark.executor.memory": res.executor_memory,
+                         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
+                         "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
+                         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2"})
     conf.update(extra_conf or {})
     for k, v in conf.items():
         argv += ["--conf", f"{k}={v}"]
@@ -742,7 +762,8 @@ def build_parser():
 
     p = sub.add_parser("submit", help="spark-submit a job module with the package, watched")
     p.add_argument("--master", default="yarn")
-    p.add_argument("--deploy-mode", choices=["client", "cluster"], default="cluster")
+    p.add_argument("--deploy-mode", choices=["client", "cluster"],
+                   help="default: cluster on YARN, client on other masters (Python needs it there)")
     p.add_argument("--package-dir", default=None, help="where the package files are (a local dir or an "
                    "uploaded URI); default: build/reuse under work/deploy")
     p.add_argument("--accept-timeout", type=float, default=120)
@@ -805,7 +826,9 @@ def main(argv=None) -> int:
             tag = f"tfos-{uuid.uuid4().hex[:12]}"
             cmd = submit_argv(args.module, [a for a in args.args if a != "--"], env_uri=uris["env_archive"],
                               code_uri=uris["code_zip"], entry_uri=uris["entry"], master=args.master,
-                              deploy_mode=args.deploy_mode, res=res, tag=tag, extra_conf=extra,
+                              deploy_mode=args.deploy_mode or ("cluster" if args.master.startswith("yarn")
+                                                               else "client"),
+                              res=res, tag=tag, extra_conf=extra,
                               spark_submit=spark_submit_path())
             if args.dry_run:
                 print(shlex.join(cmd))

@@ -73,6 +73,40 @@ def test_submit_argv_other_masters_ship_code_only():
         deploy.submit_argv("m", [], env_uri="e", code_uri="c", entry_uri="m.py", deploy_mode="remote")
 
 
+def test_submit_argv_standalone_and_local_cluster(tmp_path, capsys, monkeypatch):
+    res = Resources(tf_nodes=2, executor_memory="512m")
+    argv = deploy.submit_argv("tfos_jobs.ctr", ["train"], env_uri="e", code_uri="c.zip", entry_uri="m.py",
+                              master="spark://127.0.0.1:19830", deploy_mode="client", res=res)
+    c = conf_of(argv)
+    # one TF node per 1-core executor, exactly as many cores as TF nodes, no retries
+    assert c["spark.executor.cores"] == c["spark.task.cpus"] == "1" and c["spark.cores.max"] == "2"
+    assert c["spark.executor.memory"] == "512m" and c["spark.task.maxFailures"] == "1"
+    assert not any(k.startswith("spark.yarn.") for k in c)
+    argv = deploy.submit_argv("tfos_jobs.survey", ["train"], env_uri="e", code_uri="c.zip", entry_uri="m.py",
+                              master="local-cluster[2,1,1024]", deploy_mode="client", res=res)
+    c = conf_of(argv)
+    assert c["spark.pyspark.python"] == c["spark.pyspark.driver.python"] == sys.executable
+    assert "spark.cores.max" not in c and "spark.executor.memory" not in c   # the master string sizes them
+    with pytest.raises(DeployError, match=r"starts 1 executor\(s\) but 2 TF nodes"):
+        deploy.submit_argv("m", [], env_uri="e", code_uri="c", entry_uri="m.py", master="local-cluster[1,1,1024]",
+                           deploy_mode="client", res=res)
+    # spark-submit refuses Python in cluster mode there: say so before it starts
+    for master in ("spark://127.0.0.1:19830", "local-cluster[2,1,1024]", "local[2]"):
+        with pytest.raises(DeployError, match="client deploy mode only"):
+            deploy.submit_argv("m", [], env_uri="e", code_uri="c", entry_uri="m.py", master=master,
+                               deploy_mode="cluster")
+    # the CLI's default deploy mode follows the master
+    pkg = fake_package(tmp_path)
+    monkeypatch.setattr(deploy, "_package_uris", lambda _: {"env_archive": pkg.env_archive,
+                                                            "code_zip": pkg.code_zip, "entry": pkg.entry})
+    for master, mode in (("spark://127.0.0.1:19830", "client"), ("local-cluster[2,1,1024]", "client"),
+                         ("yarn", "cluster")):
+        assert deploy.main(["submit", "--master", master, "--package-dir", str(tmp_path), "--dry-run",
+                            "tfos_jobs.ctr", "train"]) == 0
+        printed = capsys.readouterr().out
+        assert f"--deploy-mode {mode} " in printed, printed
+
+
 def test_memory_sizes_and_resource_check():
     assert deploy.mib("512m") == 512 and deploy.mib("2g") == 2048 and deploy.mib("1024") == 1024
     with pytest.raises(DeployError, match="not a memory size"):
