@@ -213,6 +213,8 @@ class FeedReceiver:
                          timeout=5)
         self._closed.set()
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop now, not at its poll
+        with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
             conns = list(self._conns)
@@ -592,6 +594,7 @@ class FeedDriver:
             for epoch in range(self.epochs):
                 if self._stop.is_set():
                     return
+                begun = time.monotonic()
                 counts = self._feed_epoch(epoch, addresses)
                 if counts is None:
                     return
@@ -602,7 +605,8 @@ class FeedDriver:
                         raise FeedError(reply["error"])
                 rows = sum(counts.values())
                 self.stats["epochs"].append({"epoch": epoch, "rows": rows,
-                                             "partitions": len({p for p, _ in counts})})
+                                             "partitions": len({p for p, _ in counts}),
+                                             "seconds": round(time.monotonic() - begun, 2)})
                 self.stats["rows"] += rows
             for address in addresses:
                 self._tell(address, {"kind": "finish"})
