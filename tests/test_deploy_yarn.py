@@ -125,6 +125,71 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
     assert bounded(lambda: hdfs_io.list_data_files(f"{base}/scores")), "no scores written"
 
 
+def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tmp_path):
+    """The survey job's four steps as EMR steps, in YARN client deploy mode: the driver runs here (its
+    stdout comes back in spark-submit's output), executors and TF nodes in YARN containers."""
+    import hdfs_io
+    import numpy as np
+    from tfos_jobs.survey import data
+    base = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}"
+    data_uri, spec_uri = bounded(lambda: data.write_example(f"{base}/example"))
+    new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(100, 30)
+    bounded(lambda: hdfs_io.write_parquet(new, f"{base}/new", rows_per_file=15))
+    cfg = {
+        "name": "survey-yarn-test", "job": "tfos_jobs.survey", "code_uri": shipped["dest"],
+        "node_python": shipped["pkg"].node_python, "deploy_mode": "client",
+        "action_on_failure": "CANCEL_AND_WAIT",
+        "resources": {"tf_nodes": 2, "executor_memory": "512m", "executor_memory_overhead": "768m",
+                      "driver_memory": "512m", "driver_memory_overhead": "512m"},
+        "spark_conf": shipped["conf"],
+        "steps": [
+            {"name": "prep", "args": ["prep", "--data", data_uri, "--spec", spec_uri, "--out", f"{base}/prep",
+                                      "--files", "2"]},
+            {"name": "train", "args": ["train", "--prep", f"{base}/prep", "--model-dir", f"{base}/model",
+                                       "--export", f"{base}/export", "--strategy", "mwms", "--workers", "2",
+                                       "--steps", "20", "--batch-size", "32", "--embedding-dim", "4",
+                                       "--hidden", "16", "--checkpoint-every", "10", "--log-every", "5"]},
+            {"name": "evaluate", "tf_nodes": 1, "args": ["evaluate", "--prep", f"{base}/prep", "--export",
+                                                         f"{base}/export", "--out", f"{base}/eval"]},
+            {"name": "predict", "tf_nodes": 1, "args": ["predict", "--prep", f"{base}/prep", "--export",
+                                                        f"{base}/export", "--data", f"{base}/new",
+                                                        "--out", f"{base}/pred"]},
+        ],
+    }
+    paths = emr.generate(cfg, tmp_path / "emr", pkg=shipped["pkg"])
+    steps = json.loads(open(paths["steps.json"]).read())
+    emr.validate_steps(steps)
+    assert all(s["Args"][s["Args"].index("--deploy-mode") + 1] == "client" for s in steps)
+    t0 = time.monotonic()
+    results = emr.run_steps(paths["steps.json"], env=shipped["env"], timeout=600, accept_timeout=240)
+    took = time.monotonic() - t0
+    print("steps:", [(r["name"], r["ok"], r["wall_s"]) for r in results], f"total {took:.0f} s")
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed[0]["error"][-6000:]
+    assert len(results) == 4 and all(r["final_status"] == "SUCCEEDED" for r in results)
+    web = pseudo_cluster["yarn"]["web"]
+    for r in results:
+        app = config.http_json(f"{web}/ws/v1/cluster/apps/{r['app_id']}")["app"]
+        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", app
+        assert "survey-yarn-test" in app["name"]
+    # client mode: the driver ran here, so what the job's CLI printed is in spark-submit's output
+    prep_out, train_out, _, predict_out = (r["output"] for r in results)
+    assert '"targets": ["vote", "PID", "selfLR"]' in prep_out, prep_out[-3000:]
+    trained = json.loads(next(line for line in train_out.splitlines() if line.startswith('{"attempts"')))
+    assert trained["steps"] == 20 and trained["nodes"] == ["chief:0", "worker:0"], trained
+    assert json.loads(next(line for line in predict_out.splitlines() if line.startswith("{")))["rows"] == 30
+    metrics = read_json(f"{base}/export/metrics.json")
+    assert metrics, "empty metrics.json"
+    evaluation = read_json(f"{base}/eval/evaluation.json")
+    assert set(evaluation["targets"]) == {"vote", "PID", "selfLR"}, evaluation
+    for name, entry in evaluation["targets"].items():
+        assert 0.0 <= entry["model"]["accuracy"] <= 1.0 and entry["model"]["rows"] > 0, (name, entry)
+    table = bounded(lambda: hdfs_io.read_parquet(f"{base}/pred"))
+    assert table.num_rows == 30
+    vote = np.stack([table.column(f"vote__p_{c}").to_numpy() for c in ("0", "1")], axis=1)
+    np.testing.assert_allclose(vote.sum(axis=1), 1.0, rtol=1e-4)
+
+
 def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster, tmp_path):
     env = shipped["env"]
     # a missing archive: reported before spark-submit starts
