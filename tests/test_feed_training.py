@@ -66,3 +66,52 @@ def test_no_free_task_slot_is_a_clear_error(local_spark, ctr, tmp_path):
     with pytest.raises(ValueError, match="task slot beside the 3 TF nodes"):
         fit(local_spark.sparkContext, DemoCTRTask(valid), DataFrameSource(df, NUMERIC + CATEGORICAL, "label"),
             strategy="ps", num_workers=1, num_ps=1, batch_size=128, model_dir=str(tmp_path / "model"))
+
+
+PS_APP = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import hdfs_io
+from tfos_jobs.feed import DataFrameSource
+from tfos_jobs.spark import local_cluster_master, spark_session
+from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
+from tfos_jobs.trainer import fit
+
+root = {root!r}
+hdfs_io.write_parquet(synthetic_ctr(4000, seed=3), root + "/train", rows_per_file=1000)
+hdfs_io.write_parquet(synthetic_ctr(2000, seed=4), root + "/valid")
+# chief, ps and worker hold one single-core executor each; the fourth runs the feeding tasks
+spark = spark_session(local_cluster_master(4, 1, 1024), app_name="feed-ps")
+try:
+    task = DemoCTRTask(root + "/valid")
+    task.learning_rate = 0.01
+    df = spark.read.parquet(root + "/train")
+    result = fit(spark.sparkContext, task, DataFrameSource(df, NUMERIC + CATEGORICAL, "label"), strategy="ps",
+                 num_workers=1, num_ps=1, epochs=2, batch_size=128, log_every=10, checkpoint_every=20,
+                 model_dir=root + "/model", export_uri=root + "/export")
+    print("RESULT " + json.dumps({{"nodes": result.nodes, "steps": result.steps, "metrics": result.metrics}}))
+finally:
+    spark.stop()
+"""
+
+
+def test_ps_trains_from_a_dataframe(tmp_path):
+    """ps + chief + worker and a free slot for the feed need 4 executors: a Spark application of its own."""
+    import json
+    import os
+    import sys
+
+    from cluster.testing import run_process
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    app = tmp_path / "feed_ps.py"
+    app.write_text(PS_APP.format(repo=repo, root=str(tmp_path / "data")))
+    res = run_process([sys.executable, str(app)], timeout=480, env={"SPARK_LOCAL_IP": "127.0.0.1"})
+    lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, f"PS feed app failed ({res.returncode}):\n{res.stdout[-6000:]}"
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert sorted(out["nodes"]) == ["chief:0", "ps:0", "worker:0"], out["nodes"]
+    # one worker receives every row once; the chief reads its staged copy twice: 2 x 4000 / 128 steps
+    assert out["metrics"]["feed_rows"] == 4000, out["metrics"]
+    assert out["steps"] == 2 * 4000 // 128, out["steps"]
+    assert out["metrics"]["auc"] > 0.6, out["metrics"]
+    assert hdfs_io.exists(str(tmp_path / "data" / "export" / "_SUCCESS"))

@@ -225,8 +225,10 @@ def train_parameter_server(spec, control):
     control.send("ready")
     control.wait_for("all_ready", deadline_s=spec.config.start_timeout_s,
                      orphan_timeout_s=spec.config.orphan_timeout_s)
+    fed_rows = None
     if feed.is_feed(spec.source):  # the workers have staged the feed: now its row count is known
-        spec.total_steps = spec.config.steps or max(1, int(feed.fed_rows(spec) * spec.config.epochs
+        fed_rows = feed.fed_rows(spec)
+        spec.total_steps = spec.config.steps or max(1, int(fed_rows * spec.config.epochs
                                                            // spec.config.batch_size))
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     strategy = tf.distribute.ParameterServerStrategy(resolver)
@@ -268,4 +270,7 @@ def train_parameter_server(spec, control):
         if current % spec.config.checkpoint_every == 0 or current == spec.total_steps:
             checkpoints.save(current)
     coordinator.join()
-    return _finish_on_chief(spec, model, progress, loss.fetch() if loss is not None else float("nan"), rate)
+    result = _finish_on_chief(spec, model, progress, loss.fetch() if loss is not None else float("nan"), rate)
+    if fed_rows is not None:
+        result["metrics"]["feed_rows"] = fed_rows
+    return result
