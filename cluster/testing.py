@@ -68,6 +68,17 @@ def cluster_env(pseudo_cluster, monkeypatch):
     return env
 
 
+def bounded(fn, timeout: float = 120):
+    """Call ``fn()`` with a time limit: hdfs-native retries without end against a dead NameNode, so
+    tests bound every storage call instead of hanging. The call's thread is left behind on timeout."""
+    import concurrent.futures
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return ex.submit(fn).result(timeout=timeout)
+    finally:
+        ex.shutdown(wait=False)
+
+
 def run_process(argv: list[str], env: dict | None = None, timeout: float = 300,
                 cwd: str | None = None):
     """Run a command (e.g. spark-submit) to completion with a timeout; stop it and every process

@@ -2,7 +2,6 @@
 clear error, data survives down/up, ``down`` leaves no process and no bound port, ``--wipe``."""
 from __future__ import annotations
 
-import concurrent.futures
 import socket
 import time
 
@@ -12,18 +11,12 @@ import pytest
 import cluster
 from cluster import manager
 from cluster.errors import ClusterError
+from cluster.testing import bounded as with_timeout
 
 pytestmark = pytest.mark.cluster
 
 PORT_BASE = 20600  # away from the default block (19800) used by the session cluster
 
-
-def with_timeout(fn, timeout=60):
-    ex = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        return ex.submit(fn).result(timeout=timeout)
-    finally:
-        ex.shutdown(wait=False)
 
 
 @pytest.fixture

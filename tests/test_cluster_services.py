@@ -1,7 +1,6 @@
 """Integration tests against the real pseudo-cluster services (HDFS, YARN, Spark standalone, S3)."""
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import sys
@@ -14,19 +13,12 @@ import cluster
 from cluster import config, manager
 from cluster.deploy import spark_ui_startup_race
 from cluster.testing import run_process
+from cluster.testing import bounded as with_timeout
 
 pytestmark = pytest.mark.cluster
 
 SPARK_SUBMIT = str(config.spark_home() / "bin" / "spark-submit")
 
-
-def with_timeout(fn, timeout=60):
-    """hdfs-native retries without end against a dead NameNode: bound every call."""
-    ex = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        return ex.submit(fn).result(timeout=timeout)
-    finally:
-        ex.shutdown(wait=False)
 
 
 def hdfs_client(conn):

@@ -4,7 +4,6 @@ spark-submit allows for Python there), data, checkpoints and exports on HDFS, 2 
 The YARN modes are in test_deploy_yarn.py."""
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import sys
 import time
@@ -15,18 +14,12 @@ import pytest
 import cluster
 from cluster import config
 from cluster.testing import run_process
+from cluster.testing import bounded
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LOCAL_CLUSTER = "local-cluster[2,1,1024]"
 
-
-def bounded(fn, timeout=120):
-    ex = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        return ex.submit(fn).result(timeout=timeout)
-    finally:
-        ex.shutdown(wait=False)
 
 
 def deploy_submit(conn, master, module, args, timeout=420):

@@ -14,6 +14,7 @@ import cluster
 from cluster import config, deploy, emr
 from cluster.deploy import DeployError, Resources
 from cluster.testing import run_process
+from cluster.testing import bounded
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -21,13 +22,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 SMALL = Resources(tf_nodes=2, executor_memory="512m", executor_memory_overhead="768m",
                   driver_memory="512m", driver_memory_overhead="512m")
 
-
-def bounded(fn, timeout=120):
-    ex = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        return ex.submit(fn).result(timeout=timeout)
-    finally:
-        ex.shutdown(wait=False)
 
 
 @pytest.fixture(scope="module")
