@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tfos_jobs import metrics
+from tfos_jobs import layers, metrics
 from tfos_jobs.ctr import schema
 from tfos_jobs.task import TrainingTask
 
@@ -83,8 +83,8 @@ def build_model(config):
         [keras.layers.Reshape((1,))(inputs[n]) for n in schema.DENSE_FEATURES])
     regularizer = keras.regularizers.L2(config.embedding_l2) if config.embedding_l2 else None
     k = config.embedding_dim
-    embedded = [keras.layers.Embedding(config.hash_buckets, k, name=f"emb_{n}",
-                                       embeddings_regularizer=regularizer)(inputs[n])
+    embedded = [layers.embedding(config.hash_buckets, k, name=f"emb_{n}",
+                                 embeddings_regularizer=regularizer)(inputs[n])
                 for n in schema.CATEGORICAL]
     flat = keras.layers.Concatenate(name="embeddings")(embedded + [dense])
 
@@ -96,7 +96,7 @@ def build_model(config):
         return x
 
     if config.arch == "deepfm":
-        first = [keras.layers.Embedding(config.hash_buckets, 1, name=f"w_{n}")(inputs[n])
+        first = [layers.embedding(config.hash_buckets, 1, name=f"w_{n}")(inputs[n])
                  for n in schema.CATEGORICAL]
         linear = keras.layers.Add()(first + [keras.layers.Dense(1, name="linear_dense")(dense)])
         dense_field = keras.layers.Reshape((1, k))(keras.layers.Dense(k, use_bias=False, name="dense_field")(dense))
