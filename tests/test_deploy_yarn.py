@@ -53,6 +53,27 @@ def read_json(uri):
     return bounded(read)
 
 
+def run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster):
+    """Generate and validate the EMR artefacts of ``cfg``, run its steps on the pseudo-cluster's YARN and
+    check that every step's application finished and succeeded there; returns (steps, results)."""
+    paths = emr.generate(cfg, tmp_path / "emr", pkg=shipped["pkg"])
+    steps = json.loads(open(paths["steps.json"]).read())
+    emr.validate_steps(steps)
+    t0 = time.monotonic()
+    results = emr.run_steps(paths["steps.json"], env=shipped["env"], timeout=600, accept_timeout=240)
+    took = time.monotonic() - t0
+    print("steps:", [(r["name"], r["ok"], r["wall_s"]) for r in results], f"total {took:.0f} s")
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed[0]["error"][-6000:]
+    assert len(results) == len(cfg["steps"]) and all(r["final_status"] == "SUCCEEDED" for r in results)
+    web = pseudo_cluster["yarn"]["web"]
+    for r in results:
+        app = config.http_json(f"{web}/ws/v1/cluster/apps/{r['app_id']}")["app"]
+        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", app
+        assert cfg["name"] in app["name"]
+    return steps, results
+
+
 @pytest.mark.parametrize("mode", ["client", "cluster"])
 def test_probe_uses_the_shipped_environment(shipped, pseudo_cluster, mode):
     out = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}/probe.json"
@@ -98,21 +119,7 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
                                        "--output", f"{base}/scores"]},
         ],
     }
-    paths = emr.generate(cfg, tmp_path / "emr", pkg=shipped["pkg"])
-    steps = json.loads(open(paths["steps.json"]).read())
-    emr.validate_steps(steps)
-    t0 = time.monotonic()
-    results = emr.run_steps(paths["steps.json"], env=shipped["env"], timeout=600, accept_timeout=240)
-    took = time.monotonic() - t0
-    print("steps:", [(r["name"], r["ok"], r["wall_s"]) for r in results], f"total {took:.0f} s")
-    failed = [r for r in results if not r["ok"]]
-    assert not failed, failed[0]["error"][-6000:]
-    assert len(results) == 4 and all(r["final_status"] == "SUCCEEDED" for r in results)
-    web = pseudo_cluster["yarn"]["web"]
-    for r in results:
-        app = config.http_json(f"{web}/ws/v1/cluster/apps/{r['app_id']}")["app"]
-        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", app
-        assert "ctr-yarn-test" in app["name"]
+    run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster)
     evaluation = read_json(f"{base}/export/evaluation.json")
     assert 0.0 <= evaluation.get("auc", evaluation.get("metrics", {}).get("auc", -1)) <= 1.0, evaluation
     import hdfs_io
@@ -150,22 +157,8 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
                                                         "--out", f"{base}/pred"]},
         ],
     }
-    paths = emr.generate(cfg, tmp_path / "emr", pkg=shipped["pkg"])
-    steps = json.loads(open(paths["steps.json"]).read())
-    emr.validate_steps(steps)
+    steps, results = run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster)
     assert all(s["Args"][s["Args"].index("--deploy-mode") + 1] == "client" for s in steps)
-    t0 = time.monotonic()
-    results = emr.run_steps(paths["steps.json"], env=shipped["env"], timeout=600, accept_timeout=240)
-    took = time.monotonic() - t0
-    print("steps:", [(r["name"], r["ok"], r["wall_s"]) for r in results], f"total {took:.0f} s")
-    failed = [r for r in results if not r["ok"]]
-    assert not failed, failed[0]["error"][-6000:]
-    assert len(results) == 4 and all(r["final_status"] == "SUCCEEDED" for r in results)
-    web = pseudo_cluster["yarn"]["web"]
-    for r in results:
-        app = config.http_json(f"{web}/ws/v1/cluster/apps/{r['app_id']}")["app"]
-        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", app
-        assert "survey-yarn-test" in app["name"]
     # client mode: the driver ran here, so what the job's CLI printed is in spark-submit's output
     prep_out, train_out, _, predict_out = (r["output"] for r in results)
     assert '"targets": ["vote", "PID", "selfLR"]' in prep_out, prep_out[-3000:]
