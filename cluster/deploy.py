@@ -189,7 +189,6 @@ def _site_relative(dist, rel: str, site: Path) -> str | None:
 def build_env(node_python: str | None = None, compression: str = "none", force: bool = False,
               log=print) -> tuple[Path, bool, float, int]:
     """Build (or reuse) the packed environment. Returns (path, cached, seconds, distributions)."""
-    import sysconfig
     if compression not in ("none", "gzip"):
         raise DeployError(f"compression must be 'none' or 'gzip', got {compression!r}")
     node_python = node_python or node_python_default()
@@ -200,7 +199,6 @@ def build_env(node_python: str | None = None, compression: str = "none", force: 
     dists = dependency_closure()
     if out.exists() and not force:
         return out, True, 0.0, len(dists)
-    site = Path(sysconfig.get_paths()["purelib"]).resolve()
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -280,16 +278,23 @@ def build_code(out_dir: Path) -> Path:
 def package(out_dir: str | os.PathLike | None = None, node_python: str | None = None,
             compression: str = "none", force: bool = False, log=print) -> Package:
     """Build everything spark-submit needs to run our jobs on YARN (see the module doc)."""
-    out = Path(out_dir or REPO / "work" / "deploy")
-    out.mkdir(parents=True, exist_ok=True)
     node_python = node_python or node_python_default()
     env, cached, took, ndists = build_env(node_python, compression, force, log)
+    code_zip, entry = build_code_and_entry(out_dir)
+    return Package(env_archive=str(env), code_zip=str(code_zip), entry=str(entry),
+                   node_python=node_python, env_bytes=env.stat().st_size, env_build_s=round(took, 1),
+                   cached=cached, distributions=ndists)
+
+
+def build_code_and_entry(out_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The code zip and the entry script: all a master whose nodes already have the toolkit's
+    dependencies installed (standalone, local-cluster) needs; no packed environment."""
+    out = Path(out_dir or REPO / "work" / "deploy")
+    out.mkdir(parents=True, exist_ok=True)
     entry = out / "tfos_main.py"
     if not entry.exists() or entry.read_text() != ENTRY:
         entry.write_text(ENTRY)
-    return Package(env_archive=str(env), code_zip=str(build_code(out)), entry=str(entry),
-                   node_python=node_python, env_bytes=env.stat().st_size, env_build_s=round(took, 1),
-                   cached=cached, distributions=ndists)
+    return build_code(out), entry
 
 
 def upload(pkg: Package, dest: str, timeout: float = 900) -> dict:
@@ -782,10 +787,14 @@ def build_parser():
     return parser
 
 
-def _package_uris(pkg_dir: str | None) -> dict:
-    """The package's URIs: from the manifest an upload wrote, or built/reused locally."""
+def _package_uris(pkg_dir: str | None, with_env: bool = True) -> dict:
+    """The package's URIs: from the manifest an upload wrote, or built/reused locally. Off YARN
+    (``with_env=False``) the environment archive is neither built nor shipped."""
     if pkg_dir and "://" in pkg_dir and not pkg_dir.startswith("file:"):
         return read_manifest(pkg_dir)
+    if not with_env:
+        code_zip, entry = build_code_and_entry(pkg_dir)
+        return {"env_archive": None, "code_zip": str(code_zip), "entry": str(entry)}
     pkg = package(pkg_dir, log=lambda m: print(m, file=sys.stderr))
     return {"env_archive": pkg.env_archive, "code_zip": pkg.code_zip, "entry": pkg.entry}
 
@@ -819,7 +828,7 @@ def main(argv=None) -> int:
             result["total_s"] = round(time.monotonic() - t0, 1)
             print(json.dumps(result, indent=1))
         elif args.command == "submit":
-            uris = _package_uris(args.package_dir)
+            uris = _package_uris(args.package_dir, with_env=args.master.startswith("yarn"))
             res = _res(args)
             extra = loopback_conf() if args.master.startswith("yarn") else {}
             extra.update(dict(c.split("=", 1) for c in args.conf))

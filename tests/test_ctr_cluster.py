@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hdfs_io
-from tfos_jobs.ctr import generator, job, schema
+from tfos_jobs.ctr import generator, job
 from tfos_jobs.ctr.model import ModelConfig
 from tfos_jobs.ctr.prep import prep
 
@@ -28,7 +28,7 @@ def test_ctr_job_on_hdfs_and_s3(pseudo_cluster, cluster_env, local_spark):
         result = job.train(local_spark.sparkContext, f"{root}/prep", f"{root}/model", f"{root}/export",
                            model=ModelConfig(embedding_dim=4, hidden=(16,)), strategy="ps", num_workers=1,
                            num_ps=1, batch_size=128, steps=40, log_every=20, checkpoint_every=20)
-        assert hdfs_io.is_published(f"{root}/export")
+        assert result.steps == 40 and hdfs_io.is_published(f"{root}/export")
         assert hdfs_io.exists(f"{root}/model/checkpoints/checkpoint")
         evaluation = job.evaluate(f"{root}/export", report["valid"], output_uri=f"{s3_root}/evaluation.json")
         assert json.loads(hdfs_io.open(f"{s3_root}/evaluation.json", "r").read())["auc"] == evaluation["auc"]

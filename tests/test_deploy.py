@@ -97,14 +97,21 @@ def test_submit_argv_standalone_and_local_cluster(tmp_path, capsys, monkeypatch)
                                deploy_mode="cluster")
     # the CLI's default deploy mode follows the master
     pkg = fake_package(tmp_path)
-    monkeypatch.setattr(deploy, "_package_uris", lambda _: {"env_archive": pkg.env_archive,
-                                                            "code_zip": pkg.code_zip, "entry": pkg.entry})
+    asked = []
+
+    def package_uris(_dir, with_env=True):
+        asked.append(with_env)
+        return {"env_archive": pkg.env_archive if with_env else None, "code_zip": pkg.code_zip, "entry": pkg.entry}
+    monkeypatch.setattr(deploy, "_package_uris", package_uris)
     for master, mode in (("spark://127.0.0.1:19830", "client"), ("local-cluster[2,1,1024]", "client"),
                          ("yarn", "cluster")):
         assert deploy.main(["submit", "--master", master, "--package-dir", str(tmp_path), "--dry-run",
                             "tfos_jobs.ctr", "train"]) == 0
         printed = capsys.readouterr().out
         assert f"--deploy-mode {mode} " in printed, printed
+        assert ("--archives" in printed) == master.startswith("yarn"), printed
+    # only YARN ships the packed environment: the other masters' nodes have the toolkit installed
+    assert asked == [False, False, True]
 
 
 def test_memory_sizes_and_resource_check():

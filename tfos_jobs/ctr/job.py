@@ -1,9 +1,6 @@
 """The CTR job's steps on top of the runtime: train, evaluate, score (prep is in ``ctr.prep``)."""
-import json
-import os
 import tempfile
 import time
-import uuid
 
 import numpy as np
 
