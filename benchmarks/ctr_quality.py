@@ -6,7 +6,12 @@ Bayes-optimal AUC the generator reports (the AUC of the true click probabilities
 rows). Prints figures, then one JSON line: auc, bayes_auc, auc_ratio (goal >= 0.98), logloss,
 train_examples_per_s, prep_rows_per_s, ...
 
-    .venv/bin/python benchmarks/ctr_quality.py --rows 1000000
+    .venv/bin/python benchmarks/ctr_quality.py          # 2M rows, 1 epoch, ps, 2 workers x 512
+
+The defaults follow what in-process runs of the same model on the same generator showed (1M-row
+figures, test AUC / Bayes): hash collisions cost nothing measurable (exact ids 0.9775 vs 20k hashed
+buckets 0.9784 after 2 epochs); the limit is data: a second epoch of 1M rows gains 0.005 and later
+epochs over-fit the rare values (0.950 after 4), while 2M rows reach 0.983 in one epoch.
 """
 import argparse
 import json
@@ -25,18 +30,19 @@ from tfos_jobs.spark import local_cluster_master, spark_session  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--test-rows", type=int, default=0, help="default: rows / 10")
     parser.add_argument("--work-dir", default="/tmp/tfos-ctr-quality")
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
     parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=1024, help="per worker")
+    parser.add_argument("--batch-size", type=int, default=512, help="per worker")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--embedding-dim", type=int, default=16)
-    parser.add_argument("--hash-buckets", type=int, default=10_000)
+    parser.add_argument("--hash-buckets", type=int, default=20_000)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--embedding-l2", type=float, default=0.0)
     parser.add_argument("--executor-cores", type=int, default=1)
     parser.add_argument("--executor-memory-mb", type=int, default=3072)
     parser.add_argument("--master")
@@ -64,7 +70,8 @@ def main(argv=None):
                          validation_fraction=0.0, hash_buckets=args.hash_buckets, overwrite=True)
         for uri in ("model", "export"):
             hdfs_io.delete(hdfs_io.join(root, uri), recursive=True, missing_ok=True)
-        model = ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, learning_rate=args.learning_rate)
+        model = ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, learning_rate=args.learning_rate,
+                            embedding_l2=args.embedding_l2)
         t = time.monotonic()
         result = job.train(spark.sparkContext, hdfs_io.join(root, "prep"), hdfs_io.join(root, "model"),
                            hdfs_io.join(root, "export"), model=model, strategy=args.strategy,
@@ -78,6 +85,7 @@ def main(argv=None):
     figures = {
         "rows": args.rows, "test_rows": evaluation["eval_rows"], "arch": args.arch, "strategy": args.strategy,
         "workers": args.workers, "batch_size": args.batch_size, "epochs": args.epochs,
+        "hash_buckets": args.hash_buckets, "embedding_l2": args.embedding_l2,
         "auc": evaluation["auc"], "bayes_auc": test["bayes_auc"],
         "auc_ratio": evaluation["auc"] / test["bayes_auc"], "logloss": evaluation["log_loss"],
         "bayes_logloss": test["bayes_log_loss"], "validation_auc": result.metrics.get("auc"),

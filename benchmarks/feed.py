@@ -9,8 +9,8 @@
 
 Data: Criteo-like rows (float label, 13 float32 numeric, 26 int64 categorical ids) written as Parquet
 and read by Spark as the DataFrame. rows/s counts rows that came out of the workers' tf.data loops,
-from the moment the feed starts sending (after the receivers registered / after TFoS's nodes imported
-TF) to the last row consumed. TFoS gets fewer rows (it is ~100x slower); the JSON says how many.
+from the moment the feed starts sending (once every worker's tf.data loop pulled for the first time:
+our receivers register then, TFoS's nodes write a ready marker then) to the last row consumed. TFoS gets fewer rows (it is ~100x slower); the JSON says how many.
 
 The TF workers of (a) are plain processes started here, not Spark tasks: the feed only needs their
 addresses, and this leaves both executors' slots to the feeding tasks, as in a real cluster where TF
@@ -91,16 +91,16 @@ def consumer_main(spec_path, index):
     with open(spec_path, "rb") as handle:
         spec = pickle.load(handle)
     receiver = FeedReceiver(spec, index)
-    dataset = receiver.dataset().prefetch(2)
-    receiver.register()
-    rows, end = 0, None
+    dataset = receiver.dataset().prefetch(2)   # registers with the driver on its first pull
+    rows, first, end = 0, None, None
     try:
         for _, labels in dataset:
+            first = first or time.time()
             rows += int(labels.shape[0])
         end = time.time()  # the last row consumed; closing the receiver is not part of the rate
     finally:
         receiver.close()
-    print(json.dumps({"rows": rows, "end": end, "rss_mb": maxrss_mb(), **receiver.stats()}))
+    print(json.dumps({"rows": rows, "first": first, "end": end, "rss_mb": maxrss_mb(), **receiver.stats()}))
     _ = tf
 
 
@@ -130,7 +130,8 @@ def run_feed(sc, df, epochs, batch_size, workdir):
             "peak_bytes_in_flight": [o["peak_bytes_in_flight"] for o in outs], "partitions": stats["epochs"][0]["partitions"],
             "epoch_seconds": [e["seconds"] for e in stats["epochs"]],
             "finished_s": round(stats["finished_at"] - stats["started_at"], 2),
-            "consumed_s": [round(o["end"] - stats["started_at"], 2) for o in outs]}
+            "consumed_s": [round(o["end"] - stats["started_at"], 2) for o in outs],
+            "first_batch_s": [round(o["first"] - stats["started_at"], 2) for o in outs]}
 
 
 # ----------------------------------------------------------------------------------- (b) TFoS
@@ -149,10 +150,12 @@ def tfos_map_fun(args, ctx):
                 return
             arr = np.asarray(batch, dtype=np.float32)
             yield arr[:, 1:], arr[:, 0]
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
+    def ready_then_batches():   # ready on the first pull, as our feed's receivers register
+        with open(os.path.join(args["out"], f"ready-{ctx.task_index}-{ctx.job_name}"), "w"):
+            pass
+        yield from batches()
+    dataset = tf.data.Dataset.from_generator(ready_then_batches, output_signature=(
         tf.TensorSpec([None, 39], tf.float32), tf.TensorSpec([None], tf.float32))).prefetch(2)
-    with open(os.path.join(args["out"], f"ready-{ctx.task_index}-{ctx.job_name}"), "w"):
-        pass
     rows = 0
     for _, labels in dataset:
         rows += int(labels.shape[0])
@@ -260,7 +263,8 @@ def main():
         "rows": {"feed": feed["rows"], "tfos": tfos["rows"], "local": local["rows"]},
         "feed_peak_batches_in_flight": feed["peak_batches_in_flight"], "feed_partitions": feed["partitions"],
         "feed_epoch_seconds": feed["epoch_seconds"], "feed_finished_s": feed["finished_s"],
-        "feed_consumed_s": feed["consumed_s"], "max_batches_in_flight": 8,
+        "feed_consumed_s": feed["consumed_s"], "feed_first_batch_s": feed["first_batch_s"],
+        "max_batches_in_flight": 8,
         "batch_size": args.batch_size, "epochs": args.epochs, "columns": 40, "workers": 2,
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }

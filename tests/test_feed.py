@@ -25,9 +25,11 @@ def frame(local_spark):
 class Consumer(threading.Thread):
     """One TF worker's receiver and its consuming loop, in a thread: records every batch it got."""
 
-    def __init__(self, spec, index, stop_after=None, delay_s=0.0):
+    def __init__(self, spec, index, stop_after=None, delay_s=0.0, lazy=False):
         super().__init__(daemon=True)
-        self.receiver = FeedReceiver(spec, index).register()
+        self.receiver = FeedReceiver(spec, index)
+        if not lazy:   # lazy: the receiver registers on the first pull of record_batches
+            self.receiver.register()
         self.stop_after, self.delay_s = stop_after, delay_s
         self.batches, self.error = [], None
 
@@ -52,6 +54,23 @@ def start(sc, df, workers=2, epochs=1, batch_size=64, in_flight=4, **consumer_kw
         c.start()
     driver.start()
     return driver, consumers
+
+
+def test_feed_waits_for_the_first_pull_of_a_lazy_receiver(local_spark, frame):
+    driver = FeedDriver(local_spark.sparkContext, DataFrameSource(frame, ["id", "x"], "label"), num_workers=2,
+                        epochs=1, batch_size=256)
+    consumers = [Consumer(driver.spec, 0), Consumer(driver.spec, 1, lazy=True)]
+    consumers[0].start()
+    driver.start()
+    try:
+        time.sleep(2)
+        assert "started_at" not in driver.stats, "no feeding job before every worker is ready to read"
+        consumers[1].start()
+        assert driver.wait(timeout=120)["rows"] == ROWS
+    finally:
+        finish(driver, consumers)
+    assert [c.error for c in consumers] == [None, None]
+    assert sum(len(b[1]) for c in consumers for b in c.batches) == ROWS
 
 
 def finish(driver, consumers, timeout=120):

@@ -196,11 +196,19 @@ class FeedReceiver:
 
     # -- driver-facing
     def register(self):
+        """Tell the driver where to send this worker's share; the feed starts once every worker has.
+        Idempotent: :meth:`record_batches` registers on its first pull when nobody did before, so a
+        consumer that is still building its model does not hold Spark tasks blocked on a full queue."""
+        if self._registered:
+            return self
         reply = _request(self.spec.coordinator, {"op": "register", "token": self.spec.token,
                                                  "worker": self.index, "address": self.address})
         if not reply.get("ok"):
             raise FeedError(f"feed coordinator refused worker {self.index}: {reply}")
+        self._registered = True
         return self
+
+    _registered = False
 
     def close(self):
         """Stop receiving. Tells the driver first, so that producers failing on the closed sockets read as
@@ -330,6 +338,7 @@ class FeedReceiver:
         """Yield ``(epoch, RecordBatch)`` of exactly ``batch_size`` rows (the last of an epoch may be
         shorter) until the driver's ``finish``; raise :class:`FeedError` on an abort or a failed check."""
         import pyarrow as pa
+        self.register()
         size = self.spec.batch_size
         pending, pending_rows, epoch = [], 0, None
         while True:

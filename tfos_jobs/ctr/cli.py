@@ -46,6 +46,9 @@ def _model_args(parser):
     parser.add_argument("--cross-layers", type=int, default=3, help="DCN cross layers (default: %(default)s)")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--embedding-l2", type=float, default=0.0,
+                        help="L2 on the embedding tables: curbs over-fitting of rare values after the first "
+                             "epoch, but makes their gradients dense (slow under ps)")
     parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
     parser.add_argument("--workers", type=positive_int, default=2, help="TF workers (default: %(default)s)")
     parser.add_argument("--ps", type=positive_int, default=1, help="parameter servers (default: %(default)s)")
@@ -124,7 +127,8 @@ def build_parser():
 def _model_config(args):
     from tfos_jobs.ctr.model import ModelConfig
     return ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, hidden=args.hidden,
-                       cross_layers=args.cross_layers, dropout=args.dropout, learning_rate=args.learning_rate)
+                       cross_layers=args.cross_layers, dropout=args.dropout, learning_rate=args.learning_rate,
+                       embedding_l2=args.embedding_l2)
 
 
 def _nodes(args):
