@@ -160,6 +160,7 @@ def test_tf_dataset_of_named_columns(local_spark, frame):
         driver.stop()
     ids = np.concatenate([s[0] for s in seen])
     assert np.array_equal(np.sort(ids), np.sort(np.tile(np.arange(ROWS), 2)))
+    assert [len(s[0]) for s in seen] == [1000] * 12, "chunks are cut back to exactly batch_size rows"
     assert all(np.array_equal(l, (i % 2).astype(np.float32)) for i, l in seen)
 
 
