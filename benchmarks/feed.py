@@ -85,9 +85,12 @@ def local_main(path, epochs, batch_size):
                     cols = {n: batch.column(n).to_numpy() for n in FEATURES}
                     yield cols, batch.column("label").to_numpy()
     rows, begun = 0, time.time()
-    for _, labels in tf.data.Dataset.from_generator(chunks, output_signature=sig).rebatch(batch_size).prefetch(2):
+    from tfos_jobs.feed import no_autotune
+    dataset = tf.data.Dataset.from_generator(chunks, output_signature=sig).rebatch(batch_size)
+    for _, labels in dataset.with_options(no_autotune()).prefetch(2):
         rows += int(labels.shape[0])
-    print(json.dumps({"rows": rows, "seconds": time.time() - begun, "rss_mb": maxrss_mb()}))
+        end = time.time()   # the last row consumed: deleting the iterator afterwards is not counted
+    print(json.dumps({"rows": rows, "seconds": end - begun, "rss_mb": maxrss_mb()}))
 
 
 # ----------------------------------------------------------------------------------- (a) feed worker
@@ -107,7 +110,7 @@ def consumer_main(spec_path, index):
         for _, labels in dataset:
             first = first or time.time()
             rows += int(labels.shape[0])
-        end = time.time()  # the last row consumed; closing the receiver is not part of the rate
+            end = time.time()   # the last row consumed: deleting the iterator and closing are not counted
     finally:
         receiver.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
