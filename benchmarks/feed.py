@@ -119,10 +119,12 @@ def consumer_main(spec_path, index):
     _ = tf
 
 
-def run_feed(sc, df, epochs, batch_size, workdir):
+def run_feed(sc, df, epochs, batch_size, workdir, directly=True):
     from tfos_jobs.feed import DataFrameSource, FeedDriver
-    driver = FeedDriver(sc, DataFrameSource(df, FEATURES, "label", max_batches_in_flight=IN_FLIGHT), num_workers=2,
-                        epochs=epochs, batch_size=batch_size)
+    source = DataFrameSource(df, FEATURES, "label", max_batches_in_flight=IN_FLIGHT, read_parquet_directly=directly)
+    driver = FeedDriver(sc, source, num_workers=2, epochs=epochs, batch_size=batch_size)
+    if directly and not driver.file_groups:
+        raise RuntimeError("the benchmark's DataFrame should be a plain Parquet scan")
     spec_path = os.path.join(workdir, "feed-spec.pkl")
     with open(spec_path, "wb") as handle:
         pickle.dump(driver.spec, handle)
@@ -284,6 +286,9 @@ def main():
         spark_alone = warm_up(df)
         feed, runs["feed"] = best_of(args.repeats, lambda: run_feed(spark.sparkContext, df, args.epochs,
                                                                     args.batch_size, workdir), "(a) feed")
+        via_spark, runs["feed_via_spark"] = best_of(
+            args.repeats, lambda: run_feed(spark.sparkContext, df, args.epochs, args.batch_size, workdir,
+                                           directly=False), "(a') feed through Spark's Arrow path")
         tfos, runs["tfos"] = best_of(args.repeats, lambda: run_tfos(spark.sparkContext, df, args.tfos_rows,
                                                                     args.batch_size, workdir),
                                      "(b) TFoS InputMode.SPARK")
@@ -291,11 +296,14 @@ def main():
         spark.stop()
     result = {
         "rows_per_s": {"feed": round(feed["rows_per_s"]), "tfos": round(tfos["rows_per_s"]),
-                       "local": round(local["rows_per_s"])},
+                       "local": round(local["rows_per_s"]),
+                       "feed_via_spark": round(via_spark["rows_per_s"])},
         "vs_tfos": round(feed["rows_per_s"] / tfos["rows_per_s"], 1),
         "vs_local": round(feed["rows_per_s"] / local["rows_per_s"], 2),
         "spark_alone_rows_per_s": round(spark_alone),
-        "vs_spark_alone": round(feed["rows_per_s"] / spark_alone, 2),
+        "via_spark_vs_tfos": round(via_spark["rows_per_s"] / tfos["rows_per_s"], 1),
+        "via_spark_vs_local": round(via_spark["rows_per_s"] / local["rows_per_s"], 2),
+        "via_spark_vs_spark_alone": round(via_spark["rows_per_s"] / spark_alone, 2),
         "peak_rss_mb_per_worker": {"feed": [round(x) for x in feed["rss_mb"]],
                                    "tfos": [round(x) for x in tfos["rss_mb"]], "local": round(local["rss_mb"])},
         "rows": {"feed": feed["rows"], "tfos": tfos["rows"], "local": local["rows"]},

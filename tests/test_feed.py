@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from tfos_jobs.feed import DataFrameSource, FeedDriver, FeedError, FeedReceiver
+from tfos_jobs.feed import DataFrameSource, FeedDriver, FeedError, FeedReceiver, parquet_scan_files
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,21 @@ def frame(local_spark):
     df = local_spark.range(0, ROWS, numPartitions=7)
     return df.select(F.col("id"), (F.col("id") * 0.5).cast("float").alias("x"),
                      (F.col("id") % 2).cast("float").alias("label"))
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory):
+    """The same rows as ``frame`` in 5 Parquet files of uneven sizes, ``id`` stored as int32."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root = tmp_path_factory.mktemp("feed-parquet")
+    bounds = [0, 500, 1_700, 1_800, 4_000, ROWS]
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        ids = np.arange(lo, hi)
+        pq.write_table(pa.table({"id": ids.astype(np.int32), "x": (ids * 0.5).astype(np.float32),
+                                 "label": (ids % 2).astype(np.float32)}), root / f"part-{i}.parquet",
+                       row_group_size=300)
+    return root
 
 
 class Consumer(threading.Thread):
@@ -168,3 +183,51 @@ def test_source_rejects_non_numeric_columns(local_spark):
     df = local_spark.createDataFrame([("a", 1.0)], "c string, y double")
     with pytest.raises(ValueError, match="index or hash it in Spark"):
         DataFrameSource(df, ["c"], "y").dtypes()
+
+
+def test_only_a_plain_parquet_scan_is_read_directly(local_spark, parquet_dir):
+    from pyspark.sql import functions as F
+    df = local_spark.read.parquet(str(parquet_dir))
+    columns = ["id", "x", "label"]
+    assert len(parquet_scan_files(df, columns)) == 5
+    assert len(parquet_scan_files(df.withColumn("unused", F.col("x") * 2), columns)) == 5, "pruned away"
+    for changed in (df.filter("id > 3"), df.withColumn("x", F.col("x") * 2), df.limit(10), df.repartition(3),
+                    df.cache()):
+        assert parquet_scan_files(changed, columns) is None, changed._jdf.queryExecution().optimizedPlan()
+    assert parquet_scan_files(local_spark.range(3).select("id", F.col("id").alias("x"), F.col("id").alias("label")),
+                              columns) is None
+
+
+def test_parquet_files_read_directly_exactly_once_per_epoch(local_spark, parquet_dir):
+    df = local_spark.read.parquet(str(parquet_dir))
+    driver, consumers = start(local_spark.sparkContext, df, workers=2, epochs=2, batch_size=64)
+    assert sorted(u for g in driver.file_groups for u in g) == sorted(parquet_scan_files(df, ["id", "x", "label"]))
+    stats = driver.wait(timeout=180)
+    finish(driver, consumers)
+    assert [c.error for c in consumers] == [None, None]
+    assert [(e["rows"], e["partitions"]) for e in stats["epochs"]] == [(ROWS, 5)] * 2
+    for epoch in range(2):
+        ids = np.concatenate([b[1] for c in consumers for b in c.batches if b[0] == epoch])
+        assert np.array_equal(np.sort(ids), np.arange(ROWS)), f"epoch {epoch}"
+        shares = [sum(len(b[1]) for b in c.batches if b[0] == epoch) for c in consumers]
+        assert abs(shares[0] - shares[1]) <= 5, f"every file is split evenly: {shares}"
+    for c in consumers:
+        assert all(ids.dtype == np.int64 for _, ids, _ in c.batches), "Spark's type (long), not the file's int32"
+        assert all(np.allclose(x, ids * 0.5) for _, ids, x in c.batches), "columns stay aligned"
+
+
+def test_a_corrupt_parquet_file_is_a_clear_error_naming_it(local_spark, parquet_dir, tmp_path):
+    import shutil
+    for name in sorted(p.name for p in parquet_dir.iterdir()):
+        shutil.copy(parquet_dir / name, tmp_path / name)
+    df = local_spark.read.parquet(str(tmp_path))
+    broken = tmp_path / "part-3.parquet"     # Spark listed it intact; it breaks before the feed reads it
+    data = broken.read_bytes()
+    broken.write_bytes(data[:4] + b"\0" * (len(data) // 2) + data[4 + len(data) // 2:])
+    driver, consumers = start(local_spark.sparkContext, df, workers=2, epochs=1)
+    assert driver.file_groups
+    with pytest.raises(FeedError, match="part-3.parquet"):
+        driver.wait(timeout=180)
+    finish(driver, consumers)
+    for c in consumers:
+        assert isinstance(c.error, FeedError) and "part-3.parquet" in str(c.error)
