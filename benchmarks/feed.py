@@ -1,20 +1,22 @@
 """Feed throughput: Spark DataFrame -> 2 TF workers' tf.data loops, three ways, in one run.
 
-(a) our feed (``tfos_jobs.feed``): Spark ``mapInArrow`` tasks stream Arrow record batches to a receiver in
-    each of 2 TF worker processes; each worker iterates ``receiver.dataset()`` (tf.data) to the end.
+(a) our feed (``tfos_jobs.feed``): Spark tasks stream Arrow record batches to a receiver in each of 2 TF
+    worker processes; each worker iterates ``receiver.dataset()`` (tf.data) to the end. The DataFrame is
+    a plain Parquet scan, so the feeding tasks read its files with pyarrow. (a') is the same feed forced
+    through Spark's own Arrow path (``mapInArrow``), which every other DataFrame takes.
 (b) stock TFoS: ``TFCluster.run(..., input_mode=InputMode.SPARK)`` + ``cluster.train(rdd)``; each node's
     map function reads ``TFNode.DataFeed.next_batch`` through a ``tf.data.Dataset.from_generator`` loop.
 (c) the local limit: one process reads the same Parquet files with pyarrow into the same kind of
     ``from_generator`` tf.data loop as the receiver's (chunks of several batches cut by ``rebatch``; no
     Spark, no network).
 Also reported: Spark alone (``spark_alone_rows_per_s``), the last of the warm-up passes, in which the
-executors only count the Arrow batches that ``mapInArrow`` hands to Python: the feed's ceiling.
+executors only count the Arrow batches that ``mapInArrow`` hands to Python: the ceiling of (a').
 
 Data: Criteo-like rows (float label, 13 float32 numeric, 26 int64 categorical ids) written as Parquet
 and read by Spark as the DataFrame. rows/s counts rows that came out of the workers' tf.data loops,
 from the moment the feed starts sending (once every worker's tf.data loop pulled for the first time:
 our receivers register then, TFoS's nodes write a ready marker then) to the last row consumed. TFoS
-gets fewer rows (it is much slower); the JSON says how many. Each of (a), (b), (c) runs ``--repeats``
+gets fewer rows (it is much slower); the JSON says how many. Each of (a), (a'), (b), (c) runs ``--repeats``
 times and the fastest run counts, because this VM's rates are bimodal (see ``best_of``).
 
 The TF workers of (a) are plain processes started here, not Spark tasks: the feed only needs their

@@ -1,10 +1,12 @@
 """The DataFrame feed on the real pseudo-cluster: a Spark application on the standalone master (its two
 1-core workers run the feeding tasks) feeds two receivers in the driver for 2 epochs, checks every row
-arrived exactly once per epoch, then checks that a failing producer surfaces on both sides."""
+arrived exactly once per epoch, then checks that a failing producer surfaces on both sides. Then the
+same for a Parquet data set on HDFS, which the feeding tasks read directly (no Spark row conversion)."""
 import json
 import os
 import sys
 import textwrap
+import uuid
 
 import pytest
 
@@ -17,7 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = textwrap.dedent("""
     import json, sys, threading
     import numpy as np
+    import pyarrow as pa
     sys.path.insert(0, {repo!r})
+    import hdfs_io
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType
     from tfos_jobs.spark import spark_session
@@ -73,6 +77,18 @@ APP = textwrap.dedent("""
         broken = df.withColumn("y", F.udf(explode, DoubleType())("id"))
         _, errors, error, _, hung = run(broken, 1)
         out["failure"] = {{"driver": error, "workers": errors, "hung": hung}}
+
+        ids = np.arange(rows, dtype=np.int64)
+        hdfs_io.write_parquet(pa.table({{"id": ids, "y": (ids % 3).astype(np.float64)}}), {hdfs_data!r},
+                              rows_per_file=3_000, row_group_size=1_000)
+        on_hdfs = spark.read.parquet({hdfs_data!r})
+        out["hdfs_groups"] = FeedDriver(spark.sparkContext, DataFrameSource(on_hdfs, ["id"], "y"), num_workers=2,
+                                        epochs=1, batch_size=256).file_groups
+        got, errors, error, stats, hung = run(on_hdfs, 2)
+        out["hdfs"] = {{"exactly_once": all(
+            np.array_equal(np.sort(np.concatenate([ids for g in got for e, ids in g if e == epoch])), np.arange(rows))
+            for epoch in range(2)), "errors": errors, "error": error, "hung": hung,
+            "shares": [sum(len(ids) for e, ids in g) for g in got]}}
     finally:
         spark.stop()
     print("RESULT " + json.dumps(out))
@@ -82,7 +98,8 @@ APP = textwrap.dedent("""
 def test_feed_on_the_standalone_cluster(pseudo_cluster, tmp_path):
     master = pseudo_cluster["spark"]["master"]
     app = tmp_path / "feed_app.py"
-    app.write_text(APP.format(repo=REPO, master=master))
+    hdfs_data = f"{pseudo_cluster['hdfs']['uri'].rstrip('/')}/tmp/feed-{uuid.uuid4().hex[:8]}"
+    app.write_text(APP.format(repo=REPO, master=master, hdfs_data=hdfs_data))
     res = run_process([sys.executable, str(app)], timeout=480, env={"SPARK_LOCAL_IP": "127.0.0.1"})
     lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
     assert res.returncode == 0 and lines, f"feed app failed ({res.returncode}):\n{res.stdout[-6000:]}"
@@ -94,3 +111,9 @@ def test_feed_on_the_standalone_cluster(pseudo_cluster, tmp_path):
     failure = out["failure"]
     assert "boom: producer broke on the cluster" in failure["driver"] and not failure["hung"]
     assert all(w and "boom" in w for w in failure["workers"]), failure
+    hdfs_groups = out["hdfs_groups"]
+    assert len(hdfs_groups) == 2 and all(u.startswith("hdfs://") for g in hdfs_groups for u in g), hdfs_groups
+    assert sum(len(g) for g in hdfs_groups) == 7, "20k rows in files of 3k: 7 files, each in one group"
+    direct = out["hdfs"]
+    assert direct["exactly_once"] and direct["errors"] == [None, None] and direct["error"] is None, direct
+    assert not direct["hung"] and abs(direct["shares"][0] - direct["shares"][1]) <= 2 * 7, direct
