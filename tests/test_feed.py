@@ -24,10 +24,12 @@ def frame(local_spark):
 
 @pytest.fixture(scope="module")
 def parquet_dir(tmp_path_factory):
-    """The same rows as ``frame`` in 5 Parquet files of uneven sizes, ``id`` stored as int32."""
+    """The same rows as ``frame`` in 5 Parquet files of uneven sizes, ``id`` stored as int32, in a
+    directory whose name needs escaping in a URI."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    root = tmp_path_factory.mktemp("feed-parquet")
+    root = tmp_path_factory.mktemp("feed-parquet") / "a data set"   # Spark's file URIs say a%20data%20set
+    root.mkdir()
     bounds = [0, 500, 1_700, 1_800, 4_000, ROWS]
     for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
         ids = np.arange(lo, hi)

@@ -49,6 +49,7 @@ import socket
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
@@ -171,7 +172,7 @@ def parquet_scan_files(df, columns):
         return None
     if relation.partitionSchema().size():
         return None
-    return sorted(df.inputFiles())
+    return sorted(urllib.parse.unquote(uri) for uri in df.inputFiles())   # Spark's URIs are %-encoded
 
 
 def _simple_name(java_object):
