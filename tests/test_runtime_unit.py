@@ -6,7 +6,7 @@ import pytest
 
 from tfos_jobs.control import ControlClient, ControlServer, DriverUnreachable
 from tfos_jobs.node import assign_role, tf_roles
-from tfos_jobs.trainer import TrainConfig
+from tfos_jobs.trainer import TrainConfig, _watch
 
 SPEC = {"chief": ["h:1"], "worker": ["h:2", "h:3", "h:4"]}
 
@@ -26,6 +26,7 @@ def test_mwms_roles_keep_the_tfos_template():
     ({"strategy": "horovod"}, "strategy"),
     ({"strategy": "ps", "num_ps": 0}, "num_ps"),
     ({"num_workers": 0}, "num_workers"),
+    ({"stall_timeout_s": 0}, "stall_timeout_s"),
 ])
 def test_bad_config_is_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -77,3 +78,36 @@ def test_messages_of_an_earlier_attempt_are_dropped_and_told_to_stop():
         current.send("progress", step=1, loss=0.1)
         assert server.events.get(timeout=1)["op"] == "progress"
         assert server.events.empty()
+
+
+class _Spec:
+    def __init__(self, **options):
+        self.config = TrainConfig(**options)
+
+
+def _watch_events(events, stall_timeout_s, **kw):
+    """Run the driver's watch loop on ``events`` sent by a real control client; returns its outcome."""
+    with ControlServer() as server:
+        client = ControlClient(server.address, server.token, "chief:0")
+        for op, fields in events:
+            client.send(op, **fields)
+        timings = {"reserved": time.monotonic()}
+        return _watch(_Spec(stall_timeout_s=stall_timeout_s, **kw), server, {}, timings)
+
+
+def test_training_that_stops_reporting_is_a_lost_cluster_not_a_hang():
+    begun = time.monotonic()
+    outcome = _watch_events([("progress", {"step": 40, "loss": 0.5})], stall_timeout_s=0.5)
+    assert "after step 40" in outcome["lost"] and "stuck" in outcome["lost"]
+    assert time.monotonic() - begun < 5
+
+
+def test_evaluation_after_the_last_step_is_not_a_stall():
+    status = {}
+    with ControlServer() as server:
+        client = ControlClient(server.address, server.token, "chief:0")
+        client.send("progress", step=10, loss=0.5)
+        client.send("finishing")
+        threading.Timer(1.5, lambda: (client.send("done", result={"steps": 10}), status.update(finished=True))).start()
+        outcome = _watch(_Spec(stall_timeout_s=0.5), server, status, {"reserved": time.monotonic()})
+    assert outcome == {"result": {"steps": 10, "nodes": ["chief:0"]}}

@@ -119,6 +119,7 @@ def _scalar(tag, value, step):
 
 def _finish_on_chief(spec, model, progress, last_loss, rate):
     """Evaluate and export a plain copy of the model (no distribution state inside it)."""
+    progress.control.send("finishing")   # no more progress reports: the driver's stall check ends
     plain = spec.task.build_model()
     plain.set_weights(model.get_weights())
     progress.publish()

@@ -53,6 +53,7 @@ class TrainConfig:
     max_attempts: int = 2             # TF clusters started in all (executor loss restarts one)
     start_timeout_s: float = 300.0    # for every node to reserve its port and report ready
     orphan_timeout_s: float = 30.0    # a node exits if the driver is unreachable this long
+    stall_timeout_s: float = 600.0    # training but no progress report this long: the attempt is lost
     num_gpus: int | None = None       # per node; None lets TFoS take 1 if the executor has any
     local_root: str = "/tmp/tfos_jobs"
     run_id: str = ""
@@ -65,6 +66,8 @@ class TrainConfig:
                              f"(got {self.num_ps})")
         if self.batch_size < 1 or self.max_attempts < 1:
             raise ValueError("batch_size and max_attempts must be positive")
+        if self.stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be positive, not {self.stall_timeout_s}")
 
     @property
     def num_nodes(self):
@@ -196,8 +199,15 @@ def _await_reservations(server, spark_status, timeout_s):
 
 
 def _watch(spec, control, spark_status, timings):
+    """Follow the nodes' events until the chief is done (or the cluster is lost).
+
+    A node can hang without failing: under MultiWorkerMirrored, a collective whose peer died inside a
+    still-running Spark task waits forever. So from the chief's first progress report until it starts
+    evaluating, a gap of ``stall_timeout_s`` between reports counts as a lost cluster: the attempt is
+    cancelled and the next one resumes from the last checkpoint."""
     config = spec.config
     result, seen, done = None, set(), []
+    last_progress = None   # (monotonic time, step) while training; None before and after
     while True:
         try:
             event = control.events.get(timeout=0.2)
@@ -207,6 +217,9 @@ def _watch(spec, control, spark_status, timings):
             seen.add(event["node"])
             if event["op"] == "progress":
                 _print_progress(event)
+                last_progress = (time.monotonic(), event["step"])
+            elif event["op"] == "finishing":
+                last_progress = None
             elif event["op"] == "failed" and event.get("peer_lost"):
                 return {"lost": f"TF node {event['node']} lost a peer: {event['error'].strip().splitlines()[-1]}"}
             elif event["op"] == "failed":
@@ -222,6 +235,9 @@ def _watch(spec, control, spark_status, timings):
             if result is not None:
                 return {"result": dict(result, nodes=sorted(done))}
             return {"lost": spark_status.get("error", "the Spark job ended before the chief finished")}
+        if last_progress and time.monotonic() - last_progress[0] > config.stall_timeout_s:
+            return {"lost": f"no progress for {config.stall_timeout_s:.0f} s after step {last_progress[1]}: "
+                            "a TF node or collective is stuck"}
         if not seen and time.monotonic() - timings["reserved"] > config.start_timeout_s:
             raise TimeoutError(f"no TF node reported within {config.start_timeout_s:.0f} s of starting")
 
