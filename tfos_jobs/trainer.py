@@ -54,6 +54,7 @@ class TrainConfig:
     start_timeout_s: float = 300.0    # for every node to reserve its port and report ready
     orphan_timeout_s: float = 30.0    # a node exits if the driver is unreachable this long
     stall_timeout_s: float = 600.0    # training but no progress report this long: the attempt is lost
+    #                                   (the chief reports every log_every steps: keep that well below it)
     num_gpus: int | None = None       # per node; None lets TFoS take 1 if the executor has any
     local_root: str = "/tmp/tfos_jobs"
     run_id: str = ""
