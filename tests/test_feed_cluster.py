@@ -82,8 +82,10 @@ APP = textwrap.dedent("""
         hdfs_io.write_parquet(pa.table({{"id": ids, "y": (ids % 3).astype(np.float64)}}), {hdfs_data!r},
                               rows_per_file=3_000, row_group_size=1_000)
         on_hdfs = spark.read.parquet({hdfs_data!r})
-        out["hdfs_groups"] = FeedDriver(spark.sparkContext, DataFrameSource(on_hdfs, ["id"], "y"), num_workers=2,
-                                        epochs=1, batch_size=256).file_groups
+        planned = FeedDriver(spark.sparkContext, DataFrameSource(on_hdfs, ["id"], "y"), num_workers=2, epochs=1,
+                             batch_size=256)
+        out["hdfs_groups"] = planned.file_groups
+        planned.stop()   # never started: this only closes its coordinator socket
         got, errors, error, stats, hung = run(on_hdfs, 2)
         out["hdfs"] = {{"exactly_once": all(
             np.array_equal(np.sort(np.concatenate([ids for g in got for e, ids in g if e == epoch])), np.arange(rows))
