@@ -134,3 +134,22 @@ def _read(fh) -> str:
     fh.flush()
     fh.seek(0)
     return fh.read().decode("utf-8", "replace")
+
+
+def tail(text: str | bytes | None, lines: int = 60) -> str:
+    """The last ``lines`` lines of a command's output: what an assertion message should show."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return "\n".join((text or "").rstrip().splitlines()[-lines:])
+
+
+def describe(proc, lines: int = 60) -> str:
+    """A finished command for an assertion message: its argv, exit code and the tails of stdout and
+    stderr (``run_process`` merges them into stdout), so a failure can be read from the test log."""
+    parts = [f"command: {' '.join(map(str, proc.args)) if isinstance(proc.args, (list, tuple)) else proc.args}",
+             f"exit code: {proc.returncode}"]
+    for name in ("stdout", "stderr"):
+        text = getattr(proc, name, None)
+        if text:
+            parts.append(f"--- {name} (last {lines} lines) ---\n{tail(text, lines)}")
+    return "\n".join(parts)
