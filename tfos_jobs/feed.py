@@ -338,6 +338,11 @@ class FeedReceiver:
             if batch.num_rows:
                 self._put_data(epoch, batch)
                 rows += batch.num_rows
+        # An Arrow stream cut off between two batches (the feeding task died) reads like a complete one:
+        # only the sender's trailer, written after the end of the stream, says the partition is whole.
+        # Without it the partition stays partial, so a retry or the epoch's check fails the feed.
+        if _recv_json(rfile).get("rows") != rows:
+            return
         with self._lock:
             self._partial.discard(key)
             self._complete[key] = rows
@@ -564,6 +569,7 @@ class _Link:
     def end(self):
         if self.writer is not None:
             self.writer.close()
+            self.wfile.write((json.dumps({"rows": self.rows}) + "\n").encode())   # the stream is whole
             self.wfile.flush()
 
     def ack(self):
