@@ -741,8 +741,43 @@ def spark_submit_path() -> str:
 # CLI
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _conf_pair(text: str) -> tuple[str, str]:
+    """``--conf KEY=VALUE`` as spark-submit takes it; a pair without ``=`` is a typo, caught before any work."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line naming the flag, exit 2 (as in the job CLIs)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _res_args(p):
-    p.add_argument("--tf-nodes", type=int, default=2, help="executors, one TF node each (default: 2)")
+    p.add_argument("--tf-nodes", type=_positive_int, default=2, help="executors, one TF node each (default: 2)")
     p.add_argument("--executor-memory", default="1g")
     p.add_argument("--executor-memory-overhead", default="2g", help="for the Python worker and TF process")
     p.add_argument("--driver-memory", default="1g")
@@ -755,7 +790,7 @@ def _res(args) -> Resources:
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="tfos-deploy", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="tfos-deploy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("package", help="build the packed environment (cached), code zip and entry script")
     p.add_argument("--out", default=str(REPO / "work" / "deploy"))
@@ -771,9 +806,9 @@ def build_parser():
                    help="default: cluster on YARN, client on other masters (Python needs it there)")
     p.add_argument("--package-dir", default=None, help="where the package files are (a local dir or an "
                    "uploaded URI); default: build/reuse under work/deploy")
-    p.add_argument("--accept-timeout", type=float, default=120)
-    p.add_argument("--timeout", type=float, default=3600)
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--accept-timeout", type=_positive_seconds, default=120)
+    p.add_argument("--timeout", type=_positive_seconds, default=3600)
+    p.add_argument("--conf", type=_conf_pair, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="print the spark-submit command only")
     _res_args(p)
     p.add_argument("module", help="e.g. tfos_jobs.ctr or tfos_jobs.survey")
@@ -831,7 +866,7 @@ def main(argv=None) -> int:
             uris = _package_uris(args.package_dir, with_env=args.master.startswith("yarn"))
             res = _res(args)
             extra = loopback_conf() if args.master.startswith("yarn") else {}
-            extra.update(dict(c.split("=", 1) for c in args.conf))
+            extra.update(args.conf)
             tag = f"tfos-{uuid.uuid4().hex[:12]}"
             cmd = submit_argv(args.module, [a for a in args.args if a != "--"], env_uri=uris["env_archive"],
                               code_uri=uris["code_zip"], entry_uri=uris["entry"], master=args.master,

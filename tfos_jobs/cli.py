@@ -2,8 +2,17 @@
 contract (bad input: one line and exit 2; a failed run: the error and exit 1; never a Spark traceback).
 """
 import argparse
+import math
 import os
 import sys
+
+
+class JobParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the flag (``prog cmd: error: argument --x: ...``),
+    exit 2; the usage stays one ``--help`` away. Subcommand parsers inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text):
@@ -13,6 +22,58 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    """``--steps``: 0 means "derive from --epochs"; a negative count is a typo, not a request."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _finite(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text):
+    """``--epochs``, ``--learning-rate``: finite and above zero (``nan`` and ``inf`` parse as floats)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    """Regularization strengths: 0 turns them off."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def fraction(text):
+    """A share of rows in [0, 1] (validation split, malformed lines)."""
+    value = _finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def dropout_rate(text):
+    value = _finite(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 

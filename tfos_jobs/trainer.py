@@ -11,6 +11,8 @@ watches the control channel, not Spark's status tracker, so it reacts within a f
   cluster resumes from the last checkpoint in ``model_dir``.
 """
 import logging
+import math
+import numbers
 import os
 import queue
 import random
@@ -60,15 +62,26 @@ class TrainConfig:
     run_id: str = ""
 
     def validate(self):
+        """Reject what the CLIs reject, for library callers too: ``steps=-1`` would otherwise skip
+        training and publish an untrained model, ``epochs=nan`` would train for zero steps."""
         if self.strategy not in ("mwms", "ps"):
             raise ValueError(f"strategy must be 'mwms' or 'ps', not {self.strategy!r}")
         if self.num_workers < 1 or (self.strategy == "ps" and self.num_ps < 1):
             raise ValueError(f"need num_workers >= 1 (got {self.num_workers}) and, for ps, num_ps >= 1 "
                              f"(got {self.num_ps})")
-        if self.batch_size < 1 or self.max_attempts < 1:
-            raise ValueError("batch_size and max_attempts must be positive")
-        if self.stall_timeout_s <= 0:
-            raise ValueError(f"stall_timeout_s must be positive, not {self.stall_timeout_s}")
+        for name in ("batch_size", "max_attempts", "checkpoint_every", "log_every", "steps_per_closure"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer (0: derive from epochs), not {self.steps!r}")
+        for name in ("epochs", "start_timeout_s", "orphan_timeout_s", "stall_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"num_gpus must be None or >= 0, not {self.num_gpus!r}")
 
     @property
     def num_nodes(self):

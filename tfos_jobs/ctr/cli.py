@@ -20,48 +20,37 @@ import time
 if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tfos_jobs.cli import add_spark_args, job_session, layer_sizes, positive_int, run_command  # noqa: E402
+import hdfs_io  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
+                           non_negative_float, non_negative_int, positive_float, positive_int, run_command)
 
 PROG = "tfos-ctr"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-
-
 
 
 def _model_args(parser):
     parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
     parser.add_argument("--embedding-dim", type=positive_int, default=16)
     parser.add_argument("--hidden", type=layer_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
-    parser.add_argument("--cross-layers", type=int, default=3, help="DCN cross layers (default: %(default)s)")
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--embedding-l2", type=float, default=0.0,
+    parser.add_argument("--cross-layers", type=non_negative_int, default=3, help="DCN cross layers (default: %(default)s)")
+    parser.add_argument("--dropout", type=dropout_rate, default=0.0)
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    parser.add_argument("--embedding-l2", type=non_negative_float, default=0.0,
                         help="L2 on the embedding tables: curbs over-fitting of rare values after the first "
                              "epoch, but makes their gradients dense (slow under ps)")
     parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
     parser.add_argument("--workers", type=positive_int, default=2, help="TF workers (default: %(default)s)")
     parser.add_argument("--ps", type=positive_int, default=1, help="parameter servers (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=512, help="per worker (default: %(default)s)")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=0, help="total steps (default: from --epochs)")
+    parser.add_argument("--epochs", type=positive_float, default=1.0)
+    parser.add_argument("--steps", type=non_negative_int, default=0, help="total steps (default: from --epochs)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=500)
     parser.add_argument("--log-every", type=positive_int, default=100)
     parser.add_argument("--max-attempts", type=positive_int, default=2)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+    parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:9]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,19 +61,19 @@ def build_parser():
     p.add_argument("--files", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0, help="sample seed (use another one for a test set)")
     p.add_argument("--model-seed", type=int, default=7, help="the generating model's parameters")
-    p.add_argument("--malformed-fraction", type=_fraction, default=0.0)
+    p.add_argument("--malformed-fraction", type=fraction, default=0.0)
     p.add_argument("--compression", choices=["none", "gzip"], default="none")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("prep", help="Spark: validate, quarantine, transform, split, write Parquet")
     p.add_argument("--input", required=True, help="Criteo text/gzip file, directory or glob URI")
     p.add_argument("--output", required=True, help="directory URI: train/, valid/, quarantine/, prep.json")
-    p.add_argument("--validation-fraction", type=_fraction, default=0.1)
-    p.add_argument("--hash-buckets", type=int, default=10_000, help="per categorical field")
-    p.add_argument("--max-bad-fraction", type=_fraction, default=0.01,
+    p.add_argument("--validation-fraction", type=fraction, default=0.1)
+    p.add_argument("--hash-buckets", type=positive_int, default=10_000, help="per categorical field")
+    p.add_argument("--max-bad-fraction", type=fraction, default=0.01,
                    help="fail when more than this fraction of lines is malformed (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--partitions", type=int, help="Parquet files per split (default: Spark's)")
+    p.add_argument("--partitions", type=positive_int, help="Parquet files per split (default: Spark's)")
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p)
 
@@ -99,7 +88,7 @@ def build_parser():
     p.add_argument("--export", required=True)
     p.add_argument("--data", required=True, help="prepped Parquet URI (e.g. <prep>/valid)")
     p.add_argument("--output", help="JSON URI (default: <export>/evaluation.json)")
-    p.add_argument("--max-rows", type=int)
+    p.add_argument("--max-rows", type=positive_int, help="score at most this many rows")
 
     p = sub.add_parser("score", help="Spark batch scoring of Parquet or Criteo data")
     p.add_argument("--export", required=True)
@@ -109,19 +98,20 @@ def build_parser():
     p.add_argument("--unlabeled", action="store_true", help="Criteo lines have no label field")
     p.add_argument("--keep", help="comma-separated input columns to copy to the output")
     p.add_argument("--batch-size", type=positive_int, default=4096)
-    p.add_argument("--partitions", type=int)
+    p.add_argument("--partitions", type=positive_int)
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p)
 
-    p = sub.add_parser("demo", help="generate, prep, train, evaluate on a small embedded default")
+    p = sub.add_parser("demo", help="generate, prep, train, evaluate on a small embedded default",
+                       description="Generate Criteo-format rows, prep them and train through the same parsers as "
+                                   "`prep` and `train` (their defaults, plus the few overrides in DEMO_PREP and "
+                                   "DEMO_TRAIN), then print the export and its validation AUC.")
     p.add_argument("--work-dir", default=os.path.join(REPO, "work", "demo"), help="default: %(default)s")
     p.add_argument("--rows", type=positive_int, default=40_000)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=positive_float, default=2.0)
     p.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
     add_spark_args(p)
     return parser
-
-
 
 
 def _model_config(args):
@@ -144,23 +134,28 @@ def cmd_generate(args):
     return 0
 
 
+def _prep(args, spark):
+    from tfos_jobs.ctr.prep import prep
+    return prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
+                hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
+                partitions=args.partitions, overwrite=args.overwrite)
+
+
 def cmd_prep(args):
-    from tfos_jobs.ctr.prep import _check_input, prep
+    from tfos_jobs.ctr.prep import _check_input
     _check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
     spark = job_session(args, PROG, 2)
     try:
-        report = prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
-                      hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
-                      partitions=args.partitions, overwrite=args.overwrite)
+        report = _prep(args, spark)
     finally:
         spark.stop()
     print(json.dumps(report, sort_keys=True))
     return 0
 
 
-def _train(args, spark, prep_uri, model_dir, export_uri):
+def _train(args, spark):
     from tfos_jobs.ctr import job
-    return job.train(spark.sparkContext, prep_uri, model_dir, export_uri, model=_model_config(args),
+    return job.train(spark.sparkContext, args.prep, args.model_dir, args.export, model=_model_config(args),
                      strategy=args.strategy, num_workers=args.workers, num_ps=args.ps,
                      batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
                      checkpoint_every=args.checkpoint_every, log_every=args.log_every,
@@ -172,7 +167,7 @@ def cmd_train(args):
     read_report(args.prep)
     spark = job_session(args, PROG, _nodes(args))
     try:
-        result = _train(args, spark, args.prep, args.model_dir, args.export)
+        result = _train(args, spark)
     finally:
         spark.stop()
     print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
@@ -201,29 +196,42 @@ def cmd_score(args):
     return 0
 
 
+# What the demo changes from the `prep` and `train` defaults: a small DCN on 2000 hash buckets, so that it
+# trains in a few minutes on two cores. Everything else comes from those parsers, flags added later included.
+DEMO_PREP = ("--hash-buckets", "2000", "--overwrite")
+DEMO_TRAIN = ("--workers", "2", "--ps", "1", "--batch-size", "256", "--embedding-dim", "8", "--hidden", "64,32",
+              "--cross-layers", "2", "--checkpoint-every", "200", "--log-every", "50")
+
+
+def demo_commands(args):
+    """The demo's `prep` and `train` arguments, parsed by the same parser as ``tfos-ctr prep|train``."""
+    root = args.work_dir
+    spark = ["--executor-memory-mb", str(args.executor_memory_mb)] + (["--master", args.master] if args.master else [])
+    parser = build_parser()
+    prep_args = parser.parse_args(["prep", "--input", hdfs_io.join(root, "raw"), "--output", hdfs_io.join(root, "prep"),
+                                   *DEMO_PREP, *spark])
+    train_args = parser.parse_args(["train", "--prep", prep_args.output, "--model-dir", hdfs_io.join(root, "model"),
+                                    "--export", hdfs_io.join(root, "export"), "--strategy", args.strategy,
+                                    "--epochs", repr(args.epochs), *DEMO_TRAIN, *spark])
+    return prep_args, train_args
+
+
 def cmd_demo(args):
     """``make demo``: generate -> prep -> train (2 TF workers) -> print the export and its AUC."""
     from tfos_jobs.spark import java_version
     java_version()  # before any work, so a missing Java is the first and only error
-    import hdfs_io
     from tfos_jobs.ctr.generator import generate
-    from tfos_jobs.ctr.prep import prep
     started = time.monotonic()
-    root = args.work_dir
-    raw, prepped = hdfs_io.join(root, "raw"), hdfs_io.join(root, "prep")
-    model_dir, export_uri = hdfs_io.join(root, "model"), hdfs_io.join(root, "export")
-    for uri in (model_dir, export_uri):       # a demo starts fresh; `fit` itself would resume
+    prep_args, train_args = demo_commands(args)
+    for uri in (train_args.model_dir, train_args.export):   # a demo starts fresh; `fit` itself would resume
         hdfs_io.delete(uri, recursive=True, missing_ok=True)
-    report = generate(raw, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
-    print(f"generated {args.rows} rows ({report['malformed']} malformed) under {raw}; "
+    report = generate(prep_args.input, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
+    print(f"generated {args.rows} rows ({report['malformed']} malformed) under {prep_args.input}; "
           f"Bayes-optimal AUC {report['bayes_auc']:.4f}", file=sys.stderr)
-    args.workers, args.ps, args.batch_size, args.steps = 2, 1, 256, 0
-    args.arch, args.embedding_dim, args.hidden, args.cross_layers = "dcn", 8, (64, 32), 2
-    args.dropout, args.learning_rate, args.checkpoint_every, args.log_every, args.max_attempts = 0.0, 1e-3, 200, 50, 2
-    spark = job_session(args, PROG, _nodes(args))
+    spark = job_session(args, PROG, _nodes(train_args))
     try:
-        prep(spark, raw, prepped, hash_buckets=2000, overwrite=True)
-        result = _train(args, spark, prepped, model_dir, export_uri)
+        _prep(prep_args, spark)
+        result = _train(train_args, spark)
     finally:
         spark.stop()
     print(f"exported model: {result.export_uri}")

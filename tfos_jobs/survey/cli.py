@@ -19,11 +19,18 @@ import sys
 if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tfos_jobs.cli import add_spark_args, job_session, layer_sizes, positive_int, run_command  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, job_session, layer_sizes,  # noqa: E402
+                           non_negative_float, non_negative_int, positive_float, positive_int, run_command)
 
 PROG = "tfos-survey"
 
 
+def _open_fraction(text):
+    """The validation share: both splits must keep rows."""
+    value = positive_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 
@@ -31,7 +38,7 @@ PROG = "tfos-survey"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description="The survey modelling job, step by step.",
+    parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,7 +64,7 @@ def build_parser():
     p.add_argument("--format", choices=["auto", "csv", "parquet"], default="auto")
     p.add_argument("--files", type=positive_int, default=4,
                    help="Parquet files per split; at least the number of TF workers (default: %(default)s)")
-    p.add_argument("--validation-fraction", type=float, help="overrides the spec's split.validation_fraction")
+    p.add_argument("--validation-fraction", type=_open_fraction, help="overrides the spec's split.validation_fraction")
     p.add_argument("--seed", type=int, help="overrides the spec's split.seed")
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p, executor_memory_mb=1536)
@@ -71,13 +78,13 @@ def build_parser():
     p.add_argument("--strategy", choices=["mwms", "ps"], default="mwms")
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--ps", type=positive_int, default=1, help="parameter servers (ps strategy)")
-    p.add_argument("--epochs", type=float, default=20.0)
-    p.add_argument("--steps", type=int, default=0, help="total steps (overrides --epochs)")
+    p.add_argument("--epochs", type=positive_float, default=20.0)
+    p.add_argument("--steps", type=non_negative_int, default=0, help="total steps (overrides --epochs)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="per worker (default: %(default)s)")
     p.add_argument("--hidden", type=layer_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
     p.add_argument("--embedding-dim", type=positive_int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--dropout", type=dropout_rate)
+    p.add_argument("--learning-rate", type=positive_float)
     p.add_argument("--checkpoint-every", type=positive_int, default=200)
     p.add_argument("--log-every", type=positive_int, default=50)
     p.add_argument("--max-attempts", type=positive_int, default=2)
@@ -89,7 +96,7 @@ def build_parser():
     p.add_argument("--prep", required=True)
     p.add_argument("--export", required=True)
     p.add_argument("--out", required=True, help="output directory URI")
-    p.add_argument("--lr-reg", type=float, default=0.01, help="L2 strength of the LR baseline (default: %(default)s)")
+    p.add_argument("--lr-reg", type=non_negative_float, default=0.01, help="L2 strength of the LR baseline (default: %(default)s)")
     p.add_argument("--lr-max-iter", type=positive_int, default=100)
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p, executor_memory_mb=1536)
@@ -110,8 +117,6 @@ def build_parser():
     return parser
 
 
-
-
 def cmd_example(args):
     from tfos_jobs.survey.data import write_example
     options = {"rows": args.rows, "questions": args.questions, "targets": args.targets, "seed": args.seed} \
@@ -126,8 +131,6 @@ def cmd_prep(args):
     from tfos_jobs.survey import prep, spec
     parsed = spec.load_spec(args.spec)
     fmt, header = spec.preflight(parsed, args.data, args.format)
-    if args.validation_fraction is not None and not 0.0 < args.validation_fraction < 1.0:
-        raise spec.SpecError("--validation-fraction must be between 0 and 1 (exclusive)")
     if hdfs_io.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     spark = job_session(args, PROG, 2)
