@@ -77,8 +77,11 @@ def test_tfos_export_is_broken_on_keras3_and_ours_works(tmp_path):
     from tfos_jobs.export import write_export
 
     model = _tiny_model()
-    with pytest.raises(Exception):
+    # TFoS calls model.save(dir, save_format='tf'): Keras 3 refuses that argument before writing anything
+    with pytest.raises(ValueError, match=r"`save_format` argument is deprecated in Keras 3") as refused:
         tfos_compat.export_saved_model(model, str(tmp_path / "tfos"), is_chief=True)
+    assert "save_format=tf" in str(refused.value), refused.value
+    assert not (tmp_path / "tfos").exists()
 
     write_export(str(tmp_path / "ours"), model, {"a": "float32", "b": "float32"}, {"auc": 0.5})
     serve = tf.saved_model.load(str(tmp_path / "ours" / "saved_model")).signatures["serving_default"]

@@ -68,17 +68,78 @@ def test_gzip_output(tmp_path):
     assert len(read_lines(str(tmp_path / "g"))) == 1000
 
 
+def pairwise_auc(labels, scores):
+    """AUC by its definition, independent of ``metrics.auc``'s rank formula: the share of
+    (positive, negative) pairs the scores order correctly, ties counted half."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[labels], scores[~labels]
+    correct = 0.0
+    for start in range(0, len(positives), 500):
+        chunk = positives[start:start + 500, None]
+        correct += np.sum(chunk > negatives[None, :]) + 0.5 * np.sum(chunk == negatives[None, :])
+    return correct / (len(positives) * len(negatives))
+
+
+def well_formed_rows(model, lines):
+    """Labels and p(x) recomputed from the text the generator wrote (not from its sampled arrays);
+    lines that do not parse as Criteo rows of this model are left out."""
+    index = [{h: i for i, h in enumerate(model.cat_hex[j])} for j in range(schema.NUM_CATEGORICAL)]
+    labels, ints, missing, cats = [], [], [], []
+    for line in lines:
+        f = line.split("\t")
+        if len(f) != schema.NUM_FIELDS or f[0] not in ("0", "1"):
+            continue
+        raw_ints, raw_cats = f[1:1 + schema.NUM_INTEGER], f[1 + schema.NUM_INTEGER:]
+        if not all(v == "" or v.lstrip("-").isdigit() and v.count("-") <= 1 for v in raw_ints):
+            continue
+        if not all(v == "" or v in index[j] for j, v in enumerate(raw_cats)):
+            continue
+        labels.append(int(f[0]))
+        missing.append([v == "" for v in raw_ints])
+        ints.append([int(v) if v else 0 for v in raw_ints])
+        cats.append([index[j][v] if v else model.vocab[j] for j, v in enumerate(raw_cats)])
+    logit = model.logit(np.array(ints, dtype=np.int64), np.array(missing), np.array(cats, dtype=np.int64))
+    return np.array(labels), 1 / (1 + np.exp(-logit))
+
+
+def test_reported_bayes_auc_is_the_auc_of_the_written_rows(tmp_path):
+    report = generator.generate(str(tmp_path / "b"), 4000, files=2, seed=8, malformed_fraction=0.02)
+    labels, p = well_formed_rows(generator.GeneratingModel(), read_lines(str(tmp_path / "b")))
+    assert len(labels) == report["well_formed"] and report["malformed"] > 0, report
+    independent = pairwise_auc(labels, p)
+    assert report["bayes_auc"] == pytest.approx(independent, abs=1e-9), (report["bayes_auc"], independent)
+    assert report["ctr"] == pytest.approx(labels.mean()), report
+    assert 0.7 < independent < 0.95, independent
+
+
 def test_bayes_auc_is_the_auc_of_the_true_probabilities():
     model = generator.GeneratingModel()
     labels, ints, missing, cats, p = model.sample(50_000, seed=3)
     assert abs(labels.mean() - model.params.base_ctr) < 0.02
+    # the rank formula agrees with the pair-counting definition (on a subsample: pairs grow as n^2)
+    assert metrics.auc(labels[:5000], p[:5000]) == pytest.approx(pairwise_auc(labels[:5000], p[:5000]), abs=1e-9)
     bayes = metrics.auc(labels, p)
-    assert 0.7 < bayes < 0.95
-    assert generator.bayes_auc_expected(p) == pytest.approx(bayes, abs=0.01)
+    assert 0.7 < bayes < 0.95, bayes
+    # the closed-form expectation agrees with a Monte Carlo estimate: the mean AUC of p over fresh label
+    # draws from p itself (150 draws: standard error ~0.0002)
+    rng = np.random.default_rng(0)
+    sub = p[:8000]
+    draws = [metrics.auc(rng.random(len(sub)) < sub, sub) for _ in range(150)]
+    expected = generator.bayes_auc_expected(sub)
+    assert expected == pytest.approx(np.mean(draws), abs=0.002), (expected, np.mean(draws), np.std(draws))
     # the probability is a function of the observed fields only: recomputing it from them agrees
     assert np.allclose(1 / (1 + np.exp(-model.logit(ints, missing, cats))), p)
-    # a predictor that ignores the interactions is worse than Bayes
-    assert metrics.auc(labels, p + np.random.default_rng(0).normal(0, 0.2, len(p))) < bayes
+    # the labels were drawn with probability p: in every decile of p the click rate matches p's mean
+    deciles = np.array_split(np.argsort(p), 10)
+    observed = np.array([labels[d].mean() for d in deciles])
+    predicted = np.array([p[d].mean() for d in deciles])
+    assert np.allclose(observed, predicted, atol=0.02), (observed, predicted)
+    # p is the best predictor: noise on it scores lower
+    noisy = p + np.random.default_rng(0).normal(0, 0.2, len(p))
+    assert metrics.auc(labels, noisy) < bayes - 0.02, (metrics.auc(labels, noisy), bayes)
+    # the labels follow p: a constant and a shuffled p score chance on the same labels
+    assert metrics.auc(labels, np.full(len(p), p.mean())) == 0.5
+    assert abs(metrics.auc(rng.permutation(labels), p) - 0.5) < 0.02
 
 
 def test_bad_arguments(tmp_path):
