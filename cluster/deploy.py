@@ -43,6 +43,8 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
+from tfos_jobs.cli import JobParser, bounded_number, positive_int
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -741,24 +743,8 @@ def spark_submit_path() -> str:
 # CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+    return bounded_number(text, float, "a positive number of seconds", lambda v: v > 0)
 
 
 def _conf_pair(text: str) -> tuple[str, str]:
@@ -769,15 +755,8 @@ def _conf_pair(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors are one line naming the flag, exit 2 (as in the job CLIs)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _res_args(p):
-    p.add_argument("--tf-nodes", type=_positive_int, default=2, help="executors, one TF node each (default: 2)")
+    p.add_argument("--tf-nodes", type=positive_int, default=2, help="executors, one TF node each (default: 2)")
     p.add_argument("--executor-memory", default="1g")
     p.add_argument("--executor-memory-overhead", default="2g", help="for the Python worker and TF process")
     p.add_argument("--driver-memory", default="1g")
@@ -790,7 +769,7 @@ def _res(args) -> Resources:
 
 
 def build_parser():
-    parser = _Parser(prog="tfos-deploy", description=__doc__.split("\n\n")[0])
+    parser = JobParser(prog="tfos-deploy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("package", help="build the packed environment (cached), code zip and entry script")
     p.add_argument("--out", default=str(REPO / "work" / "deploy"))

@@ -15,66 +15,43 @@ class JobParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text):
+def bounded_number(text, parse, what, ok):
+    """``parse(text)`` if it is finite and ``ok``; otherwise argparse's one-line error ``must be <what>``."""
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def positive_int(text):
+    return bounded_number(text, int, "a positive integer", lambda v: v >= 1)
 
 
 def non_negative_int(text):
     """``--steps``: 0 means "derive from --epochs"; a negative count is a typo, not a request."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
-
-
-def _finite(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+    return bounded_number(text, int, "a non-negative integer", lambda v: v >= 0)
 
 
 def positive_float(text):
     """``--epochs``, ``--learning-rate``: finite and above zero (``nan`` and ``inf`` parse as floats)."""
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    return bounded_number(text, float, "a positive finite number", lambda v: v > 0)
 
 
 def non_negative_float(text):
     """Regularization strengths: 0 turns them off."""
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return value
+    return bounded_number(text, float, "a non-negative finite number", lambda v: v >= 0)
 
 
 def fraction(text):
     """A share of rows in [0, 1] (validation split, malformed lines)."""
-    value = _finite(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+    return bounded_number(text, float, "between 0 and 1", lambda v: 0 <= v <= 1)
 
 
 def dropout_rate(text):
-    value = _finite(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+    return bounded_number(text, float, "in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def layer_sizes(text):

@@ -19,18 +19,16 @@ import sys
 if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, job_session, layer_sizes,  # noqa: E402
-                           non_negative_float, non_negative_int, positive_float, positive_int, run_command)
+from tfos_jobs.cli import (JobParser, add_spark_args, bounded_number, dropout_rate, job_session,  # noqa: E402
+                           layer_sizes, non_negative_float, non_negative_int, positive_float, positive_int,
+                           run_command)
 
 PROG = "tfos-survey"
 
 
 def _open_fraction(text):
     """The validation share: both splits must keep rows."""
-    value = positive_float(text)
-    if value >= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
+    return bounded_number(text, float, "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
 
 
 
