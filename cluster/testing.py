@@ -153,3 +153,61 @@ def describe(proc, lines: int = 60) -> str:
         if text:
             parts.append(f"--- {name} (last {lines} lines) ---\n{tail(text, lines)}")
     return "\n".join(parts)
+
+
+def yarn_app_ids(text: str | bytes | None) -> list[str]:
+    """The YARN application ids named in a command's output (spark-submit prints its own), in order."""
+    import re
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return list(dict.fromkeys(re.findall(r"application_\d+_\d+", text or "")))
+
+
+def yarn_report(web: str, app_id: str, timeout: float = 10) -> str:
+    """One YARN application as the ResourceManager sees it (``ws/v1/cluster/apps/<id>``), for an
+    assertion message: name, state, final status, diagnostics and where its AM's logs are. Never raises:
+    an RM that does not answer is reported as such."""
+    from . import config
+    try:
+        app = config.http_json(f"{web}/ws/v1/cluster/apps/{app_id}", timeout=timeout)["app"]
+    except Exception as exc:  # noqa: BLE001 - this only describes a failure, it must not cause one
+        return f"YARN application {app_id}: the ResourceManager at {web} did not answer ({exc})"
+    diagnostics = (app.get("diagnostics") or "").strip() or "(none)"
+    return (f"YARN application {app_id} ({app.get('name')}): state {app.get('state')}, final status "
+            f"{app.get('finalStatus')}, {app.get('runningContainers', 0)} running container(s)\n"
+            f"  diagnostics: {diagnostics}\n  AM container logs: {app.get('amContainerLogs') or '(none)'}")
+
+
+def describe_yarn(proc, web: str, lines: int = 60, app_ids: list[str] | None = None) -> str:
+    """:func:`describe` of a command that ran YARN applications (spark-submit), plus the
+    ResourceManager's report (:func:`yarn_report`) on each application named in its output."""
+    ids = app_ids if app_ids is not None else yarn_app_ids(getattr(proc, "stdout", "") or "") + \
+        yarn_app_ids(getattr(proc, "stderr", "") or "")
+    reports = [yarn_report(web, i) for i in dict.fromkeys(ids)]
+    return "\n".join([describe(proc, lines)] + (reports or ["(no YARN application id in the output)"]))
+
+
+def describe_submission(sub, web: str | None = None, lines: int = 60) -> str:
+    """A ``cluster.deploy.Submission`` (``deploy.submit``'s result) for an assertion message: exit code,
+    YARN application, state, final status and diagnostics (asked again of the ResourceManager when
+    ``web`` is given) and the tail of spark-submit's output."""
+    parts = [f"spark-submit exit code {sub.returncode} after {sub.wall_s} s; YARN application {sub.app_id}: "
+             f"{sub.state}/{sub.final_status}; diagnostics: {sub.diagnostics or '(none)'}"]
+    if web:
+        parts += [yarn_report(web, i) for i in dict.fromkeys(([sub.app_id] if sub.app_id else [])
+                                                             + yarn_app_ids(sub.output))]
+    parts.append(f"--- spark-submit output (last {lines} lines) ---\n{tail(sub.output, lines)}")
+    return "\n".join(parts)
+
+
+def describe_steps(results: list[dict], web: str | None = None, lines: int = 60) -> str:
+    """``cluster.emr.run_steps`` results for an assertion message: each step's outcome, the first failed
+    step's error (with spark-submit's output) and the ResourceManager's report on its applications."""
+    parts = [f"steps: {[(r['name'], r['ok'], r.get('final_status'), r['wall_s']) for r in results]}"]
+    for r in results:
+        if not r["ok"]:
+            parts.append(f"--- step {r['name']} failed (last {lines} lines) ---\n{tail(r.get('error'), lines)}")
+            if web:
+                parts += [yarn_report(web, i) for i in yarn_app_ids(r.get("error"))]
+            break
+    return "\n".join(parts)

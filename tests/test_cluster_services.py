@@ -12,7 +12,7 @@ import pytest
 import cluster
 from cluster import config, manager
 from cluster.deploy import spark_ui_startup_race
-from cluster.testing import run_process
+from cluster.testing import describe, describe_yarn, run_process
 from cluster.testing import bounded as with_timeout
 
 pytestmark = pytest.mark.cluster
@@ -27,6 +27,8 @@ def hdfs_client(conn):
 
 
 def submit(conn, master: str, app: str, *args: str, timeout=300, conf=()):
+    """spark-submit ``app`` on ``master``; returns the finished process (output in ``stdout``) once it
+    exited 0, else fails with its output's tail (and, on YARN, the application's diagnostics)."""
     env = cluster.client_env(conn)
     argv = [SPARK_SUBMIT, "--master", master]
     for c in conf:
@@ -35,8 +37,13 @@ def submit(conn, master: str, app: str, *args: str, timeout=300, conf=()):
     res = run_process(argv, env=env, timeout=timeout)
     if res.returncode != 0 and spark_ui_startup_race(res.stdout):
         res = run_process(argv, env=env, timeout=timeout)  # Spark's own race, before the app ran
-    assert res.returncode == 0, f"spark-submit failed ({res.returncode}):\n{res.stdout[-6000:]}"
-    return res.stdout
+    assert res.returncode == 0, explain(conn, res, master)
+    return res
+
+
+def explain(conn, res, master):
+    """A spark-submit run for an assertion message: describe(), plus the YARN diagnostics on YARN."""
+    return describe_yarn(res, conn["yarn"]["web"]) if master.startswith("yarn") else describe(res)
 
 
 def test_status_and_connection_file(pseudo_cluster):
@@ -97,10 +104,10 @@ def test_hdfs_file_read_back_through_spark(pseudo_cluster, tmp_path):
         "print('RESULT', count, total, spark.sparkContext.master)\n"
         "spark.stop()\n")
     uri = conn["hdfs"]["uri"]
-    out = submit(conn, conn["spark"]["master"], str(app), f"{uri}{base}/input.csv",
+    res = submit(conn, conn["spark"]["master"], str(app), f"{uri}{base}/input.csv",
                  f"{uri}{base}/output",
                  conf=["spark.executor.memory=512m", "spark.cores.max=2"])
-    assert f"RESULT 1000 {sum(2 * i for i in range(1000))} {conn['spark']['master']}" in out
+    assert f"RESULT 1000 {sum(2 * i for i in range(1000))} {conn['spark']['master']}" in res.stdout, describe(res)
 
     def read_output():
         parts = [s.path for s in client.list_status(f"{base}/output")
@@ -122,18 +129,19 @@ def test_spark_application_on_yarn(pseudo_cluster, tmp_path):
         "n = sc.parallelize(range(1000), 2).map(lambda x: x * x).sum()\n"
         "print('RESULT', n, sc.master, sc.applicationId)\n"
         "spark.stop()\n")
-    out = submit(conn, "yarn", str(app), conf=[
+    res = submit(conn, "yarn", str(app), conf=[
         "spark.executor.instances=1", "spark.executor.memory=512m", "spark.executor.cores=1"])
-    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
-    _, n, master, app_id = line.split()
-    assert int(n) == sum(x * x for x in range(1000)) and master == "yarn"
+    lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+    assert len(lines) == 1, f"expected one RESULT line\n{explain(conn, res, 'yarn')}"
+    _, n, master, app_id = lines[0].split()
+    assert int(n) == sum(x * x for x in range(1000)) and master == "yarn", explain(conn, res, "yarn")
     assert app_id.startswith("application_")
     # The ResourceManager saw it run and succeed.
     info = config.http_json(f"{conn['yarn']['web']}/ws/v1/cluster/apps/{app_id}")["app"]
     assert info["name"] == name
-    assert info["state"] == "FINISHED" and info["finalStatus"] == "SUCCEEDED", info
+    assert info["state"] == "FINISHED" and info["finalStatus"] == "SUCCEEDED", explain(conn, res, "yarn")
     # Spark's jars came from the local install (spark.yarn.jars=local:...), not an upload.
-    assert "__spark_libs__" not in out
+    assert "__spark_libs__" not in res.stdout, explain(conn, res, "yarn")
 
 
 def test_s3_object_roundtrip(pseudo_cluster, cluster_env):
@@ -163,7 +171,7 @@ def test_s3_object_roundtrip(pseudo_cluster, cluster_env):
 def test_cli_status_json(pseudo_cluster):
     res = run_process([sys.executable, "-m", "cluster", "status", "--json"], timeout=120,
                       env={"TFOS_CLUSTER_HOME": pseudo_cluster["home"]})
-    assert res.returncode == 0, res.stdout
+    assert res.returncode == 0, describe(res)
     rows = json.loads(res.stdout)
     assert all(r["healthy"] for r in rows)
     assert manager.rss_total() > 0

@@ -11,6 +11,7 @@ import pytest
 import cluster
 from cluster import config, jars, manager
 from cluster.errors import ClusterError
+from cluster.testing import describe
 
 
 def _props(path):
@@ -97,7 +98,8 @@ def test_cli_status_on_empty_home(tmp_path):
     env = {"TFOS_CLUSTER_HOME": str(tmp_path / "empty"), "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-m", "cluster", "status", "--json"], env=env,
                          capture_output=True, text=True, timeout=120)
-    assert res.returncode == 3 and json.loads(res.stdout) == []
+    assert res.returncode == 3, describe(res)
+    assert json.loads(res.stdout) == [], describe(res)
 
 
 def _fake_service(name, code, healthy=False, port=29990):

@@ -12,6 +12,7 @@ import pytest
 
 from cluster import deploy, emr
 from cluster.deploy import DeployError, Resources
+from cluster.testing import describe
 
 
 def conf_of(argv):
@@ -168,8 +169,8 @@ def test_code_zip_is_deterministic_and_importable(tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
                           "import tfos_jobs.node, hdfs_io, cluster.probe; print(tfos_jobs.node.__file__)", str(a)],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith(str(a))
+    assert out.returncode == 0, describe(out)
+    assert out.stdout.strip().startswith(str(a)), describe(out)
 
 
 def test_env_key_depends_on_what_the_environment_is_built_from():
@@ -218,15 +219,16 @@ def test_bootstrap_script_checks_python(tmp_path):
     paths = emr.generate(CONFIG, tmp_path / "emr", pkg=fake_package(tmp_path))
     script = paths["bootstrap.sh"]
     assert os.access(script, os.X_OK) and open(script).readline() == "#!/bin/bash\n"
-    assert subprocess.run(["bash", "-n", script], timeout=30).returncode == 0
+    syntax = subprocess.run(["bash", "-n", script], capture_output=True, text=True, timeout=30)
+    assert syntax.returncode == 0, describe(syntax)
     # the right Python already there: nothing to install
     ok = subprocess.run(["bash", script, os.path.realpath(sys.executable)], capture_output=True, text=True,
                         timeout=60)
-    assert ok.returncode == 0 and "is Python" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "is Python" in ok.stdout, describe(ok)
     # no such Python and no package manager on PATH: a clear failure, not a hang
     bad = subprocess.run(["/bin/bash", script, "/nonexistent/python3.11"], capture_output=True, text=True,
                          timeout=60, env={"PATH": str(tmp_path)})
-    assert bad.returncode != 0 and "no package manager" in bad.stderr
+    assert bad.returncode != 0 and "no package manager" in bad.stderr, describe(bad)
 
 
 @pytest.mark.parametrize("mutate, match", [
@@ -272,8 +274,9 @@ def test_config_errors_are_clear(change, match):
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: x\njob: tfos_jobs.ctr\nsteps: []\n")
-    assert deploy.main(["emr", str(cfg), "--out", str(tmp_path / "o")]) == 2
-    assert "tfos-deploy: error:" in capsys.readouterr().err
+    code = deploy.main(["emr", str(cfg), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 2 and "tfos-deploy: error:" in captured.err, (code, captured.out[-3000:], captured.err[-3000:])
 
 
 RACE = ("py4j.protocol.Py4JJavaError: An error occurred while calling None.org.apache.spark.api.java."

@@ -13,8 +13,7 @@ import pytest
 
 import cluster
 from cluster import config
-from cluster.testing import run_process
-from cluster.testing import bounded
+from cluster.testing import bounded, describe, run_process
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -31,11 +30,13 @@ def deploy_submit(conn, master, module, args, timeout=420):
     res = run_process(argv, env=cluster.client_env(conn), timeout=timeout)
     took = time.monotonic() - t0
     print(f"{module} {args[0]} on {master}: exit {res.returncode} in {took:.0f} s")
-    assert res.returncode == 0, res.stdout[-6000:]
-    status = json.loads(next(line for line in reversed(res.stdout.splitlines()) if line.startswith('{"app_id"')))
-    assert status["returncode"] == 0 and status["app_id"] is None, status     # not a YARN application
-    return json.loads(next(line for line in res.stdout.splitlines() if line.startswith('{"') and
-                           not line.startswith('{"app_id"')))
+    assert res.returncode == 0, describe(res)
+    status = [line for line in res.stdout.splitlines() if line.startswith('{"app_id"')]
+    printed = [line for line in res.stdout.splitlines() if line.startswith('{"') and not line.startswith('{"app_id"')]
+    assert status and printed, f"no status line or no JSON line from the job\n{describe(res)}"
+    status = json.loads(status[-1])
+    assert status["returncode"] == 0 and status["app_id"] is None, (status, describe(res))  # not a YARN application
+    return json.loads(printed[0])
 
 
 def read_json(uri):

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from cluster.testing import run_process
+from cluster.testing import describe, run_process
 
 pytestmark = pytest.mark.cluster
 
@@ -104,9 +104,9 @@ def test_feed_on_the_standalone_cluster(pseudo_cluster, tmp_path):
     app.write_text(APP.format(repo=REPO, master=master, hdfs_data=hdfs_data))
     res = run_process([sys.executable, str(app)], timeout=480, env={"SPARK_LOCAL_IP": "127.0.0.1"})
     lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
-    assert res.returncode == 0 and lines, f"feed app failed ({res.returncode}):\n{res.stdout[-6000:]}"
+    assert res.returncode == 0 and lines, f"feed app failed\n{describe(res)}"
     out = json.loads(lines[-1][len("RESULT "):])
-    assert out["master"] == master
+    assert out["master"] == master, describe(res)
     assert out["exactly_once"] and out["errors"] == [None, None] and out["error"] is None and not out["hung"]
     assert abs(out["shares"][0] - out["shares"][1]) <= 2 * 9, out["shares"]
     assert all(1 <= p <= 3 for p in out["peak_in_flight"]), out["peak_in_flight"]

@@ -381,7 +381,7 @@ def test_forked_children(pseudo_cluster, env):
         hdfs_io.write_parquet(table(30), sds)
         # a fresh parent that has not read HDFS data (like a Spark Python worker starting the TF
         # process): its forked child can do everything. Run in a new interpreter, stopped by PID.
-        from cluster.testing import run_process
+        from cluster.testing import describe, run_process
 
         script = (
             "import json, multiprocessing as mp, sys\n"
@@ -395,9 +395,9 @@ def test_forked_children(pseudo_cluster, env):
         )
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         done = run_process([sys.executable, "-c", script, repo, hds, sds], env=env, timeout=120, cwd=repo)
-        assert done.returncode == 0, done.stdout[-2000:]
+        assert done.returncode == 0 and "RESULT " in done.stdout, describe(done)
         first = json.loads(done.stdout.split("RESULT ", 1)[1])
-        assert first == {"s3_rows": 30, "hdfs_exists": True, "hdfs_rows": 30}
+        assert first == {"s3_rows": 30, "hdfs_exists": True, "hdfs_rows": 30}, describe(done)
         assert hdfs_io.read_parquet(hds).num_rows == 30  # this process has now read HDFS data
         # after the parent read HDFS data, a forked child's HDFS reads fail at once with a clear
         # message (hdfs-native's connection cache does not survive fork), the rest still works

@@ -112,6 +112,21 @@ def outputs_text(cell):
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
+def notebook_tail(nb, lines=60):
+    """The last lines the executed notebook printed (streams and errors): for assertion messages."""
+    from cluster.testing import tail
+    text = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for o in cell.outputs:
+            if o.output_type == "stream":
+                text.append(o.get("text", ""))
+            elif o.output_type == "error":
+                text.append(f"[cell {index}] {o.get('ename')}: {o.get('evalue')}\n")
+    return f"--- notebook output (last {lines} lines) ---\n" + tail("".join(text), lines)
+
+
 def images(nb):
     return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
                if o.output_type == "display_data" and "image/png" in o.get("data", {}))
@@ -120,10 +135,10 @@ def images(nb):
 def check_executed(nb, name, leftover):
     assert not leftover, f"{name}: processes left behind by the kernel: {leftover}"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count for c in code), f"{name}: not every code cell ran"
+    assert all(c.execution_count for c in code), f"{name}: not every code cell ran\n{notebook_tail(nb)}"
     # the kernel is this virtual environment's interpreter
-    assert f"kernel python: {sys.executable}" in outputs_text(code[0])
-    assert "notebook done in" in outputs_text(code[-1])
+    assert f"kernel python: {sys.executable}" in outputs_text(code[0]), notebook_tail(nb)
+    assert "notebook done in" in outputs_text(code[-1]), notebook_tail(nb)
     assert nb.metadata["language_info"]["name"] == "python"
 
 
@@ -133,7 +148,7 @@ def test_ctr_notebook_runs(tmp_path, monkeypatch):
     nb, seconds, leftover = run_notebook("ctr_prototyping", tmp_path, monkeypatch)
     check_executed(nb, "ctr_prototyping", leftover)
     text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
-    assert "validation AUC" in text and "pseudo-cluster section skipped" in text
+    assert "validation AUC" in text and "pseudo-cluster section skipped" in text, notebook_tail(nb)
     assert images(nb) == 1          # ROC, calibration and loss per step: one figure, three panels
     root = tmp_path / "root" / "ctr"
     assert (root / "export" / "_SUCCESS").exists() and list((root / "model" / "tensorboard").iterdir())
@@ -145,7 +160,7 @@ def test_survey_notebook_runs(tmp_path, monkeypatch):
     nb, seconds, leftover = run_notebook("survey_prototyping", tmp_path, monkeypatch)
     check_executed(nb, "survey_prototyping", leftover)
     text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
-    assert "acc majority" in text and "logloss LR" in text
+    assert "acc majority" in text and "logloss LR" in text, notebook_tail(nb)
     assert images(nb) == 2          # accuracy vs baselines; answer distributions of a few respondents
     root = tmp_path / "root" / "survey"
     assert (root / "export" / "_SUCCESS").exists() and (root / "predictions" / "_SUCCESS").exists()
@@ -159,4 +174,4 @@ def test_ctr_notebook_on_the_pseudo_cluster(pseudo_cluster, tmp_path, monkeypatc
     nb, seconds, leftover = run_notebook("ctr_prototyping", tmp_path, monkeypatch, cluster="1")
     check_executed(nb, "ctr_prototyping", leftover)
     text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
-    assert f"on {pseudo_cluster['spark']['master']}: export hdfs://" in text
+    assert f"on {pseudo_cluster['spark']['master']}: export hdfs://" in text, notebook_tail(nb)
