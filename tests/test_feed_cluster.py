@@ -93,7 +93,9 @@ APP = textwrap.dedent("""
             "shares": [sum(len(ids) for e, ids in g) for g in got]}}
     finally:
         spark.stop()
-    print("RESULT " + json.dumps(out))
+    # one write() after Spark has stopped: no JVM log line can land inside the result line
+    sys.stdout.write("RESULT " + json.dumps(out) + "\n")
+    sys.stdout.flush()
 """)
 
 
