@@ -9,7 +9,8 @@ import pytest
 import hdfs_io
 from tfos_jobs.trainer import fit
 
-from test_training_e2e import DemoCTRTask, ctr_data, source  # noqa: F401
+from conftest import own_tf_node_processes
+from test_training_e2e import DemoCTRTask, assert_export_learned, ctr_data, source  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +29,18 @@ def test_rerun_resumes_from_the_last_checkpoint(local_spark, ctr_data, tmp_path)
 
 
 def _executor_of(pattern):
-    """The Spark executor JVM above the TF node process whose command line contains ``pattern``."""
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "tfos_jobs.node" in cmdline and pattern in cmdline:
+    """The Spark executor JVM above the TF node process whose command line contains ``pattern``, chosen
+    among this test process's own descendants only: other jobs on the machine are never candidates."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    for proc in own_tf_node_processes():
+        try:
+            if pattern not in " ".join(proc.cmdline()):
+                continue
             for parent in proc.parents():
-                if "CoarseGrainedExecutorBackend" in " ".join(parent.cmdline()):
+                if parent.pid in ours and "CoarseGrainedExecutorBackend" in " ".join(parent.cmdline()):
                     return parent
+        except psutil.Error:
+            continue
     return None
 
 
@@ -72,3 +78,5 @@ def test_lost_executor_restarts_the_cluster_from_the_checkpoint(local_spark, ctr
     assert result.resumed_from >= 20, "the second TF cluster must resume from a checkpoint, not step 0"
     assert result.steps == 1500
     assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
+    # the model put together from checkpoints across attempts still learned
+    assert_export_learned(result.export_uri, valid, result.metrics)
