@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,6 +31,12 @@ def cli(conn, *argv: str, timeout: float = 600):
     proc = run_process([str(BIN / argv[0]), *argv[1:]], env=cluster.client_env(conn), timeout=timeout)
     assert proc.returncode == 0, describe(proc)
     return proc
+
+
+def printed_json(proc):
+    """The (possibly indented) JSON document a command printed after its log lines."""
+    start = min(i for i in (proc.stdout.find("{"), proc.stdout.find("[")) if i >= 0)
+    return json.JSONDecoder().raw_decode(proc.stdout[start:])[0]
 
 
 def last_json(proc) -> dict:
@@ -60,7 +68,7 @@ def test_ctr_generate_prep_train_evaluate_score(pseudo_cluster, tmp_path):
                             "--batch-size", "128", "--epochs", "2", "--embedding-dim", "8", "--hidden", "32,16",
                             "--cross-layers", "1", *master))
     assert trained["attempts"] == 1 and trained["nodes"] == ["chief:0", "worker:0"], trained
-    assert (export / "saved_model.pb").exists() and (export / "ctr.json").exists(), sorted(os.listdir(export))
+    assert (export / "saved_model" / "saved_model.pb").exists() and (export / "ctr.json").exists(), sorted(os.listdir(export))
 
     evaluated = last_json(cli(pseudo_cluster, "tfos-ctr", "evaluate", "--export", str(export),
                               "--data", str(prep / "valid")))
@@ -101,19 +109,24 @@ def test_survey_example_prep_train_evaluate_predict(pseudo_cluster, tmp_path):
     assert parquet_rows(tmp_path / "predictions") == 944
 
 
-def test_ctr_demo(pseudo_cluster, tmp_path):
+def test_ctr_demo(tmp_path):
     """What `make demo` runs, at a smaller size: it must print the export and the validation AUC."""
-    proc = cli(pseudo_cluster, "tfos-ctr", "demo", "--work-dir", str(tmp_path / "demo"), "--rows", "6000",
-               "--epochs", "1", "--executor-memory-mb", "1024")
+    # as typed in a plain shell: no TFOS_SPARK_MASTER (the session's standalone master has 2 executors, the
+    # demo's ps topology needs 4), so the demo starts its own local-cluster
+    env = {k: v for k, v in os.environ.items() if k != "TFOS_SPARK_MASTER"}
+    proc = subprocess.run([str(BIN / "tfos-ctr"), "demo", "--work-dir", str(tmp_path / "demo"), "--rows", "6000",
+                           "--epochs", "1", "--executor-memory-mb", "1024"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
     exported = re.search(r"^exported model: (\S+)$", proc.stdout, re.M)
     auc = re.search(r"^validation AUC: (0\.\d{4})", proc.stdout, re.M)
     assert exported and auc, describe(proc)
-    assert Path(exported.group(1).removeprefix("file://"), "saved_model.pb").exists(), describe(proc)
+    assert Path(exported.group(1).removeprefix("file://"), "saved_model", "saved_model.pb").exists(), describe(proc)
 
 
 def test_cluster_status_env_fetch(pseudo_cluster):
     status = cli(pseudo_cluster, "tfos-cluster", "status", "--json")
-    rows = json.loads(status.stdout)
+    rows = printed_json(status)
     assert {r["service"] for r in rows} >= {"namenode", "datanode", "resourcemanager", "nodemanager",
                                             "spark-master", "s3"}, rows
     assert all(r["healthy"] for r in rows), rows
@@ -125,8 +138,36 @@ def test_cluster_status_env_fetch(pseudo_cluster):
     cli(pseudo_cluster, "tfos-cluster", "fetch")     # the jars are cached: a no-op that must succeed
 
 
+def test_cluster_up_status_down_private(pseudo_cluster, tmp_path, monkeypatch):
+    """`up` and `down` typed as a user would, on a private cluster (own state directory and port block)
+    beside the session's; whatever happens, the test stops what it started (by PID, manager.down)."""
+    from cluster import manager
+    monkeypatch.setenv("TFOS_CLUSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TFOS_CLUSTER_PORT_BASE", "20900")
+    env = dict(os.environ, TFOS_CLUSTER_HOME=str(tmp_path / "home"), TFOS_CLUSTER_PORT_BASE="20900")
+
+    def tfos_cluster(*args, timeout=120):
+        # not run_process: that stops every process the command started, and `up` starts daemons to keep
+        proc = subprocess.run([str(BIN / "tfos-cluster"), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, describe(proc)
+        return proc
+    try:
+        conn = printed_json(tfos_cluster("up", "--workers", "1", "--json", timeout=300))
+        assert conn["hdfs"]["uri"] == "hdfs://127.0.0.1:20900", conn
+        status = tfos_cluster("status", "--json")
+        rows = printed_json(status)
+        assert rows and all(r["healthy"] for r in rows), describe(status)
+        pids = [r["pid"] for r in rows]
+        down = tfos_cluster("down")
+        left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"still running after down: {left}\n{describe(down)}"
+    finally:
+        manager.down()     # whatever happened above: every process of the private cluster, by PID
+
+
 def test_deploy_package_emr_submit_dry_run(pseudo_cluster, tmp_path):
-    pkg = json.loads(cli(pseudo_cluster, "tfos-deploy", "package", "--out", str(tmp_path / "pkg")).stdout)
+    pkg = printed_json(cli(pseudo_cluster, "tfos-deploy", "package", "--out", str(tmp_path / "pkg")))
     for key in ("env_archive", "code_zip", "entry"):
         assert Path(pkg[key]).is_file(), pkg
 
@@ -135,9 +176,9 @@ def test_deploy_package_emr_submit_dry_run(pseudo_cluster, tmp_path):
         "name": "ctr-daily", "job": "tfos_jobs.ctr", "code_uri": "s3://my-bucket/tfos/pkg",
         "steps": [{"name": "prep", "args": ["prep", "--input", "s3://my-bucket/raw", "--output", "s3://my-bucket/prep"]}],
     }))
-    paths = last_json(cli(pseudo_cluster, "tfos-deploy", "emr", str(config), "--out", str(tmp_path / "emr")))
+    paths = printed_json(cli(pseudo_cluster, "tfos-deploy", "emr", str(config), "--out", str(tmp_path / "emr")))
     steps = json.loads(Path(paths["steps.json"]).read_text())
-    assert [s["Name"] for s in steps] == ["prep"] and steps[0]["Args"][0] == "spark-submit", steps
+    assert [s["Name"] for s in steps] == ["ctr-daily: prep"] and steps[0]["Args"][0] == "spark-submit", steps
 
     proc = cli(pseudo_cluster, "tfos-deploy", "submit", "--dry-run", "--package-dir", str(tmp_path / "pkg"),
                "--conf", "spark.yarn.maxAppAttempts=1", "tfos_jobs.ctr", "prep", "--input", "hdfs:///raw",
