@@ -273,9 +273,40 @@ def test_parameter_server_training_on_synthetic_survey(local_spark, synthetic_pr
                              batch_size=32, log_every=20, hidden=[32])
     assert sorted(result.nodes) == ["chief:0", "ps:0", "worker:0"] and result.steps == 40
     assert hdfs_io.is_published(str(root / "export"))
+    assert_survey_model_learned(plan, str(root / "prep"), str(root / "export"), result.metrics)
+
+
+def assert_survey_model_learned(plan, prep_uri, export_uri, reported, margin=0.05, cache=None):
+    """The export's own predictions on the validation rows, scored here, against the majority answer of
+    the training rows (the best accuracy of a model that learned nothing from the other answers) and the
+    training answer frequencies (the best log loss of such a model); ``reported``: the chief's figures."""
+    from tfos_jobs.export import load_serving
+    from tfos_jobs.survey.model import predict_probabilities
+    train = hdfs_io.read_parquet(hdfs_io.join(prep_uri, "train"))
+    valid = hdfs_io.read_parquet(hdfs_io.join(prep_uri, "valid"))
+    probabilities = predict_probabilities(load_serving(export_uri, cache),
+                                          {name: valid.column(name).to_numpy() for name in plan["inputs"]})
+    out = {}
     for t in plan["targets"]:
-        assert 0.0 <= result.metrics[f"valid/{t['label']}/accuracy"] <= 1.0
-        assert result.metrics[f"valid/{t['label']}/rows"] == sum(t["valid_counts"])
+        label = t["label"]
+        labels = valid.column(label).to_numpy()
+        answered, p = labels[labels >= 0], probabilities[label][labels >= 0]
+        train_labels = train.column(label).to_numpy()
+        train_labels = train_labels[train_labels >= 0]
+        frequencies = np.bincount(train_labels, minlength=len(t["classes"])) / len(train_labels)
+        figures = {"rows": len(answered), "accuracy": float(np.mean(p.argmax(axis=1) == answered)),
+                   "majority_accuracy": float(np.mean(answered == frequencies.argmax())),
+                   "log_loss": float(-np.mean(np.log(np.clip(p[np.arange(len(answered)), answered], 1e-7, 1)))),
+                   "frequencies_log_loss": float(-np.mean(np.log(np.clip(frequencies[answered], 1e-7, 1)))),
+                   "reported": {k: v for k, v in reported.items() if k.startswith(f"valid/{label}/")}}
+        print("learning check:", t.get("column", label), figures)
+        assert figures["accuracy"] > figures["majority_accuracy"] + margin, figures
+        assert figures["log_loss"] < figures["frequencies_log_loss"], figures
+        if figures["reported"]:
+            assert figures["reported"][f"valid/{label}/rows"] == figures["rows"] == sum(t["valid_counts"]), figures
+            assert figures["reported"][f"valid/{label}/accuracy"] == pytest.approx(figures["accuracy"]), figures
+        out[label] = figures
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +330,9 @@ def anes96_run(local_spark, tmp_path_factory):
 
 @pytest.mark.slow
 def test_anes96_model_beats_majority_on_every_target(anes96_run):
+    from tfos_jobs.survey.evaluate import format_table
     report = anes96_run["report"]
+    print(format_table(report))
     assert set(report["targets"]) == {"vote", "PID", "selfLR"}
     for name, entry in report["targets"].items():
         model, majority, lr = entry["model"], entry["majority"], entry["logistic_regression"]
@@ -307,6 +340,9 @@ def test_anes96_model_beats_majority_on_every_target(anes96_run):
         assert model["accuracy"] > majority["accuracy"], f"{name}: {model} vs majority {majority}"
         assert model["log_loss"] < majority["log_loss"], f"{name}: {model} vs majority {majority}"
         assert 0 < lr["accuracy"] <= 1 and lr["log_loss"] > 0
+    # the same, measured here from the export's own predictions and the prepped rows
+    assert_survey_model_learned(anes96_run["plan"], str(anes96_run["root"] / "prep"),
+                                str(anes96_run["root"] / "export"), anes96_run["result"].metrics, margin=0.03)
     # the chief's in-training evaluation agrees with the Spark-side scoring of the export
     metrics = anes96_run["result"].metrics
     for t in anes96_run["plan"]["targets"]:
