@@ -11,6 +11,7 @@ The YARN watchdog (an application RUNNING with fewer executors than TF nodes) is
 """
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -99,18 +100,18 @@ def test_fewer_data_files_than_workers_is_refused_before_training(local_spark, c
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_fewer_executors_than_tf_nodes_is_a_clear_error(local_spark, ctr_files, tmp_path):
-    """local_spark has 3 executors; mwms with 4 workers needs 4 TF nodes, one executor each."""
+    """local_spark has 3 executors (fewer for a moment after a test killed one); mwms with 4 workers needs
+    4 TF nodes, one executor each."""
     train, valid = ctr_files
     sc = local_spark.sparkContext
-    have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1
-    assert have == 3, f"the test session's local-cluster should have 3 executors, has {have}"
     with pytest.raises(RuntimeError) as err:
         fit(sc, DemoCTRTask(valid), source(train), strategy="mwms", num_workers=4,
             model_dir=str(tmp_path / "model"), batch_size=64, steps=5, start_timeout_s=3)
     message = str(err.value)
     assert not isinstance(err.value, (ClusterLost, TrainingFailed)), repr(err.value)
-    assert "the TF cluster needs 4 Spark executors (one TF node each) but only 3 registered within 3 s" \
-        in message, message
+    assert re.fullmatch(r"the TF cluster needs 4 Spark executors \(one TF node each\) but only [0-3] registered "
+                        r"within 3 s", message), message
+    assert not os.path.exists(tmp_path / "model"), "nothing was started"
 
 
 # ----------------------------------------------------------------------------------- the feed's exactly-once checks
