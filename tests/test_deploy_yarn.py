@@ -4,7 +4,9 @@ with its data on HDFS; bad input fails fast and clearly, and nothing stays ACCEP
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import re
 import time
 import uuid
 
@@ -13,8 +15,12 @@ import pytest
 import cluster
 from cluster import config, deploy, emr
 from cluster.deploy import DeployError, Resources
-from cluster.testing import run_process
-from cluster.testing import bounded
+from cluster.testing import auc, bounded, describe_steps, describe_submission, describe_yarn, \
+    majority_baseline, run_process, yarn_report
+# Training long enough to learn, as measured for test_deploy_spark (20 steps at the default rate left the
+# CTR model near chance)
+from test_deploy_spark import (CTR_LEARNING_RATE, CTR_ROWS, CTR_STEPS, SURVEY_LEARNING_RATE, SURVEY_MIN_GAIN,
+                               SURVEY_STEPS, assert_ctr_learned)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -63,14 +69,15 @@ def run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster):
     results = emr.run_steps(paths["steps.json"], env=shipped["env"], timeout=600, accept_timeout=240)
     took = time.monotonic() - t0
     print("steps:", [(r["name"], r["ok"], r["wall_s"]) for r in results], f"total {took:.0f} s")
-    failed = [r for r in results if not r["ok"]]
-    assert not failed, failed[0]["error"][-6000:]
-    assert len(results) == len(cfg["steps"]) and all(r["final_status"] == "SUCCEEDED" for r in results)
     web = pseudo_cluster["yarn"]["web"]
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, describe_steps(results, web)
+    assert len(results) == len(cfg["steps"]) and all(r["final_status"] == "SUCCEEDED" for r in results), \
+        describe_steps(results, web)
     for r in results:
         app = config.http_json(f"{web}/ws/v1/cluster/apps/{r['app_id']}")["app"]
-        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", app
-        assert cfg["name"] in app["name"]
+        assert app["state"] == "FINISHED" and app["finalStatus"] == "SUCCEEDED", yarn_report(web, r["app_id"])
+        assert cfg["name"] in app["name"], app
     return steps, results
 
 
@@ -79,7 +86,7 @@ def test_probe_uses_the_shipped_environment(shipped, pseudo_cluster, mode):
     out = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}/probe.json"
     sub = deploy.submit(argv_for(shipped, "cluster.probe", [out], mode), env=shipped["env"], timeout=400,
                         accept_timeout=240, res=SMALL)
-    assert sub.final_status == "SUCCEEDED", sub.output[-3000:]
+    assert sub.final_status == "SUCCEEDED", describe_submission(sub, pseudo_cluster["yarn"]["web"])
     r = read_json(out)
     assert r["master"] == "yarn" and r["deploy_mode"] == mode
     assert len(r["executors"]) == 2
@@ -98,7 +105,7 @@ def test_probe_uses_the_shipped_environment(shipped, pseudo_cluster, mode):
 def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_path):
     from tfos_jobs.ctr.generator import generate
     base = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}"
-    bounded(lambda: generate(f"{base}/raw", 4000, files=2, overwrite=True))
+    bounded(lambda: generate(f"{base}/raw", CTR_ROWS, files=2, overwrite=True))
     cfg = {
         "name": "ctr-yarn-test", "job": "tfos_jobs.ctr", "code_uri": shipped["dest"],
         "node_python": shipped["pkg"].node_python, "deploy_mode": "cluster",
@@ -111,8 +118,9 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
                                       "--hash-buckets", "200", "--partitions", "2"]},
             {"name": "train", "args": ["train", "--prep", f"{base}/prep", "--model-dir", f"{base}/model",
                                        "--export", f"{base}/export", "--strategy", "mwms", "--workers", "2",
-                                       "--steps", "20", "--batch-size", "64", "--embedding-dim", "4",
-                                       "--hidden", "16", "--checkpoint-every", "10", "--log-every", "5"]},
+                                       "--steps", CTR_STEPS, "--learning-rate", CTR_LEARNING_RATE,
+                                       "--batch-size", "64", "--embedding-dim", "4", "--hidden", "16",
+                                       "--checkpoint-every", "50", "--log-every", "20"]},
             {"name": "evaluate", "tf_nodes": 1, "args": ["evaluate", "--export", f"{base}/export", "--data",
                                                          f"{base}/prep/valid"]},
             {"name": "score", "args": ["score", "--export", f"{base}/export", "--input", f"{base}/prep/valid",
@@ -120,10 +128,18 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
         ],
     }
     run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster)
-    evaluation = read_json(f"{base}/export/evaluation.json")
-    assert 0.0 <= evaluation.get("auc", evaluation.get("metrics", {}).get("auc", -1)) <= 1.0, evaluation
     import hdfs_io
-    assert bounded(lambda: hdfs_io.list_data_files(f"{base}/scores")), "no scores written"
+    evaluation = read_json(f"{base}/export/evaluation.json")
+    # the score step's output: every validation row with its label and the exported model's prediction
+    scores = bounded(lambda: hdfs_io.read_parquet(f"{base}/scores"))
+    valid_rows = bounded(lambda: hdfs_io.read_parquet(f"{base}/prep/valid", columns=["label"])).num_rows
+    assert scores.num_rows == valid_rows == evaluation["eval_rows"], (scores.num_rows, valid_rows, evaluation)
+    labels, predictions = scores.column("label").to_numpy(), scores.column("prediction").to_numpy()
+    measured = auc(labels, predictions)
+    # the evaluate step (the SavedModel in one process) and the score step (Spark tasks) agree on these rows
+    assert measured == pytest.approx(evaluation["auc"], abs=2e-3), (measured, evaluation)
+    # learned: well above chance on these rows and a good part of the way to the Bayes-optimal AUC
+    assert_ctr_learned(measured, labels, read_json(f"{base}/raw/_generator.json")["bayes_auc"])
 
 
 def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tmp_path):
@@ -148,8 +164,9 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
                                       "--files", "2"]},
             {"name": "train", "args": ["train", "--prep", f"{base}/prep", "--model-dir", f"{base}/model",
                                        "--export", f"{base}/export", "--strategy", "mwms", "--workers", "2",
-                                       "--steps", "20", "--batch-size", "32", "--embedding-dim", "4",
-                                       "--hidden", "16", "--checkpoint-every", "10", "--log-every", "5"]},
+                                       "--steps", SURVEY_STEPS, "--learning-rate", SURVEY_LEARNING_RATE,
+                                       "--batch-size", "32", "--embedding-dim", "4", "--hidden", "16",
+                                       "--checkpoint-every", "50", "--log-every", "20"]},
             {"name": "evaluate", "tf_nodes": 1, "args": ["evaluate", "--prep", f"{base}/prep", "--export",
                                                          f"{base}/export", "--out", f"{base}/eval"]},
             {"name": "predict", "tf_nodes": 1, "args": ["predict", "--prep", f"{base}/prep", "--export",
@@ -162,15 +179,32 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
     # client mode: the driver ran here, so what the job's CLI printed is in spark-submit's output
     prep_out, train_out, _, predict_out = (r["output"] for r in results)
     assert '"targets": ["vote", "PID", "selfLR"]' in prep_out, prep_out[-3000:]
-    trained = json.loads(next(line for line in train_out.splitlines() if line.startswith('{"attempts"')))
-    assert trained["steps"] == 20 and trained["nodes"] == ["chief:0", "worker:0"], trained
-    assert json.loads(next(line for line in predict_out.splitlines() if line.startswith("{")))["rows"] == 30
+    trained = [line for line in train_out.splitlines() if line.startswith('{"attempts"')]
+    assert trained, f"no result line from train\n{train_out[-3000:]}"
+    trained = json.loads(trained[0])
+    assert trained["steps"] == int(SURVEY_STEPS) and trained["nodes"] == ["chief:0", "worker:0"], trained
+    predicted = [line for line in predict_out.splitlines() if line.startswith("{")]
+    assert predicted and json.loads(predicted[0])["rows"] == 30, predict_out[-3000:]
     metrics = read_json(f"{base}/export/metrics.json")
     assert metrics, "empty metrics.json"
     evaluation = read_json(f"{base}/eval/evaluation.json")
     assert set(evaluation["targets"]) == {"vote", "PID", "selfLR"}, evaluation
+    # learned: per target against the best constant predictor on the validation rows, computed here from the
+    # labels and matching the job's own majority baseline; an untrained model's log loss is far higher
+    plan = read_json(f"{base}/prep/prep.json")
+    labels = {t["column"]: t["label"] for t in plan["targets"]}
+    valid = bounded(lambda: hdfs_io.read_parquet(f"{base}/prep/valid", columns=list(labels.values())))
+    gains = {}
     for name, entry in evaluation["targets"].items():
-        assert 0.0 <= entry["model"]["accuracy"] <= 1.0 and entry["model"]["rows"] > 0, (name, entry)
+        own = majority_baseline(valid.column(labels[name]).to_numpy())
+        assert entry["model"]["rows"] == entry["majority"]["rows"] == own["rows"] > 0, (name, entry, own)
+        # the job's majority answer comes from the training split: on these rows it cannot beat the most
+        # frequent answer here
+        assert entry["majority"]["accuracy"] <= own["accuracy"] + 1e-9, (name, entry, own)
+        gains[name] = own["log_loss"] - entry["model"]["log_loss"]
+    assert sum(gains.values()) / len(gains) > SURVEY_MIN_GAIN, (gains, evaluation["targets"])
+    vote = evaluation["targets"]["vote"]
+    assert vote["model"]["accuracy"] >= vote["majority"]["accuracy"], vote
     table = bounded(lambda: hdfs_io.read_parquet(f"{base}/pred"))
     assert table.num_rows == 30
     vote = np.stack([table.column(f"vote__p_{c}").to_numpy() for c in ("0", "1")], axis=1)
@@ -193,7 +227,17 @@ def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster, tmp_path):
     # a cluster that stays full (another application holds every container): YARN would keep ours
     # ACCEPTED for as long as that lasts; the watchdog kills it after accept_timeout and says why
     web = pseudo_cluster["yarn"]["web"]
-    release = tmp_path / "release"
+    with hogging(env, web, tmp_path, executor_overhead_mb=1024, holds_mb=4096):   # all 4 GiB
+        with pytest.raises(DeployError, match=r"stayed ACCEPTED for 20 s") as err:
+            deploy.submit(argv_for(shipped, "cluster.probe", []), env=env, res=SMALL, accept_timeout=20)
+    assert_killed(web, str(err.value).split()[2])
+
+
+@contextlib.contextmanager
+def hogging(env, web, tmp_path, executor_overhead_mb, holds_mb):
+    """Another YARN application (client mode: an AM of 1 GiB and 2 executors of 512 MiB +
+    ``executor_overhead_mb``) holding its containers until the block ends; stopped by PID whatever happens."""
+    release = tmp_path / f"release-{uuid.uuid4().hex[:6]}"
     hog_app = tmp_path / "hog.py"
     hog_app.write_text(
         "import os, sys, time\n"
@@ -206,34 +250,53 @@ def test_bad_input_fails_fast_and_clearly(shipped, pseudo_cluster, tmp_path):
     tag = f"hog-{uuid.uuid4().hex[:8]}"
     hog_argv = [deploy.spark_submit_path(), "--master", "yarn", "--deploy-mode", "client",
                 "--conf", "spark.executor.instances=2", "--conf", "spark.executor.memory=512m",
-                "--conf", "spark.executor.memoryOverhead=1024m", "--conf", "spark.yarn.am.memory=512m",
-                "--conf", "spark.yarn.am.memoryOverhead=512m", "--conf", f"spark.yarn.tags={tag}",
-                str(hog_app), str(release)]
+                "--conf", f"spark.executor.memoryOverhead={executor_overhead_mb}m", "--conf",
+                "spark.yarn.am.memory=512m", "--conf", "spark.yarn.am.memoryOverhead=512m",
+                "--conf", f"spark.yarn.tags={tag}", str(hog_app), str(release)]
     pool = concurrent.futures.ThreadPoolExecutor(1)
     hog = pool.submit(run_process, hog_argv, env=env, timeout=300)
+    app = None
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:      # the hog holds AM + 2 executors = all 4 GiB
+        while time.monotonic() < deadline:
             app = deploy.find_app(web, tag)
-            if app and app["state"] == "RUNNING" and int(app.get("allocatedMB") or 0) >= 4096:
+            if app and app["state"] == "RUNNING" and int(app.get("allocatedMB") or 0) >= holds_mb:
                 break
-            assert not hog.done(), hog.result().stdout[-3000:]
+            if hog.done():
+                pytest.fail(f"the hog application ended early\n{describe_yarn(hog.result(), web)}")
             time.sleep(1)
         else:
-            pytest.fail(f"the hog application did not fill the cluster: {app}")
-        t0 = time.monotonic()
-        with pytest.raises(DeployError, match=r"stayed ACCEPTED for 20 s") as err:
-            deploy.submit(argv_for(shipped, "cluster.probe", []), env=env, res=SMALL, accept_timeout=20)
-        assert time.monotonic() - t0 < 90
+            pytest.fail(f"the hog application did not take {holds_mb} MiB: {app}")
+        yield app
     finally:
         release.write_text("go")
         hog.result(timeout=320)
         pool.shutdown()
-    app_id = str(err.value).split()[2]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+
+def assert_killed(web, app_id, timeout=30):
+    """The watchdog killed ``app_id`` (it may take the ResourceManager a moment to say so)."""
+    deadline = time.monotonic() + timeout
+    while True:
         state = config.http_json(f"{web}/ws/v1/cluster/apps/{app_id}")["app"]["state"]
-        if state == "KILLED":
+        if state == "KILLED" or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert state == "KILLED", state
+    assert state == "KILLED", yarn_report(web, app_id)
+
+
+def test_watchdog_kills_an_application_running_short_of_executors(shipped, pseudo_cluster, tmp_path):
+    """Another application holds 3 of the 4 GiB: ours gets its application master (RUNNING) but never the
+    executors its 2 TF nodes need. YARN would let it wait for as long as the other one runs; the watchdog
+    kills it after executor_timeout and says how many executors it got."""
+    env, web = shipped["env"], pseudo_cluster["yarn"]["web"]
+    # the hog: AM 1 GiB + 2 executors of 512m + 512m = 3 GiB. Ours, client mode: an AM of 512m + 384m
+    # (YARN rounds it to 1 GiB: it fits), executors of 512m + 768m = 1.25 GiB each (none fits)
+    with hogging(env, web, tmp_path, executor_overhead_mb=512, holds_mb=3072):
+        with pytest.raises(DeployError) as err:
+            deploy.submit(argv_for(shipped, "cluster.probe", [], mode="client"), env=env, res=SMALL,
+                          accept_timeout=120, executor_timeout=20, timeout=240)   # without the watchdog: 240 s
+    message = str(err.value)
+    assert re.fullmatch(r"YARN application (application_\d+_\d+) got 0 of the 2 executors the TF nodes need "
+                        r"within 20 s: too few free resources on the cluster", message), message
+    assert_killed(web, message.split()[2])
