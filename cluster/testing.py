@@ -211,3 +211,38 @@ def describe_steps(results: list[dict], web: str | None = None, lines: int = 60)
                 parts += [yarn_report(web, i) for i in yarn_app_ids(r.get("error"))]
             break
     return "\n".join(parts)
+
+
+def auc(labels, scores) -> float:
+    """ROC AUC by the Mann-Whitney rank sum (ties share their mean rank): the tests' own computation,
+    independent of the jobs' ``tfos_jobs.metrics``."""
+    import numpy as np
+    from scipy.stats import rankdata
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if not pos or not neg:
+        raise ValueError(f"AUC needs both classes: {pos} positive and {neg} negative labels")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def chance_auc_sd(labels) -> float:
+    """Standard deviation of the AUC that scores carrying no information about ``labels`` get on these
+    rows (the Mann-Whitney null: mean 0.5, variance (n1 + n0 + 1) / (12 n1 n0)). A model that learned
+    scores clearly above 0.5 + a few of these; an untrained one does not."""
+    import numpy as np
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    return float(np.sqrt((pos + neg + 1) / (12 * pos * neg)))
+
+
+def majority_baseline(labels) -> dict:
+    """What the best constant predictor scores on ``labels`` (class indices; negative = unanswered, left
+    out): the majority class's accuracy and the log loss of predicting the class frequencies."""
+    import numpy as np
+    labels = np.asarray(labels).astype(np.int64)
+    labels = labels[labels >= 0]
+    counts = np.bincount(labels)
+    freq = counts[counts > 0] / len(labels)
+    return {"rows": int(len(labels)), "accuracy": float(counts.max() / len(labels)),
+            "log_loss": float(-(freq * np.log(freq)).sum())}
