@@ -123,6 +123,7 @@ def assert_ctr_learned(measured, labels, bayes):
     beyond noise (a label leak would be)."""
     sd = chance_auc_sd(labels)
     floor = max(0.5 + 3.5 * sd, 0.5 + (bayes - 0.5) / 3)
+    print(f"CTR validation AUC {measured:.4f} on {len(labels)} rows (floor {floor:.3f}, Bayes {bayes:.4f})")
     assert floor < measured < bayes + 3.5 * sd, \
         f"AUC {measured:.3f}: needs > {floor:.3f} (chance 0.5 +- {sd:.3f} on {len(labels)} rows, Bayes-optimal " \
         f"{bayes:.3f}) and < {bayes + 3.5 * sd:.3f}"
@@ -143,6 +144,7 @@ def check_survey_learned(base, metrics):
         assert model["rows"] == base_line["rows"], (label, model, base_line)
         seen[label] = (model, base_line)
     gain = sum(b["log_loss"] - m["log_loss"] for m, b in seen.values()) / len(seen)
+    print(f"survey: mean log-loss gain over the class prior {gain:.3f}; (model, constant) per target: {seen}")
     assert gain > SURVEY_MIN_GAIN, f"mean log-loss gain over the class prior {gain:.3f}: {seen}"
     vote_model, vote_majority = seen["y_vote"]
     assert vote_model["accuracy"] >= vote_majority["accuracy"], seen["y_vote"]

@@ -202,6 +202,7 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
         # frequent answer here
         assert entry["majority"]["accuracy"] <= own["accuracy"] + 1e-9, (name, entry, own)
         gains[name] = own["log_loss"] - entry["model"]["log_loss"]
+    print(f"survey: log-loss gain over the class prior per target {gains}")
     assert sum(gains.values()) / len(gains) > SURVEY_MIN_GAIN, (gains, evaluation["targets"])
     vote = evaluation["targets"]["vote"]
     assert vote["model"]["accuracy"] >= vote["majority"]["accuracy"], vote
