@@ -342,7 +342,7 @@ def test_anes96_model_beats_majority_on_every_target(anes96_run):
         assert 0 < lr["accuracy"] <= 1 and lr["log_loss"] > 0
     # the same, measured here from the export's own predictions and the prepped rows
     assert_survey_model_learned(anes96_run["plan"], str(anes96_run["root"] / "prep"),
-                                str(anes96_run["root"] / "export"), anes96_run["result"].metrics, margin=0.03)
+                                str(anes96_run["root"] / "export"), anes96_run["result"].metrics, margin=0.02)
     # the chief's in-training evaluation agrees with the Spark-side scoring of the export
     metrics = anes96_run["result"].metrics
     for t in anes96_run["plan"]["targets"]:

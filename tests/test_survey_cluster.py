@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import hdfs_io
-from cluster.testing import run_process
+from cluster.testing import describe, run_process
 from tfos_jobs.survey import data, evaluate, model, predict, prep, spec
+
+from test_survey import assert_survey_model_learned
 
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -24,7 +26,7 @@ def hdfs_root(pseudo_cluster):
     hdfs_io.delete(root, recursive=True, missing_ok=True)
 
 
-def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root):
+def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root, tmp_path):
     data_uri, spec_uri = data.write_example(f"{hdfs_root}/example")
     assert data_uri.startswith("hdfs://") and hdfs_io.exists(spec_uri)
     parsed = spec.load_spec(spec_uri)
@@ -48,6 +50,9 @@ def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root):
     for name, entry in report["targets"].items():
         assert entry["model"]["accuracy"] > entry["majority"]["accuracy"], (name, entry)
         assert entry["model"]["log_loss"] < entry["majority"]["log_loss"], (name, entry)
+    # the same, measured here from the export's own predictions on the prepped rows read back from HDFS
+    assert_survey_model_learned(plan, f"{hdfs_root}/prep", f"{hdfs_root}/export", result.metrics, margin=0.02,
+                                cache=str(tmp_path / "export"))
     new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(100, 30)
     hdfs_io.write_parquet(new, f"{hdfs_root}/new", rows_per_file=10)
     out = predict.run_predict(local_spark, plan, f"{hdfs_root}/export", f"{hdfs_root}/new", f"{hdfs_root}/pred")
@@ -69,11 +74,11 @@ def _spark_submit(args, timeout=240):
 
 def test_cli_runs_under_spark_submit(hdfs_root, tmp_path):
     res = _spark_submit(["predict", "--help"])
-    assert res.returncode == 0 and "usage: tfos-survey predict" in res.stdout, res.stdout[-3000:]
+    assert res.returncode == 0 and "usage: tfos-survey predict" in res.stdout, describe(res)
     data_uri, _ = data.write_example(f"{hdfs_root}/submit")
     bad_spec = tmp_path / "spec.yaml"
     bad_spec.write_text("targets: [vote, turnout]\n")
     res = _spark_submit(["prep", "--data", data_uri, "--spec", str(bad_spec), "--out", f"{hdfs_root}/submit/prep"])
-    assert res.returncode == 2, res.stdout[-3000:]
-    assert "target question(s) ['turnout'] not in the data" in res.stdout
+    assert res.returncode == 2, describe(res)
+    assert "target question(s) ['turnout'] not in the data" in res.stdout, describe(res)
     assert not hdfs_io.exists(f"{hdfs_root}/submit/prep")
