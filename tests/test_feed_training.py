@@ -97,7 +97,10 @@ try:
     result = fit(spark.sparkContext, task, DataFrameSource(df, NUMERIC + CATEGORICAL, "label"), strategy="ps",
                  num_workers=1, num_ps=1, epochs=2, batch_size=128, log_every=10, checkpoint_every=20,
                  model_dir=root + "/model", export_uri=root + "/export")
-    print("RESULT " + json.dumps({{"nodes": result.nodes, "steps": result.steps, "metrics": result.metrics}}))
+    # a file, not print(): under PYTHONUNBUFFERED a printed line is several writes, and the JVM's log lines
+    # share the stream
+    with open(root + "/result.json", "w") as fh:
+        fh.write(json.dumps({{"nodes": result.nodes, "steps": result.steps, "metrics": result.metrics}}))
 finally:
     spark.stop()
 """
@@ -114,9 +117,9 @@ def test_ps_trains_from_a_dataframe(tmp_path):
     app = tmp_path / "feed_ps.py"
     app.write_text(PS_APP.format(repo=repo, root=str(tmp_path / "data")))
     res = run_process([sys.executable, str(app)], timeout=480, env={"SPARK_LOCAL_IP": "127.0.0.1"})
-    lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
-    assert res.returncode == 0 and lines, f"PS feed app failed:\n{describe(res)}"
-    out = json.loads(lines[-1][len("RESULT "):])
+    result = tmp_path / "data" / "result.json"
+    assert res.returncode == 0 and result.exists(), f"PS feed app failed:\n{describe(res)}"
+    out = json.loads(result.read_text())
     assert sorted(out["nodes"]) == ["chief:0", "ps:0", "worker:0"], out["nodes"]
     # one worker receives every row once; the chief reads its staged copy twice: 2 x 4000 / 128 steps
     assert out["metrics"]["feed_rows"] == 4000, out["metrics"]
