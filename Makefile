@@ -10,7 +10,7 @@ demo: install
 	$(PY) -m tfos_jobs.ctr demo
 
 test: install hadoop-jars
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 install: check-java $(STAMP)
 

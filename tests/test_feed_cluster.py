@@ -94,7 +94,7 @@ APP = textwrap.dedent("""
     finally:
         spark.stop()
     # one write() after Spark has stopped: no JVM log line can land inside the result line
-    sys.stdout.write("RESULT " + json.dumps(out) + "\n")
+    sys.stdout.write("RESULT " + json.dumps(out) + "\\n")
     sys.stdout.flush()
 """)
 
