@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.ctr import generator, job  # noqa: E402
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig  # noqa: E402
+from tfos_jobs.ctr import steps, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
 from tfos_jobs.ctr.prep import prep  # noqa: E402
 from tfos_jobs.spark import local_cluster_master, spark_session  # noqa: E402
@@ -52,9 +53,9 @@ def main(argv=None):
     started = time.monotonic()
 
     t = time.monotonic()
-    generator.generate(hdfs_io.join(root, "raw-train"), args.rows, files=args.files, seed=0,
+    synthetic.generate(hdfs_io.join(root, "raw-train"), args.rows, files=args.files, seed=0,
                        malformed_fraction=0.001, overwrite=True)
-    test = generator.generate(hdfs_io.join(root, "raw-test"), test_rows, files=2, seed=1, overwrite=True)
+    test = synthetic.generate(hdfs_io.join(root, "raw-test"), test_rows, files=2, seed=1, overwrite=True)
     gen_s = time.monotonic() - t
     print(f"generated {args.rows:,} + {test_rows:,} rows in {gen_s:.0f} s; test Bayes AUC {test['bayes_auc']:.4f}")
 
@@ -73,14 +74,16 @@ def main(argv=None):
         model = ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, learning_rate=args.learning_rate,
                             embedding_l2=args.embedding_l2)
         t = time.monotonic()
-        result = job.train(spark.sparkContext, hdfs_io.join(root, "prep"), hdfs_io.join(root, "model"),
-                           hdfs_io.join(root, "export"), model=model, strategy=args.strategy,
-                           num_workers=args.workers, num_ps=1, batch_size=args.batch_size, epochs=args.epochs,
-                           checkpoint_every=1000, log_every=200)
+        result = steps.train(spark.sparkContext, hdfs_io.join(root, "prep"), model,
+                             scaling=ScalingConfig(strategy=args.strategy, num_workers=args.workers, num_ps=1),
+                             loop=LoopConfig(batch_size=args.batch_size, epochs=args.epochs, checkpoint_every=1000,
+                                             log_every=200),
+                             run=RunConfig(model_dir=hdfs_io.join(root, "model"),
+                                           export_uri=hdfs_io.join(root, "export")))
         train_s = time.monotonic() - t
     finally:
         spark.stop()
-    evaluation = job.evaluate(result.export_uri, test_prep["train"])
+    evaluation = steps.evaluate(result.export_uri, test_prep["train"])
     examples = prepped["train_rows"] * args.epochs
     figures = {
         "rows": args.rows, "test_rows": evaluation["eval_rows"], "arch": args.arch, "strategy": args.strategy,

@@ -1,2 +1,4 @@
-class ClusterError(RuntimeError):
-    """The pseudo-cluster could not do what was asked; the message says what and where to look."""
+"""Old import path of :class:`cluster.pseudo.errors.ClusterError`."""
+from .pseudo.errors import ClusterError
+
+__all__ = ["ClusterError"]

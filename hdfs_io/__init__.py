@@ -3,11 +3,13 @@ plain paths, for TensorFlow-on-Spark jobs.
 
 TensorFlow 2.21 cannot open hdfs:// or s3:// itself (tensorflow-io is dead, libhdfs unavailable),
 so all remote I/O goes through this package: file operations, atomic publishing of output
-directories, Parquet data sets (read, write, shard, stream into ``tf.data``) and TFRecord files.
+directories, Parquet data sets (read, write, shard) and TFRecord files. ``tf.data`` input is the
+TensorFlow adapter's (:mod:`hdfs_io.adapters.tensorflow`, re-exported as :func:`tf_dataset`).
 
-Clients (chosen by measurement, see :mod:`hdfs_io.backends`): pyarrow's LocalFileSystem for local
-paths, pyarrow's S3FileSystem for S3, hdfs-native (Rust, no JVM) for HDFS/viewfs. Every remote call is
-bounded by ``HDFS_IO_TIMEOUT_S`` (default 30 s).
+Each scheme is served by one store class (:mod:`hdfs_io.stores`; chosen by measurement): pyarrow's
+LocalFileSystem for local paths, pyarrow's S3FileSystem for S3, hdfs-native (Rust, no JVM) for
+HDFS/viewfs. Stores declare their capabilities (atomic rename, real directories, ...) and the generic
+code follows them. Every remote call is bounded by ``HDFS_IO_TIMEOUT_S`` (default 30 s).
 """
 from .backends import reset
 from .config import timeout_s
@@ -40,7 +42,7 @@ from .fs import (
 )
 from .parquet import iter_record_batches, list_data_files, read_parquet, shard_files, write_parquet
 from .publishing import SUCCESS, is_published, publish, publish_dir, require_published, staged_output
-from .tfdata import rebatch, tf_dataset
+from .adapters.tensorflow import rebatch, tf_dataset
 from .tfrecord import read_tfrecords, write_tfrecords
 
 __all__ = [

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import _timeout, backends
+from . import backends
 from . import fs as _fs
 from .errors import CorruptFileError, SchemaMismatchError, not_found
 from .fs import FileInfo
-from .uri import parse
 from .publishing import require_published, staged_output
+from .stores import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "list_data_files",
@@ -36,11 +39,13 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 8192
+# what the readers take: a data set (or file) URI, or a list of file URIs / FileInfos
+Files = Union[str, os.PathLike, Iterable[Union[FileInfo, str, os.PathLike]]]
 READ_THREADS = 4
-def _bounded(loc_scheme: str, uri: str, op: str, nbytes: int, fn, *args):
-    if loc_scheme != "s3":
-        return fn(*args)  # local reads cannot hang on a network; HDFS reads are timed per call
-    return _timeout.call(uri, op, fn, *args, timeout=_timeout.transfer_budget(nbytes))
+
+
+def _store_of(uri: str) -> Store:
+    return backends.resolve(uri)[0]
 
 
 def _is_data(rel: str) -> bool:
@@ -58,7 +63,7 @@ def list_data_files(uri: str, require_success: bool = False) -> list[FileInfo]:
     return sorted((fi for rel, fi in _fs.walk_files(uri) if _is_data(rel)), key=lambda f: f.uri)
 
 
-def _as_infos(files) -> list[FileInfo]:
+def _as_infos(files: Files) -> list[FileInfo]:
     if isinstance(files, (str, os.PathLike)):
         return list_data_files(os.fspath(files))
     out = []
@@ -70,7 +75,7 @@ def _as_infos(files) -> list[FileInfo]:
     return out
 
 
-def shard_files(files, num_shards: int, index: int) -> list[FileInfo]:
+def shard_files(files: Files, num_shards: int, index: int) -> list[FileInfo]:
     """Worker ``index`` of ``num_shards``'s share of ``files`` (FileInfos, URIs, or a data set URI).
 
     Deterministic (independent of input order and of the machine), balanced by bytes and a partition:
@@ -102,21 +107,18 @@ def shard_files(files, num_shards: int, index: int) -> list[FileInfo]:
 def _open_parquet(uri: str, pre_buffer: bool = False, whole: bool = False) -> pq.ParquetFile:
     """Open a Parquet file. ``whole=True`` (the caller decodes every column): on HDFS fetch the file
     in one sequential pass into memory instead of seeking through it with Python-level reads."""
-    fs, loc = backends.resolve(uri)
+    store, loc = backends.resolve(uri)
     try:
-        if loc.scheme == "s3":
-            nf = backends.meta(loc, "open", fs.open_input_file, loc.path)
-        elif loc.scheme in ("hdfs", "viewfs") and whole:
-            nf = pa.BufferReader(pa.py_buffer(fs.handler.open_reader(loc.path).read_all()))
+        if whole and not store.caps.ranged_reads:
+            nf = pa.BufferReader(pa.py_buffer(store.read_all(loc)))
         else:
-            nf = fs.open_input_file(loc.path)
+            nf = store.meta(loc, "open", store.fs.open_input_file, loc.path)
     except FileNotFoundError:
         raise not_found(uri) from None
     except IsADirectoryError:
         raise CorruptFileError(uri, "is a directory, not a Parquet file") from None
     try:
-        return _bounded(loc.scheme, uri, "read footer of", 1 << 20,
-                        lambda: pq.ParquetFile(nf, pre_buffer=pre_buffer))
+        return store.transfer(uri, "read footer of", 1 << 20, lambda: pq.ParquetFile(nf, pre_buffer=pre_buffer))
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
         nf.close()
         raise _corrupt(uri, exc) from None
@@ -147,13 +149,13 @@ def _corrupt(uri: str, exc: Exception) -> Exception:
                         CorruptFileError, SchemaMismatchError)):
         return exc
     if isinstance(exc, OSError):
-        translated = backends.translate_s3_error(uri, exc)
+        translated = _store_of(uri).translate_error(uri, exc)
         if translated is not exc:
             return translated
     return CorruptFileError(uri, str(exc))
 
 
-def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_THREADS) -> pa.Table:
+def read_parquet(uri: Files, columns: Sequence[str] | None = None, threads: int = READ_THREADS) -> pa.Table:
     """Read a Parquet file, a data set directory or a list of files/FileInfos into one Table.
     Files are read in parallel; all must agree on the (selected) columns' names and types."""
     infos = _as_infos(uri)
@@ -165,9 +167,8 @@ def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_
         pf = _open_parquet(fi.uri, pre_buffer=True, whole=columns is None)
         try:
             sig = _signature(pf.schema_arrow, columns, fi.uri)
-            scheme = parse(fi.uri).scheme
-            return sig, _bounded(scheme, fi.uri, "read", fi.size,
-                                 lambda: pf.read(columns=columns, use_threads=True))
+            return sig, _store_of(fi.uri).transfer(fi.uri, "read", fi.size,
+                                                   lambda: pf.read(columns=columns, use_threads=True))
         except Exception as exc:  # noqa: BLE001
             raise _corrupt(fi.uri, exc) from None
         finally:
@@ -188,7 +189,7 @@ def read_parquet(uri, columns: Sequence[str] | None = None, threads: int = READ_
 
 
 def iter_record_batches(
-    files, columns: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    files: Files, columns: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches of up to ``batch_size`` rows from ``files`` (FileInfos, URIs, or a data
     set URI), file by file, one row group in memory at a time. Schemas are checked file by file
@@ -204,12 +205,12 @@ def iter_record_batches(
                 expected = sig
             _check(expected, sig, fi.uri)
             it = pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
-            scheme = parse(fi.uri).scheme
+            store = _store_of(fi.uri)
             md = pf.metadata
             group_bytes = max((md.row_group(i).total_byte_size for i in range(md.num_row_groups)), default=0)
             while True:
                 try:
-                    batch = _bounded(scheme, fi.uri, "read", group_bytes, next, it)
+                    batch = store.transfer(fi.uri, "read", group_bytes, next, it)
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001
@@ -220,7 +221,7 @@ def iter_record_batches(
 
 
 def write_parquet(
-    table,
+    table: pa.Table | pa.RecordBatch | pd.DataFrame,
     uri: str,
     rows_per_file: int | None = 1_000_000,
     row_group_size: int = 65536,
@@ -241,12 +242,12 @@ def write_parquet(
     step = rows_per_file if rows_per_file and rows_per_file > 0 else max(n, 1)
     names = []
     with staged_output(uri, overwrite=overwrite) as tmp:
-        fs, tmp_loc = backends.resolve(tmp)
+        store, tmp_loc = backends.resolve(tmp)
         for i, start in enumerate(range(0, max(n, 1), step)):
             name = f"part-{i:05d}.parquet"
             part = table.slice(start, step)
             path = f"{tmp_loc.path}/{name}"
-            with fs.open_output_stream(path, compression=None) as out:
+            with store.fs.open_output_stream(path, compression=None) as out:
                 pq.write_table(part, out, row_group_size=row_group_size, compression=compression)
             names.append(name)
     final = backends.resolve(uri)[1].uri

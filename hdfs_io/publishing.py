@@ -2,6 +2,8 @@
 
 A directory appears at its final URI complete, with a ``_SUCCESS`` marker, or not at all.
 
+Which protocol a store gets follows from its ``atomic_rename`` capability.
+
 Protocol on HDFS and local disks (rename is atomic there):
 
 1. upload / write everything into a hidden temporary sibling ``<parent>/.<name>._hdfs_io_tmp-<id>``;
@@ -34,11 +36,10 @@ import tempfile
 import uuid
 from typing import Iterator
 
-import pyarrow.fs as pafs
-
 from . import backends
 from . import fs as _fs
 from .errors import NotPublishedError, not_found
+from .stores import Store
 from .uri import Location
 
 SUCCESS = "_SUCCESS"
@@ -60,15 +61,10 @@ def require_published(uri: str) -> None:
         raise NotPublishedError(uri)
 
 
-def _exists(fs: pafs.FileSystem, loc: Location) -> bool:
-    fi = backends.meta(loc, "stat", lambda: fs.get_file_info(loc.path))
-    return fi.type != pafs.FileType.NotFound
-
-
-def _check_target(fs: pafs.FileSystem, loc: Location, overwrite: bool) -> None:
+def _check_target(store: Store, loc: Location, overwrite: bool) -> None:
     if loc.is_root:
         raise ValueError(f"cannot publish to the root {loc.uri}")
-    if not overwrite and _exists(fs, loc):
+    if not overwrite and store.exists(loc):
         raise FileExistsError(f"{loc.uri} already exists (pass overwrite=True to replace it)")
 
 
@@ -77,9 +73,10 @@ def _write_success(tmp: Location) -> None:
         pass
 
 
-def _commit_rename(fs: pafs.FileSystem, tmp: Location, final: Location, overwrite: bool) -> None:
+def _commit_rename(store: Store, tmp: Location, final: Location, overwrite: bool) -> None:
+    fs = store.fs
     old = None
-    if _exists(fs, final):
+    if store.exists(final):
         if not overwrite:
             raise FileExistsError(f"{final.uri} already exists (pass overwrite=True to replace it)")
         old = final.parent().child(f".{final.name}{OLD_MARK}{uuid.uuid4().hex[:12]}")
@@ -94,27 +91,26 @@ def _commit_rename(fs: pafs.FileSystem, tmp: Location, final: Location, overwrit
         _fs.delete(old.uri, recursive=True, missing_ok=True)
 
 
-def _delete_keys(loc: Location, paths: list[str]) -> None:
-    """Delete S3 objects given as ``bucket/key`` paths (no marker objects left behind)."""
-    if paths:
-        backends.s3_delete(loc, [p.partition("/")[2] for p in paths])
+def _clear_for_copy(store: Store, final: Location, overwrite: bool) -> None:
+    """Remove what is at ``final``, its ``_SUCCESS`` first (readers stop trusting the old content)."""
+    if not store.exists(final):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final.uri} already exists (pass overwrite=True to replace it)")
+    marker = dataclasses.replace(final, path=f"{final.path}/{SUCCESS}")
+    if store.exists(marker):
+        store.delete_paths(final, [marker.path])
+    store.delete_tree(final)
 
 
-def _commit_s3(fs: pafs.FileSystem, tmp: Location, final: Location, overwrite: bool) -> None:
-    if _exists(fs, final):
-        if not overwrite:
-            raise FileExistsError(f"{final.uri} already exists (pass overwrite=True to replace it)")
-        marker = f"{final.path}/{SUCCESS}"
-        if _exists(fs, dataclasses.replace(final, path=marker)):
-            _delete_keys(final, [marker])  # first: readers stop trusting the old content
-        backends.s3_delete(final)
-    objects = [rel for rel, _ in _fs._walk(fs, tmp)]
-    data = [rel for rel in objects if rel != SUCCESS]
+def _commit_copy(store: Store, tmp: Location, final: Location, overwrite: bool) -> None:
+    _clear_for_copy(store, final, overwrite)
+    data = [rel for rel, _ in _fs._walk(store, tmp) if rel != SUCCESS]
     copied: list[str] = []
 
     def copy_obj(rel: str) -> str:
         dst = f"{final.path}/{rel}"
-        backends.meta(final, "copy", fs.copy_file, f"{tmp.path}/{rel}", dst)
+        store.meta(final, "copy", store.fs.copy_file, f"{tmp.path}/{rel}", dst)
         return dst
 
     try:
@@ -130,17 +126,16 @@ def _commit_s3(fs: pafs.FileSystem, tmp: Location, final: Location, overwrite: b
                 raise errors[0]
         copied.append(copy_obj(SUCCESS))  # last: readers treat the prefix as complete from here
     except BaseException:
-        _delete_keys(final, copied)
+        store.delete_paths(final, copied)
         raise
 
 
-def _commit(tmp: Location, final: Location, overwrite: bool) -> None:
-    fs = backends.filesystem_for(final)
-    if final.scheme == "s3":
-        _commit_s3(fs, tmp, final, overwrite)
-        _fs.delete(tmp.uri, recursive=True, missing_ok=True)
+def _commit(store: Store, tmp: Location, final: Location, overwrite: bool) -> None:
+    if store.caps.atomic_rename:
+        _commit_rename(store, tmp, final, overwrite)
     else:
-        _commit_rename(fs, tmp, final, overwrite)
+        _commit_copy(store, tmp, final, overwrite)
+        _fs.delete(tmp.uri, recursive=True, missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -148,15 +143,15 @@ def staged_output(final_uri: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary *remote* sibling URI to write into; on clean exit write ``_SUCCESS`` and
     commit it to ``final_uri`` (see module doc); on an exception delete it. Used by
     :func:`hdfs_io.write_parquet`; use :func:`publish` when the writer needs a local directory."""
-    fs, final = backends.resolve(final_uri)
-    _check_target(fs, final, overwrite)
+    store, final = backends.resolve(final_uri)
+    _check_target(store, final, overwrite)
     tmp = _fs.temp_sibling(final)
-    if final.scheme != "s3":
-        fs.create_dir(tmp.path, recursive=True)
+    if store.caps.real_directories:
+        store.fs.create_dir(tmp.path, recursive=True)
     try:
         yield tmp.uri
         _write_success(tmp)
-        _commit(tmp, final, overwrite)
+        _commit(store, tmp, final, overwrite)
     except BaseException:
         with contextlib.suppress(Exception):
             _fs.delete(tmp.uri, recursive=True, missing_ok=True)
@@ -181,8 +176,8 @@ def publish(final_uri: str, overwrite: bool = False) -> Iterator[str]:
     an exception nothing appears at ``final_uri``. The local directory is removed either way.
 
     ``FileExistsError`` is raised up front if ``final_uri`` exists and ``overwrite`` is False."""
-    fs, final = backends.resolve(final_uri)
-    _check_target(fs, final, overwrite)
+    store, final = backends.resolve(final_uri)
+    _check_target(store, final, overwrite)
     local = tempfile.mkdtemp(prefix="hdfs_io-publish-")
     try:
         yield local

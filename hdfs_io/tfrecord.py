@@ -16,6 +16,7 @@ import google_crc32c
 
 from . import fs as _fs
 from .errors import CorruptFileError
+from .parquet import Files, list_data_files
 
 __all__ = ["write_tfrecords", "read_tfrecords", "masked_crc32c"]
 
@@ -99,15 +100,13 @@ def _read_file(uri: str, compression: str | None, verify: bool) -> Iterator[byte
                 f.close()
 
 
-def read_tfrecords(uri, compression: str | None = None, verify: bool = True) -> Iterator[bytes]:
+def read_tfrecords(uri: Files, compression: str | None = None, verify: bool = True) -> Iterator[bytes]:
     """Iterate the raw records of a TFRecord file, of every data file in a directory (sorted; names
     starting with ``_`` or ``.`` skipped), or of a list of URIs/FileInfos. Checksums are verified
     unless ``verify=False``; a damaged file raises :class:`CorruptFileError` naming it."""
     if compression not in (None, "", "GZIP"):
         raise ValueError(f"compression must be None or 'GZIP', got {compression!r}")
     if isinstance(uri, (str, os.PathLike)):
-        from .parquet import list_data_files
-
         uris = [fi.uri for fi in list_data_files(os.fspath(uri))]
     else:
         uris = [u.uri if isinstance(u, _fs.FileInfo) else os.fspath(u) for u in uri]

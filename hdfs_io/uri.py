@@ -5,7 +5,8 @@ Accepted forms: ``hdfs://host:port/path``, ``hdfs:///path`` (NameNode from ``fs.
 ``file:///abs/path`` and plain local paths (relative ones are made absolute).
 
 A parsed :class:`Location` keeps the scheme the caller wrote, so listing an ``s3a://`` directory gives
-``s3a://`` URIs back and listing a plain path gives plain paths.
+``s3a://`` URIs back and listing a plain path gives plain paths. The scheme picks the store class
+(:data:`hdfs_io.stores.REGISTRY`), which checks the rest of the URI and owns its layout.
 """
 from __future__ import annotations
 
@@ -14,19 +15,7 @@ import os
 import posixpath
 from urllib.parse import urlsplit
 
-from . import config
-
-# scheme as written -> backend scheme
-SCHEMES = {
-    "hdfs": "hdfs",
-    "viewfs": "viewfs",
-    "s3": "s3",
-    "s3a": "s3",
-    "s3n": "s3",
-    "file": "file",
-    "": "file",
-}
-
+from .stores import Store, store_class
 
 @dataclasses.dataclass(frozen=True)
 class Location:
@@ -42,17 +31,23 @@ class Location:
     path: str
 
     @property
+    def store_class(self) -> type[Store]:
+        return store_class(self.scheme)
+
+    @property
+    def _in_buckets(self) -> bool:
+        return self.store_class.caps.bucket_namespace
+
+    @property
     def uri(self) -> str:
         return self.with_path(self.path)
 
     def with_path(self, path: str) -> str:
         """The URI, in the caller's style, of another backend path on the same file system."""
-        if self.scheme == "s3":
+        if self._in_buckets:
             return f"{self.written_scheme}://{path.strip('/')}"
         if self.written_scheme == "":
             return path
-        if self.scheme == "file":
-            return f"file://{path}"
         return f"{self.written_scheme}://{self.authority}{path}"
 
     @property
@@ -62,14 +57,18 @@ class Location:
     @property
     def key(self) -> str:
         """For S3: the object key (no bucket, no leading slash)."""
-        return self.path.partition("/")[2] if self.scheme == "s3" else self.path
+        return self.path.partition("/")[2] if self._in_buckets else self.path
 
     @property
     def is_root(self) -> bool:
-        return self.path == "/" if self.scheme != "s3" else "/" not in self.path
+        return "/" not in self.path if self._in_buckets else self.path == "/"
+
+    def root(self) -> "Location":
+        """The root of this location's namespace: ``/``, or the bucket."""
+        return dataclasses.replace(self, path=self.bucket if self._in_buckets else "/")
 
     def parent(self) -> "Location":
-        if self.scheme == "s3":
+        if self._in_buckets:
             head = self.path.rpartition("/")[0] if "/" in self.path else self.path
             return dataclasses.replace(self, path=head)
         return dataclasses.replace(self, path=posixpath.dirname(self.path) or "/")
@@ -80,15 +79,6 @@ class Location:
 
     def child(self, name: str) -> "Location":
         return dataclasses.replace(self, path=_join_path(self.path, name))
-
-
-def _norm(path: str) -> str:
-    if not path:
-        return "/"
-    norm = posixpath.normpath(path)
-    if norm.startswith("//"):
-        norm = "/" + norm.lstrip("/")
-    return norm
 
 
 def _join_path(base: str, *parts: str) -> str:
@@ -106,42 +96,20 @@ def parse(uri: str | os.PathLike) -> Location:
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"not a URI or path: {uri!r}")
     if "://" not in uri:
-        if uri.startswith("file:"):  # file:/abs/path
-            return Location("file", "file", "", _norm(uri[5:]))
-        return Location("file", "", "", _norm(os.path.abspath(os.path.expanduser(uri))))
-    parts = urlsplit(uri)
-    written = parts.scheme.lower()
-    scheme = SCHEMES.get(written)
-    if scheme is None:
-        raise ValueError(f"unsupported URI scheme {parts.scheme!r} in {uri!r} (use hdfs, viewfs, s3, s3a, file)")
-    # urlsplit drops ?query and #fragment: keep them as part of the path (they are legal file names)
-    raw_path = uri.split("://", 1)[1]
-    raw_path = raw_path[len(parts.netloc):]
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI with a host is not supported: {uri!r}")
-        return Location("file", written, "", _norm(raw_path or "/"))
-    if scheme == "s3":
-        bucket = parts.netloc
-        if not bucket:
-            raise ValueError(f"S3 URI without a bucket: {uri!r}")
-        key = _norm(raw_path).strip("/") if raw_path.strip("/") else ""
-        return Location("s3", written, bucket, f"{bucket}/{key}" if key else bucket)
-    authority = parts.netloc
-    if scheme == "hdfs" and not authority:
-        default = config.default_fs()
-        if not default:
-            raise ValueError(
-                f"{uri!r} has no NameNode and fs.defaultFS is not set "
-                f"(HADOOP_CONF_DIR={os.environ.get('HADOOP_CONF_DIR')!r})"
-            )
-        dparts = urlsplit(default)
-        if dparts.scheme not in ("hdfs", "viewfs"):
-            raise ValueError(f"fs.defaultFS={default!r} is not an hdfs:// or viewfs:// URI (for {uri!r})")
-        written, scheme, authority = dparts.scheme, dparts.scheme, dparts.netloc
-    if not authority:
-        raise ValueError(f"{written}:// URI without an authority: {uri!r}")
-    return Location(scheme, written, authority, _norm(raw_path or "/"))
+        shown, netloc, raw_path = ("file", "", uri[5:]) if uri.startswith("file:") else ("", "", uri)
+    else:
+        parts = urlsplit(uri)
+        shown, netloc = parts.scheme, parts.netloc
+        # urlsplit drops ?query and #fragment: keep them as part of the path (they are legal file names)
+        raw_path = uri.split("://", 1)[1][len(netloc):]
+    written = shown.lower()
+    try:
+        cls = store_class(written)
+    except KeyError:
+        raise ValueError(
+            f"unsupported URI scheme {shown!r} in {uri!r} (use hdfs, viewfs, s3, s3a, file)"
+        ) from None
+    return Location(*cls.locate(written, netloc, raw_path, uri))
 
 
 def join(uri: str, *parts: str) -> str:

@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-The pseudo-cluster fixtures live in ``cluster.testing`` so that notebooks and benchmarks can reuse
+The pseudo-cluster fixtures live in ``cluster.pseudo.testing`` so that notebooks and benchmarks can reuse
 them; every test that needs Spark gets its session from ``local_spark`` here (one per test session).
 """
 import time
@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-pytest_plugins = ["cluster.testing"]
+pytest_plugins = ["cluster.pseudo.testing"]
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def own_tf_node_processes():
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if "tfos_jobs.node" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+            if "tfos_jobs.tfnode" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             pass

@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 import cluster
-from cluster import manager
-from cluster.errors import ClusterError
-from cluster.testing import bounded as with_timeout
+from cluster.pseudo import config, manager
+from cluster.pseudo.errors import ClusterError
+from cluster.pseudo.testing import bounded as with_timeout
 
 pytestmark = pytest.mark.cluster
 
@@ -39,7 +39,7 @@ def _pids_and_ports():
 
 
 def test_port_taken_gives_clear_error(private_home):
-    opts = cluster.config.Options(port_base=PORT_BASE)
+    opts = config.Options(port_base=PORT_BASE)
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers
         s.bind(("127.0.0.1", opts.port("rm.web")))

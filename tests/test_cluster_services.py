@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import cluster
-from cluster import config, manager
-from cluster.deploy import spark_ui_startup_race
-from cluster.testing import describe, describe_yarn, run_process
-from cluster.testing import bounded as with_timeout
+from cluster.deployment.submit import spark_ui_startup_race
+from cluster.pseudo import config, manager
+from cluster.pseudo.testing import describe, describe_yarn, run_process
+from cluster.pseudo.testing import bounded as with_timeout
 
 pytestmark = pytest.mark.cluster
 

@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import cluster
-from cluster import config, jars, manager
-from cluster.errors import ClusterError
-from cluster.testing import describe
+from cluster.pseudo import config, jars, manager
+from cluster.pseudo.errors import ClusterError
+from cluster.pseudo.testing import describe
 
 
 def _props(path):

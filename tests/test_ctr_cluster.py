@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import hdfs_io
-from tfos_jobs.ctr import generator, job, schema
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
+from tfos_jobs.ctr import schema
+from tfos_jobs.ctr import steps as job
+from tfos_jobs.ctr import synthetic as generator
 from tfos_jobs.ctr.model import CTRTask, ModelConfig
 from tfos_jobs.ctr.prep import prep
 
@@ -29,9 +32,10 @@ def test_ctr_job_on_hdfs_and_s3(pseudo_cluster, cluster_env, local_spark):
                       validation_fraction=0.25)
         assert report["bad"] == gen["malformed"] and report["train"].startswith("hdfs://")
         assert hdfs_io.read_parquet(report["quarantine"]).num_rows == gen["malformed"]
-        result = job.train(local_spark.sparkContext, f"{root}/prep", f"{root}/model", f"{root}/export",
-                           model=MODEL, strategy="ps", num_workers=1,
-                           num_ps=1, batch_size=128, steps=40, log_every=20, checkpoint_every=20)
+        result = job.train(local_spark.sparkContext, f"{root}/prep", MODEL,
+                           scaling=ScalingConfig(strategy="ps", num_workers=1, num_ps=1),
+                           loop=LoopConfig(batch_size=128, steps=40, log_every=20, checkpoint_every=20),
+                           run=RunConfig(model_dir=f"{root}/model", export_uri=f"{root}/export"))
         assert result.steps == 40 and hdfs_io.is_published(f"{root}/export")
         assert hdfs_io.exists(f"{root}/model/checkpoints/checkpoint")
         evaluation = job.evaluate(f"{root}/export", report["valid"], output_uri=f"{s3_root}/evaluation.json")

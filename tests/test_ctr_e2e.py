@@ -13,7 +13,10 @@ import pytest
 import hdfs_io
 from cluster.testing import describe, run_process
 from tfos_jobs import metrics
-from tfos_jobs.ctr import generator, job, schema
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
+from tfos_jobs.ctr import schema
+from tfos_jobs.ctr import steps as job
+from tfos_jobs.ctr import synthetic as generator
 from tfos_jobs.ctr.model import CTRTask, ModelConfig
 from tfos_jobs.ctr.prep import prep
 
@@ -127,9 +130,10 @@ def test_scoring_raw_criteo_lines_matches_the_models_predictions(local_spark, tr
 def test_mwms_from_a_dataframe(local_spark, trained, tmp_path):
     _, _, prepped, gen, _ = trained
     frame = local_spark.read.parquet("file://" + hdfs_io.join(prepped, "train"))
-    result = job.train(local_spark.sparkContext, prepped, str(tmp_path / "model"), str(tmp_path / "export"),
-                       model=SMALL, data=frame, strategy="mwms", num_workers=2, batch_size=64, steps=40,
-                       log_every=20, checkpoint_every=40)
+    result = job.train(local_spark.sparkContext, prepped, SMALL, data=frame,
+                       scaling=ScalingConfig(strategy="mwms", num_workers=2),
+                       loop=LoopConfig(batch_size=64, steps=40, log_every=20, checkpoint_every=40),
+                       run=RunConfig(model_dir=str(tmp_path / "model"), export_uri=str(tmp_path / "export")))
     assert result.nodes == ["chief:0", "worker:0"]
     assert hdfs_io.is_published(result.export_uri)
     valid = hdfs_io.read_parquet(hdfs_io.join(prepped, "valid"))

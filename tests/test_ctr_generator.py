@@ -7,7 +7,8 @@ import pytest
 
 import hdfs_io
 from tfos_jobs import metrics
-from tfos_jobs.ctr import generator, schema
+from tfos_jobs.ctr import schema
+from tfos_jobs.ctr import synthetic as generator
 
 
 def read_lines(uri):

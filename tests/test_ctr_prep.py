@@ -2,8 +2,9 @@
 import pytest
 
 import hdfs_io
-from tfos_jobs import prep as gprep
-from tfos_jobs.ctr import generator, schema
+from tfos_jobs import sparkprep as gprep
+from tfos_jobs.ctr import schema
+from tfos_jobs.ctr import synthetic as generator
 from tfos_jobs.ctr.prep import prep
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,12 @@ import time
 
 import pytest
 
-from cluster import deploy, emr
-from cluster.deploy import DeployError, Resources
-from cluster.testing import describe
+from cluster import deploy  # the facade that re-exports cluster.deployment's API
+from cluster.deployment import cli as deploy_cli
+from cluster.deployment import emr
+from cluster.deployment import submit as deploy_submit
+from cluster.deployment.resources import DeployError, Resources
+from cluster.pseudo.testing import describe
 
 
 def conf_of(argv):
@@ -103,7 +106,7 @@ def test_submit_argv_standalone_and_local_cluster(tmp_path, capsys, monkeypatch)
     def package_uris(_dir, with_env=True):
         asked.append(with_env)
         return {"env_archive": pkg.env_archive if with_env else None, "code_zip": pkg.code_zip, "entry": pkg.entry}
-    monkeypatch.setattr(deploy, "_package_uris", package_uris)
+    monkeypatch.setattr(deploy_cli, "_package_uris", package_uris)
     for master, mode in (("spark://127.0.0.1:19830", "client"), ("local-cluster[2,1,1024]", "client"),
                          ("yarn", "cluster")):
         assert deploy.main(["submit", "--master", master, "--package-dir", str(tmp_path), "--dry-run",
@@ -167,7 +170,7 @@ def test_code_zip_is_deterministic_and_importable(tmp_path):
     a, b = deploy.build_code(tmp_path / "a"), deploy.build_code(tmp_path / "b")
     assert a.name == b.name and a.read_bytes() == b.read_bytes()
     out = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                          "import tfos_jobs.node, hdfs_io, cluster.probe; print(tfos_jobs.node.__file__)", str(a)],
+                          "import tfos_jobs.executor.node, hdfs_io, cluster.probe; print(tfos_jobs.executor.node.__file__)", str(a)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, describe(out)
     assert out.stdout.strip().startswith(str(a)), describe(out)
@@ -296,10 +299,19 @@ def test_submit_resubmits_only_on_spark_ui_startup_race(monkeypatch, first, call
         out = outputs[len(seen)]
         seen.append(kwargs)
         return deploy.Submission(0 if out.startswith("RESULT") else 1, out, None, None, None, 0.1)
-    monkeypatch.setattr(deploy, "_submit_once", once)
+    monkeypatch.setattr(deploy_submit, "_submit_once", once)
     if error:
         with pytest.raises(DeployError, match=error):
             deploy.submit(["spark-submit", "--master", "yarn", "app.py"], timeout=5)
     else:
         assert deploy.submit(["spark-submit", "--master", "yarn", "app.py"], timeout=5).output == "RESULT ok\n"
     assert len(seen) == calls and all(k["check"] is False and k["timeout"] == 5 for k in seen)
+
+
+def test_code_zip_ships_only_what_jobs_run(tmp_path):
+    """The jobs' packages and the probe go to YARN; the pseudo-cluster, the CLIs and the test helpers do not."""
+    import zipfile
+    names = set(zipfile.ZipFile(deploy.build_code(tmp_path)).namelist())
+    assert {"tfos_jobs/__init__.py", "hdfs_io/__init__.py", "cluster/__init__.py", "cluster/probe.py",
+            "cluster/deployment/__init__.py", "cluster/deployment/probe.py"} <= names
+    assert not [n for n in names if n.startswith("cluster/") and n not in deploy.CODE_FILES]

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 import cluster
-from cluster import config
-from cluster.testing import bounded, chance_auc_sd, describe, majority_baseline, run_process
+from cluster.pseudo import config
+from cluster.pseudo.testing import bounded, chance_auc_sd, describe, majority_baseline, run_process
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ SURVEY_STEPS, SURVEY_LEARNING_RATE, SURVEY_MIN_GAIN = "100", "0.01", 0.03
 def deploy_submit(conn, master, module, args, timeout=420):
     """``tfos-deploy submit`` (the CLI, in a child process stopped with everything it started); returns
     the JSON line the job printed. Standalone workers hold 1 core / 1 GiB each: 512m executors."""
-    argv = [sys.executable, "-m", "cluster.deploy", "submit", "--master", master, "--executor-memory", "512m",
+    argv = [sys.executable, "-m", "cluster.deployment.cli", "submit", "--master", master, "--executor-memory", "512m",
             "--tf-nodes", "2", "--timeout", str(timeout - 30), module, *args]
     t0 = time.monotonic()
     res = run_process(argv, env=cluster.client_env(conn), timeout=timeout)
@@ -61,8 +61,8 @@ def read_json(uri):
 def prepped(pseudo_cluster):
     """Both data sets on HDFS, prepped by the jobs' own prep steps on the standalone master."""
     import hdfs_io
-    from tfos_jobs.ctr.generator import generate
-    from tfos_jobs.survey import data
+    from tfos_jobs.ctr.synthetic import generate
+    from tfos_jobs.survey import synthetic as data
     base = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy_spark/{uuid.uuid4().hex}"
     bounded(lambda: generate(f"{base}/ctr/raw", CTR_ROWS, files=2, overwrite=True))
     data_uri, spec_uri = bounded(lambda: data.write_example(f"{base}/survey/example"))

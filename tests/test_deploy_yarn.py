@@ -13,9 +13,11 @@ import uuid
 import pytest
 
 import cluster
-from cluster import config, deploy, emr
-from cluster.deploy import DeployError, Resources
-from cluster.testing import auc, bounded, describe_steps, describe_submission, describe_yarn, \
+from cluster import deploy  # the facade that re-exports cluster.deployment's API
+from cluster.deployment import emr
+from cluster.deployment.resources import DeployError, Resources
+from cluster.pseudo import config
+from cluster.pseudo.testing import auc, bounded, describe_steps, describe_submission, describe_yarn, \
     majority_baseline, run_process, yarn_report
 # Training long enough to learn, as measured for test_deploy_spark (20 steps at the default rate left the
 # CTR model near chance)
@@ -95,7 +97,7 @@ def test_probe_uses_the_shipped_environment(shipped, pseudo_cluster, mode):
         assert "/usercache/" in e["executable"] and e["executable"].endswith("/tfenv/bin/python"), e
         assert "/tfos-code-" in e["tfos_jobs"] and ".venv" not in e["tfos_jobs"], e
     for e in r["executors"]:
-        node = e["tf_node"]     # a child process of the Python worker, as tfos_jobs.node starts TF
+        node = e["tf_node"]     # a child process of the Python worker, as tfos_jobs.executor.node starts TF
         assert "/tfenv/lib/python3" in node["tf_file"] and "/tfenv/lib/python3" in node["tensorflowonspark"]
         assert "/tfos-code-" in node["tfos_jobs"] and "/tfos-code-" in node["hdfs_io"]
     if mode == "client":
@@ -103,7 +105,7 @@ def test_probe_uses_the_shipped_environment(shipped, pseudo_cluster, mode):
 
 
 def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_path):
-    from tfos_jobs.ctr.generator import generate
+    from tfos_jobs.ctr.synthetic import generate
     base = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}"
     bounded(lambda: generate(f"{base}/raw", CTR_ROWS, files=2, overwrite=True))
     cfg = {
@@ -147,7 +149,7 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
     stdout comes back in spark-submit's output), executors and TF nodes in YARN containers."""
     import hdfs_io
     import numpy as np
-    from tfos_jobs.survey import data
+    from tfos_jobs.survey import synthetic as data
     base = f"{pseudo_cluster['hdfs']['uri']}/tmp/test_deploy/{uuid.uuid4().hex}"
     data_uri, spec_uri = bounded(lambda: data.write_example(f"{base}/example"))
     new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(100, 30)

@@ -21,8 +21,13 @@ import pyarrow as pa
 import pytest
 
 import hdfs_io
-from tfos_jobs.control import json_line_server
-from tfos_jobs.feed import DataFrameSource, FeedDriver, FeedError, FeedReceiver, FeedSpec, _Link, _request
+from tfos_jobs.wire.control import json_line_server
+from tfos_jobs.driver.feed import FeedDriver
+from tfos_jobs.executor.feed import _Link
+from tfos_jobs.sources import DataFrameSource
+from tfos_jobs.tfnode.feed import FeedReceiver
+from tfos_jobs.wire.feed import FeedError, FeedSpec
+from tfos_jobs.wire.feed import request as _request
 from tfos_jobs.task import ParquetSource
 from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
 from tfos_jobs.trainer import ClusterLost, TrainingFailed, fit

@@ -203,18 +203,18 @@ def test_s3_commit_failure_removes_partial_copies(pseudo_cluster, env, tmp_path,
     for i in range(6):
         (src / f"part-{i}").write_bytes(b"p" * 100)
     final = hdfs_io.join(base, "out")
-    from hdfs_io import backends, publishing
+    from hdfs_io.stores import S3Store
 
-    real_meta, copies = backends.meta, []
+    real_meta, copies = S3Store.meta, []
 
-    def failing_meta(loc, op, fn, *args):
+    def failing_meta(self, loc, op, fn, *args):
         if op == "copy":
             copies.append(args)
             if len(copies) == 4:
                 raise OSError("S3 CopyObject failed")
-        return real_meta(loc, op, fn, *args)
+        return real_meta(self, loc, op, fn, *args)
 
-    monkeypatch.setattr(publishing.backends, "meta", failing_meta)
+    monkeypatch.setattr(S3Store, "meta", failing_meta)
     try:
         with pytest.raises(OSError, match="CopyObject failed"):
             hdfs_io.publish_dir(str(src), final)

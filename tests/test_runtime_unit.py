@@ -4,9 +4,10 @@ import time
 
 import pytest
 
-from tfos_jobs.control import ControlClient, ControlServer, DriverUnreachable
-from tfos_jobs.node import assign_role, tf_roles
-from tfos_jobs.trainer import TrainConfig, _watch
+from tfos_jobs.wire.control import ControlClient, ControlServer, DriverUnreachable
+from tfos_jobs.executor.node import assign_role, tf_roles
+from tfos_jobs.config import TrainConfig
+from tfos_jobs.driver.trainer import _watch
 
 SPEC = {"chief": ["h:1"], "worker": ["h:2", "h:3", "h:4"]}
 

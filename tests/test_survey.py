@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import hdfs_io
-from tfos_jobs.survey import cli, data, spec
-from tfos_jobs.survey.spec import SpecError
+from tfos_jobs.survey import cli
+from tfos_jobs.survey import schema as spec
+from tfos_jobs.survey import synthetic as data
+from tfos_jobs.survey.schema import SpecError
 
 
 
@@ -183,7 +185,7 @@ def test_model_heads_masked_loss_and_keras_file(tmp_path):
 
 
 def test_majority_baseline_and_table():
-    from tfos_jobs.survey.evaluate import format_table, majority_metrics
+    from tfos_jobs.survey.steps import format_table, majority_metrics
     m = majority_metrics({"classes": ["a", "b"], "train_counts": [30, 10], "valid_counts": [6, 4]})
     assert m["answer"] == "a" and m["accuracy"] == 0.6 and m["rows"] == 10
     assert m["log_loss"] == pytest.approx(-(6 * np.log(0.75) + 4 * np.log(0.25)) / 10)
@@ -266,11 +268,13 @@ def test_prep_infers_encodes_and_splits_deterministically(local_spark, synthetic
 
 @pytest.mark.slow
 def test_parameter_server_training_on_synthetic_survey(local_spark, synthetic_prep):
-    from tfos_jobs.survey import model
+    from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
+    from tfos_jobs.survey import steps
     _, _, _, plan, root = synthetic_prep
-    result = model.run_train(local_spark.sparkContext, plan, str(root / "prep"), str(root / "model"),
-                             str(root / "export"), strategy="ps", num_workers=1, num_ps=1, steps=40,
-                             batch_size=32, log_every=20, hidden=[32])
+    result = steps.train(local_spark.sparkContext, plan, str(root / "prep"), {"hidden": [32]},
+                         scaling=ScalingConfig(strategy="ps", num_workers=1, num_ps=1),
+                         loop=LoopConfig(steps=40, batch_size=32, log_every=20),
+                         run=RunConfig(model_dir=str(root / "model"), export_uri=str(root / "export")))
     assert sorted(result.nodes) == ["chief:0", "ps:0", "worker:0"] and result.steps == 40
     assert hdfs_io.is_published(str(root / "export"))
     assert_survey_model_learned(plan, str(root / "prep"), str(root / "export"), result.metrics)
@@ -312,25 +316,27 @@ def assert_survey_model_learned(plan, prep_uri, export_uri, reported, margin=0.0
 @pytest.fixture(scope="module")
 def anes96_run(local_spark, tmp_path_factory):
     """The real example end to end: prep, train (mwms, 2 workers), evaluate and predict."""
-    from tfos_jobs.survey import evaluate, model, predict, prep
+    from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
+    from tfos_jobs.survey import prep, steps
     root = tmp_path_factory.mktemp("anes96")
     data_uri, spec_uri = data.write_example(str(root / "example"))
     parsed = spec.load_spec(spec_uri)
     fmt, header = spec.preflight(parsed, data_uri)
     plan = prep.run_prep(local_spark, parsed, data_uri, str(root / "prep"), fmt=fmt, header=header)
-    result = model.run_train(local_spark.sparkContext, plan, str(root / "prep"), str(root / "model"),
-                             str(root / "export"), strategy="mwms", num_workers=2, epochs=30, batch_size=64,
-                             log_every=100)
-    report = evaluate.run_evaluate(local_spark, plan, str(root / "prep"), str(root / "export"), str(root / "eval"))
+    result = steps.train(local_spark.sparkContext, plan, str(root / "prep"),
+                         scaling=ScalingConfig(strategy="mwms", num_workers=2),
+                         loop=LoopConfig(epochs=30, batch_size=64, log_every=100),
+                         run=RunConfig(model_dir=str(root / "model"), export_uri=str(root / "export")))
+    report = steps.evaluate(local_spark, plan, str(root / "prep"), str(root / "export"), str(root / "eval"))
     new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(0, 40)
     new_uri = data.write_csv(new, str(root / "new.csv"))
-    predicted = predict.run_predict(local_spark, plan, str(root / "export"), new_uri, str(root / "pred"))
+    predicted = steps.predict(local_spark, plan, str(root / "export"), new_uri, str(root / "pred"))
     return {"root": root, "plan": plan, "result": result, "report": report, "predicted": predicted}
 
 
 @pytest.mark.slow
 def test_anes96_model_beats_majority_on_every_target(anes96_run):
-    from tfos_jobs.survey.evaluate import format_table
+    from tfos_jobs.survey.steps import format_table
     report = anes96_run["report"]
     print(format_table(report))
     assert set(report["targets"]) == {"vote", "PID", "selfLR"}
@@ -370,13 +376,13 @@ def test_anes96_predictions_are_probabilities(anes96_run):
         best = np.array(t["classes"])[probabilities.argmax(axis=1)]
         assert table[f"{t['column']}__answer"].tolist() == best.tolist()
     with pytest.raises(FileExistsError):
-        from tfos_jobs.survey import predict
-        predict.run_predict(None, plan, str(root / "export"), str(root / "new.csv"), str(root / "pred"))
+        from tfos_jobs.survey import steps
+        steps.predict(None, plan, str(root / "export"), str(root / "new.csv"), str(root / "pred"))
 
 
 @pytest.mark.slow
 def test_export_from_another_prep_is_refused(anes96_run, tmp_path):
-    from tfos_jobs.survey.evaluate import check_export
+    from tfos_jobs.survey.steps import check_export
     plan = json.loads(json.dumps(anes96_run["plan"]))
     plan["targets"][0]["classes"] = ["0", "1", "2"]
     with pytest.raises(ValueError, match="not trained on this prep"):

@@ -10,7 +10,10 @@ import pytest
 
 import hdfs_io
 from cluster.testing import describe, run_process
-from tfos_jobs.survey import data, evaluate, model, predict, prep, spec
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
+from tfos_jobs.survey import prep, steps
+from tfos_jobs.survey import schema as spec
+from tfos_jobs.survey import synthetic as data
 
 from test_survey import assert_survey_model_learned
 
@@ -34,19 +37,20 @@ def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root, tmp_path):
     plan = prep.run_prep(local_spark, parsed, data_uri, f"{hdfs_root}/prep", fmt=fmt, header=header)
     assert hdfs_io.is_published(f"{hdfs_root}/prep/train") and plan["rows"]["total"] == 944
     assert prep.read_plan(f"{hdfs_root}/prep")["inputs"] == plan["inputs"]
-    result = model.run_train(local_spark.sparkContext, plan, f"{hdfs_root}/prep", f"{hdfs_root}/model",
-                             f"{hdfs_root}/export", strategy="mwms", num_workers=2, epochs=30, batch_size=64,
-                             log_every=100)
+    result = steps.train(local_spark.sparkContext, plan, f"{hdfs_root}/prep",
+                         scaling=ScalingConfig(strategy="mwms", num_workers=2),
+                         loop=LoopConfig(epochs=30, batch_size=64, log_every=100),
+                         run=RunConfig(model_dir=f"{hdfs_root}/model", export_uri=f"{hdfs_root}/export"))
     assert result.nodes == ["chief:0", "worker:0"]
     assert hdfs_io.is_published(f"{hdfs_root}/export")
     assert hdfs_io.exists(f"{hdfs_root}/model/checkpoints/checkpoint")
-    report = evaluate.run_evaluate(local_spark, plan, f"{hdfs_root}/prep", f"{hdfs_root}/export",
+    report = steps.evaluate(local_spark, plan, f"{hdfs_root}/prep", f"{hdfs_root}/export",
                                    f"{hdfs_root}/eval")
     with hdfs_io.open(f"{hdfs_root}/eval/evaluation.json", "r") as handle:
         assert json.load(handle) == json.loads(spec.dumps(report))
     with hdfs_io.open(f"{hdfs_root}/eval/evaluation.txt", "r") as handle:
         assert "acc majority" in handle.read()
-    print(evaluate.format_table(report))
+    print(steps.format_table(report))
     for name, entry in report["targets"].items():
         assert entry["model"]["accuracy"] > entry["majority"]["accuracy"], (name, entry)
         assert entry["model"]["log_loss"] < entry["majority"]["log_loss"], (name, entry)
@@ -55,7 +59,7 @@ def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root, tmp_path):
                                 cache=str(tmp_path / "export"))
     new = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(100, 30)
     hdfs_io.write_parquet(new, f"{hdfs_root}/new", rows_per_file=10)
-    out = predict.run_predict(local_spark, plan, f"{hdfs_root}/export", f"{hdfs_root}/new", f"{hdfs_root}/pred")
+    out = steps.predict(local_spark, plan, f"{hdfs_root}/export", f"{hdfs_root}/new", f"{hdfs_root}/pred")
     assert out["rows"] == 30 and hdfs_io.is_published(f"{hdfs_root}/pred")
     table = hdfs_io.read_parquet(f"{hdfs_root}/pred")
     assert sorted(int(r) for r in table.column("respondent").to_pylist()) == list(range(101, 131))

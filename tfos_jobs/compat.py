@@ -25,7 +25,7 @@ class IncompatibleEnvironment(RuntimeError):
     """The Python environment cannot run tensorflowonspark; the message says what to install."""
 
 
-def check_pkg_resources():
+def check_pkg_resources() -> None:
     """Fail with an actionable message when ``pkg_resources`` (needed by TFoS) is missing."""
     try:
         with warnings.catch_warnings():  # its deprecation notice is about TFoS, not the user's code
@@ -37,7 +37,7 @@ def check_pkg_resources():
             "run `pip install 'setuptools<82'` in this environment") from err
 
 
-def use_fork_for_tfmanager():
+def use_fork_for_tfmanager() -> None:
     """Make TFoS's multiprocessing manager start with ``fork`` whatever the default start method is.
 
     TFManager registers lambdas as manager callables; only ``fork`` can start such a manager.
@@ -58,7 +58,7 @@ def use_fork_for_tfmanager():
     return cls
 
 
-def import_tfos():
+def import_tfos() -> tuple:
     """Import the TFoS modules our runtime uses, with every fix applied."""
     check_pkg_resources()
     use_fork_for_tfmanager()

@@ -14,7 +14,7 @@ KERAS_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 
 
-def serving_module(model, feature_dtypes):
+def serving_module(model, feature_dtypes: dict):  # -> tf.Module
     """A tf.Module whose ``serving_default`` takes one ``[batch]`` tensor per feature column."""
     import tensorflow as tf
     spec = {name: tf.TensorSpec([None], tf.dtypes.as_dtype(dtype), name=name)
@@ -33,7 +33,7 @@ def serving_module(model, feature_dtypes):
     return Serving()
 
 
-def write_export(local_dir, model, feature_dtypes, metrics):
+def write_export(local_dir: str, model, feature_dtypes: dict, metrics: dict) -> None:
     """Write SavedModel, Keras file and metrics into a local directory."""
     import tensorflow as tf
     module = serving_module(model, feature_dtypes)
@@ -44,14 +44,14 @@ def write_export(local_dir, model, feature_dtypes, metrics):
         json.dump(metrics, handle, indent=2, sort_keys=True)
 
 
-def publish_export(export_uri, model, feature_dtypes, metrics):
+def publish_export(export_uri: str, model, feature_dtypes: dict, metrics: dict) -> str:
     # A new training run replaces the previous export as a whole.
     with hdfs_io.publish(export_uri, overwrite=True) as local_dir:
         write_export(local_dir, model, feature_dtypes, metrics)
     return export_uri
 
 
-def load_serving(export_uri, local_cache):
+def load_serving(export_uri: str, local_cache: str):  # -> the serving_default signature
     """Load an export's serving function (downloading it first when it is remote)."""
     import tensorflow as tf
     local = export_uri if os.path.isdir(export_uri) else local_cache

@@ -1,8 +1,9 @@
 """Keras layers shared by the jobs' models (defined lazily: importing this module does not import Keras)."""
 import functools
+from typing import Any
 
 
-def embedding(input_dim, output_dim, **kwargs):
+def embedding(input_dim: int, output_dim: int, **kwargs: Any) -> Any:
     """A ``keras.layers.Embedding`` whose lookup gathers the rows on the table variable itself.
 
     Keras 3's own ``Embedding`` calls ``ops.take``, which first converts the whole table to a tensor.

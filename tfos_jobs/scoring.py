@@ -6,21 +6,25 @@ scores its partitions in Arrow record batches through ``mapInArrow``: no row-by-
 pickling. The predictions (kept columns + ``prediction``) are written as Parquet atomically: they
 appear complete, with ``_SUCCESS``, or not at all.
 """
+from __future__ import annotations
+
 import fcntl
 import hashlib
 import os
 import shutil
 import time
+from typing import Any, Sequence
 
 import hdfs_io
-from tfos_jobs import prep
+from tfos_jobs import sparkprep
 from tfos_jobs.export import METRICS_FILE, SAVED_MODEL
 
+# TensorFlow and pyspark (heavy) are imported inside the functions that load models and build DataFrames.
 DEFAULT_CACHE = "/tmp/tfos_scoring"
 _LOADED = {}   # per Python worker process: cache key -> serving function
 
 
-def export_key(export_uri):
+def export_key(export_uri: str) -> str:
     """A key that changes whenever the export at ``export_uri`` is replaced (driver side)."""
     hdfs_io.require_published(export_uri)
     digest = hashlib.sha1(export_uri.encode())
@@ -34,7 +38,7 @@ def export_key(export_uri):
     return digest.hexdigest()[:16]
 
 
-def load_model(export_uri, key, cache_root=DEFAULT_CACHE):
+def load_model(export_uri: str, key: str, cache_root: str = DEFAULT_CACHE) -> Any:
     """The export's ``serving_default`` function, loaded at most once per process; the download is
     shared by the processes of a host (file lock + completion marker)."""
     if key in _LOADED:
@@ -86,8 +90,9 @@ def _scorer(export_uri, key, features, keep, prediction_column, batch_size, cach
     return score_batches
 
 
-def score_dataframe(df, export_uri, features, keep=(), prediction_column="prediction", batch_size=4096,
-                    cache_root=DEFAULT_CACHE, output_name="prediction"):
+def score_dataframe(df: Any, export_uri: str, features: list[str], keep: Sequence[str] = (),
+                    prediction_column: str = "prediction", batch_size: int = 4096, cache_root: str = DEFAULT_CACHE,
+                    output_name: str = "prediction") -> Any:
     """A DataFrame of ``keep`` columns + ``prediction_column`` (float) for every row of ``df``."""
     from pyspark.sql.types import FloatType, StructField, StructType
     features, keep = list(features), list(keep)
@@ -105,24 +110,24 @@ def score_dataframe(df, export_uri, features, keep=(), prediction_column="predic
     return df.select(*columns).mapInArrow(fn, StructType(fields))
 
 
-def score(spark, export_uri, input_uri, output_uri, features, keep=(), overwrite=False, partitions=None,
-          **options):
+def score(spark: Any, export_uri: str, input_uri: str, output_uri: str, features: list[str], keep: Sequence[str] = (),
+          overwrite: bool = False, partitions: int | None = None, **options: Any) -> dict:
     """Score the Parquet data set ``input_uri``; write predictions to ``output_uri`` atomically.
 
     Returns ``{"rows", "seconds", "rows_per_s", "output"}``.
     """
     if not hdfs_io.exists(input_uri):
         raise FileNotFoundError(f"input {input_uri} does not exist")
-    df = spark.read.parquet(prep.spark_uri(input_uri))
+    df = spark.read.parquet(sparkprep.spark_uri(input_uri))
     return write_scores(score_dataframe(df, export_uri, features, keep, **options), output_uri,
                         overwrite=overwrite, partitions=partitions)
 
 
-def write_scores(scored, output_uri, overwrite=False, partitions=None):
+def write_scores(scored: Any, output_uri: str, overwrite: bool = False, partitions: int | None = None) -> dict:
     started = time.monotonic()
     if hdfs_io.exists(output_uri) and not overwrite:
         raise FileExistsError(f"output {output_uri} already exists (use --overwrite to replace it)")
-    prep.write_parquet(scored, output_uri, overwrite=overwrite, partitions=partitions)
+    sparkprep.write_parquet(scored, output_uri, overwrite=overwrite, partitions=partitions)
     seconds = time.monotonic() - started
     rows = sum(_parquet_rows(info.uri) for info in hdfs_io.list_data_files(output_uri))
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": rows / max(seconds, 1e-9),
@@ -157,7 +162,8 @@ def _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_r
     return score_batches
 
 
-def score_dataframe_vectors(df, export_uri, features, outputs, keep=(), batch_size=4096, cache_root=DEFAULT_CACHE):
+def score_dataframe_vectors(df: Any, export_uri: str, features: list[str], outputs: dict[str, str],
+                            keep: Sequence[str] = (), batch_size: int = 4096, cache_root: str = DEFAULT_CACHE) -> Any:
     """A DataFrame of ``keep`` columns + one ``array<float>`` column per entry of ``outputs``
     ({serving output name: column name}) for every row of ``df`` (multi-output / multi-class models)."""
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType

@@ -3,10 +3,13 @@
 Defaults target the embedded setup: ``local-cluster[2,1,MEM]`` gives two real executor processes
 (``local[N]`` would run every TF node inside the driver's working directory) with no daemons to start.
 """
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 DEFAULT_EXECUTORS = 2
 DEFAULT_EXECUTOR_MEMORY_MB = 2048
@@ -16,7 +19,7 @@ class JavaNotFound(RuntimeError):
     """Spark needs Java 17+ and none was found."""
 
 
-def java_version(java_home=None):
+def java_version(java_home: str | None = None) -> int:
     """Return the major Java version on this machine, or raise :class:`JavaNotFound`."""
     java_home = java_home or os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
@@ -35,11 +38,12 @@ def java_version(java_home=None):
     return major
 
 
-def local_cluster_master(executors=DEFAULT_EXECUTORS, cores=1, memory_mb=DEFAULT_EXECUTOR_MEMORY_MB):
+def local_cluster_master(executors: int = DEFAULT_EXECUTORS, cores: int = 1,
+                         memory_mb: int = DEFAULT_EXECUTOR_MEMORY_MB) -> str:
     return f"local-cluster[{executors},{cores},{memory_mb}]"
 
 
-def spark_session(master=None, app_name="tfos-jobs", conf=None):
+def spark_session(master: str | None = None, app_name: str = "tfos-jobs", conf: dict[str, str] | None = None) -> Any:
     """Build (or return the active) SparkSession with the settings a TF job on Spark needs.
 
     * ``spark.task.maxFailures=1``: a failed TF node must fail the job at once; the runtime restarts
@@ -56,19 +60,40 @@ def spark_session(master=None, app_name="tfos-jobs", conf=None):
     if not submitted:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession   # heavy: loaded only when a session is built
 
-    given = None
-    if submitted:
-        from pyspark import SparkConf, SparkContext
-        # pyspark 4: SparkConf() is empty until the gateway is up; connect first to read spark-submit's
-        SparkContext._ensure_initialized()
-        given = SparkConf()
+    given = _submitted_conf() if submitted else None
+    if given is not None:
         master = master or given.get("spark.master", None)
     master = master or os.environ.get("TFOS_SPARK_MASTER") or local_cluster_master()
     builder = SparkSession.builder
     if not (given is not None and given.get("spark.master", None) == master):
         builder = builder.master(master)
+    settings = _settings(master, app_name)
+    if given is not None:
+        settings = {k: v for k, v in settings.items() if not given.contains(k)}
+    if master.startswith("local-cluster"):
+        # local-cluster executors find Spark's jars through SPARK_HOME.
+        import pyspark
+        os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("TFOS_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def _submitted_conf() -> Any:
+    """spark-submit's settings (its master, --conf and spark-defaults.conf) as a ``SparkConf``."""
+    from pyspark import SparkConf, SparkContext
+    # pyspark 4: SparkConf() is empty until the gateway is up; connect first to read spark-submit's
+    SparkContext._ensure_initialized()
+    return SparkConf()
+
+
+def _settings(master: str, app_name: str) -> dict[str, str]:
+    """Our settings for a session on ``master`` (before spark-submit's and the caller's take precedence)."""
     settings = {
         "spark.app.name": app_name,
         "spark.task.maxFailures": "1",
@@ -84,15 +109,4 @@ def spark_session(master=None, app_name="tfos-jobs", conf=None):
         # same-host executors (local-cluster, standalone here): carry a source checkout's path. On
         # YARN the code comes with the job (tfos-deploy: --archives/--py-files), never from our paths.
         settings["spark.executorEnv.PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    if given is not None:
-        settings = {k: v for k, v in settings.items() if not given.contains(k)}
-    if master.startswith("local-cluster"):
-        # local-cluster executors find Spark's jars through SPARK_HOME.
-        import pyspark
-        os.environ.setdefault("SPARK_HOME", os.path.dirname(pyspark.__file__))
-    settings.update(conf or {})
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("TFOS_SPARK_LOG_LEVEL", "WARN"))
-    return spark
+    return settings

@@ -3,28 +3,7 @@ feeding, checkpoints, export) is the runtime's business, so the CTR and survey j
 """
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ParquetSource:
-    """A Parquet data set on any storage URI, read by the TF workers themselves (never via the driver).
-
-    ``features`` are scalar numeric columns handed to the model as a dict of ``[batch]`` tensors;
-    ``labels`` one or more label columns (a tensor for one, a dict for several).
-    """
-    uri: str
-    features: tuple
-    labels: tuple = ()
-
-    def __post_init__(self):
-        object.__setattr__(self, "features", tuple(self.features))
-        labels = (self.labels,) if isinstance(self.labels, str) else tuple(self.labels)
-        object.__setattr__(self, "labels", labels)
-        if not self.features:
-            raise ValueError(f"ParquetSource({self.uri!r}): no feature columns given")
-
-    @property
-    def columns(self):
-        return self.features + self.labels
+from tfos_jobs.sources import ParquetSource  # noqa: F401  (imported from here by jobs and users)
 
 
 class TrainingTask:
@@ -52,7 +31,7 @@ class TrainingTask:
     def evaluate(self, model, context):
         """Optional: metrics of the trained (plain, undistributed) model, run on the chief.
 
-        ``context`` is the :class:`tfos_jobs.trainer.TrainConfig`; return a dict of floats.
+        ``context`` is the run's :class:`tfos_jobs.config.TrainConfig`; return a dict of floats.
         """
         return {}
 

@@ -1,6 +1,8 @@
 """A toy click-through-rate task: the smallest real model and data the runtime's tests, benchmarks and
 docs train. (The real CTR job, with Criteo data, prep and scoring, is ``tfos_jobs.ctr``.)"""
 
+from typing import Any
+
 import numpy as np
 
 import hdfs_io
@@ -12,7 +14,7 @@ CATEGORICAL = [f"cat_{i}" for i in range(3)]
 VOCAB = 200
 
 
-def synthetic_ctr(rows, seed):
+def synthetic_ctr(rows: int, seed: int) -> Any:
     """Clicks from a known logistic model over numeric features and skewed categorical ids."""
     import pyarrow as pa
     rng = np.random.default_rng(seed)
@@ -30,12 +32,12 @@ def synthetic_ctr(rows, seed):
 class DemoCTRTask(TrainingTask):
     """Embeddings for the categorical ids, concatenated with the numeric features, into an MLP."""
 
-    def __init__(self, validation_uri, embedding_dim=8, hidden=(32, 16)):
+    def __init__(self, validation_uri: str, embedding_dim: int = 8, hidden: tuple = (32, 16)):
         self.validation_uri = validation_uri
         self.embedding_dim = embedding_dim
         self.hidden = hidden
 
-    def build_model(self):
+    def build_model(self) -> Any:
         import keras
         inputs = {name: keras.Input(shape=(), name=name, dtype="float32") for name in NUMERIC}
         inputs.update({name: keras.Input(shape=(), name=name, dtype="int64") for name in CATEGORICAL})
@@ -47,7 +49,7 @@ class DemoCTRTask(TrainingTask):
         output = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
         return keras.Model(inputs, output)
 
-    def evaluate(self, model, context):
+    def evaluate(self, model: Any, context: Any) -> dict:
         table = hdfs_io.read_parquet(self.validation_uri)
         features = {name: table.column(name).to_numpy() for name in NUMERIC + CATEGORICAL}
         scores = model.predict(features, batch_size=4096, verbose=0).ravel()

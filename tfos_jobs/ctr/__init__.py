@@ -1,5 +1,6 @@
 """Click-through-rate prediction on Criteo-format click logs, end to end on Spark + TensorFlow.
 
-generate (``generator``) -> prep on Spark (``prep``) -> distributed training (``train`` / ``model``)
--> evaluation (``evaluate``) -> batch scoring on Spark (``tfos_jobs.scoring``); CLI in ``cli``.
+generate (:mod:`.synthetic`) -> prep on Spark (:mod:`.prep`, row format in :mod:`.schema`) -> distributed
+training, evaluation and batch scoring (:mod:`.steps`, the model and its task in :mod:`.model`, its Keras
+layers in :mod:`.layers`); CLI in :mod:`.cli`.
 """

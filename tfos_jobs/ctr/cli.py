@@ -11,7 +11,10 @@ Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a pa
 ``python -m tfos_jobs.ctr ...`` or ``spark-submit tfos_jobs/ctr/cli.py ...`` (the master then comes from
 spark-submit).
 """
+from __future__ import annotations
+
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,12 +26,17 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
 import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
                            non_negative_float, non_negative_int, positive_float, positive_int, run_command)
+from tfos_jobs.config import (STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags,  # noqa: E402
+                              from_flags)
+from tfos_jobs.ctr import prep, steps, synthetic  # noqa: E402
+from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
+from tfos_jobs.spark import java_version  # noqa: E402
 
 PROG = "tfos-ctr"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _model_args(parser):
+def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=["deepfm", "dcn"], default="dcn")
     parser.add_argument("--embedding-dim", type=positive_int, default=16)
     parser.add_argument("--hidden", type=layer_sizes, default=(256, 128), help="MLP sizes (default: 256,128)")
@@ -38,23 +46,16 @@ def _model_args(parser):
     parser.add_argument("--embedding-l2", type=non_negative_float, default=0.0,
                         help="L2 on the embedding tables: curbs over-fitting of rare values after the first "
                              "epoch, but makes their gradients dense (slow under ps)")
-    parser.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
-    parser.add_argument("--workers", type=positive_int, default=2, help="TF workers (default: %(default)s)")
-    parser.add_argument("--ps", type=positive_int, default=1, help="parameter servers (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=512, help="per worker (default: %(default)s)")
-    parser.add_argument("--epochs", type=positive_float, default=1.0)
-    parser.add_argument("--steps", type=non_negative_int, default=0, help="total steps (default: from --epochs)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=500)
-    parser.add_argument("--log-every", type=positive_int, default=100)
-    parser.add_argument("--max-attempts", type=positive_int, default=2)
 
 
-def build_parser():
-    parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:9]))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _training_args(parser: argparse.ArgumentParser) -> None:
+    """The runtime's training flags (``tfos_jobs.config``), with this job's defaults (``steps.SCALING/LOOP``)."""
+    add_flags(parser, ScalingConfig, **dataclasses.asdict(steps.SCALING))
+    add_flags(parser, LoopConfig, **dataclasses.asdict(steps.LOOP))
+    add_flags(parser, RunConfig)
 
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="write Criteo-format files from a known generating model")
     p.add_argument("--output", required=True, help="directory URI for the part files")
     p.add_argument("--rows", type=positive_int, required=True)
@@ -65,6 +66,8 @@ def build_parser():
     p.add_argument("--compression", choices=["none", "gzip"], default="none")
     p.add_argument("--overwrite", action="store_true")
 
+
+def _add_prep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="Spark: validate, quarantine, transform, split, write Parquet")
     p.add_argument("--input", required=True, help="Criteo text/gzip file, directory or glob URI")
     p.add_argument("--output", required=True, help="directory URI: train/, valid/, quarantine/, prep.json")
@@ -77,19 +80,26 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="distributed training through the runtime; exports the model")
     p.add_argument("--prep", required=True, help="prep output URI")
     p.add_argument("--model-dir", required=True, help="URI for checkpoints and TensorBoard events")
     p.add_argument("--export", required=True, help="URI the model is exported to")
     _model_args(p)
+    _training_args(p)
     add_spark_args(p)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="AUC and log loss of an export on prepped Parquet data")
     p.add_argument("--export", required=True)
     p.add_argument("--data", required=True, help="prepped Parquet URI (e.g. <prep>/valid)")
     p.add_argument("--output", help="JSON URI (default: <export>/evaluation.json)")
     p.add_argument("--max-rows", type=positive_int, help="score at most this many rows")
 
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="Spark batch scoring of Parquet or Criteo data")
     p.add_argument("--export", required=True)
     p.add_argument("--input", required=True)
@@ -102,6 +112,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate, prep, train, evaluate on a small embedded default",
                        description="Generate Criteo-format rows, prep them and train through the same parsers as "
                                    "`prep` and `train` (their defaults, plus the few overrides in DEMO_PREP and "
@@ -109,41 +121,42 @@ def build_parser():
     p.add_argument("--work-dir", default=os.path.join(REPO, "work", "demo"), help="default: %(default)s")
     p.add_argument("--rows", type=positive_int, default=40_000)
     p.add_argument("--epochs", type=positive_float, default=2.0)
-    p.add_argument("--strategy", choices=["ps", "mwms"], default="ps")
+    p.add_argument("--strategy", choices=STRATEGY.choices, default=steps.SCALING.strategy)
     add_spark_args(p)
+
+
+def build_parser() -> JobParser:
+    parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n".join(__doc__.splitlines()[2:9]))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_generate, _add_prep, _add_train, _add_evaluate, _add_score, _add_demo):
+        add(sub)
     return parser
 
 
-def _model_config(args):
-    from tfos_jobs.ctr.model import ModelConfig
+def _model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(arch=args.arch, embedding_dim=args.embedding_dim, hidden=args.hidden,
                        cross_layers=args.cross_layers, dropout=args.dropout, learning_rate=args.learning_rate,
                        embedding_l2=args.embedding_l2)
 
 
-def _nodes(args):
-    return args.workers + (args.ps + 1 if args.strategy == "ps" else 0)
-
-
-def cmd_generate(args):
-    from tfos_jobs.ctr.generator import ModelParams, generate
-    report = generate(args.output, args.rows, files=args.files, seed=args.seed,
-                      malformed_fraction=args.malformed_fraction, compression=args.compression,
-                      params=ModelParams(model_seed=args.model_seed), overwrite=args.overwrite)
+def cmd_generate(args: argparse.Namespace) -> int:
+    report = synthetic.generate(args.output, args.rows, files=args.files, seed=args.seed,
+                                malformed_fraction=args.malformed_fraction, compression=args.compression,
+                                params=synthetic.ModelParams(model_seed=args.model_seed), overwrite=args.overwrite)
     print(json.dumps(report, sort_keys=True))
     return 0
 
 
-def _prep(args, spark):
-    from tfos_jobs.ctr.prep import prep
-    return prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
-                hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
-                partitions=args.partitions, overwrite=args.overwrite)
+def _prep(args: argparse.Namespace, spark) -> dict:
+    return prep.prep(spark, args.input, args.output, validation_fraction=args.validation_fraction,
+                     hash_buckets=args.hash_buckets, max_bad_fraction=args.max_bad_fraction, seed=args.seed,
+                     partitions=args.partitions, overwrite=args.overwrite)
 
 
-def cmd_prep(args):
-    from tfos_jobs.ctr.prep import _check_input
-    _check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
+def cmd_prep(args: argparse.Namespace) -> int:
+    prep.check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
     spark = job_session(args, PROG, 2)
     try:
         report = _prep(args, spark)
@@ -153,19 +166,16 @@ def cmd_prep(args):
     return 0
 
 
-def _train(args, spark):
-    from tfos_jobs.ctr import job
-    return job.train(spark.sparkContext, args.prep, args.model_dir, args.export, model=_model_config(args),
-                     strategy=args.strategy, num_workers=args.workers, num_ps=args.ps,
-                     batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
-                     checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                     max_attempts=args.max_attempts)
+def _train(args: argparse.Namespace, spark):
+    return steps.train(spark.sparkContext, args.prep, _model_config(args), scaling=from_flags(ScalingConfig, args),
+                       loop=from_flags(LoopConfig, args),
+                       run=from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export))
 
 
-def cmd_train(args):
-    from tfos_jobs.ctr.prep import read_report
-    read_report(args.prep)
-    spark = job_session(args, PROG, _nodes(args))
+def cmd_train(args: argparse.Namespace) -> int:
+    scaling = from_flags(ScalingConfig, args)   # flags first: `--strategy ps --ps 0` fails before any I/O
+    prep.read_report(args.prep)
+    spark = job_session(args, PROG, scaling.num_nodes)
     try:
         result = _train(args, spark)
     finally:
@@ -175,21 +185,19 @@ def cmd_train(args):
     return 0
 
 
-def cmd_evaluate(args):
-    from tfos_jobs.ctr import job
-    print(json.dumps(job.evaluate(args.export, args.data, args.output, max_rows=args.max_rows), sort_keys=True))
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    print(json.dumps(steps.evaluate(args.export, args.data, args.output, max_rows=args.max_rows), sort_keys=True))
     return 0
 
 
-def cmd_score(args):
-    from tfos_jobs.ctr import job
+def cmd_score(args: argparse.Namespace) -> int:
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep is not None else None
-    job.read_config(args.export)
+    steps.read_config(args.export)
     spark = job_session(args, PROG, 2)
     try:
-        result = job.score(spark, args.export, args.input, args.output, input_format=args.format,
-                           labeled=not args.unlabeled, keep=keep, batch_size=args.batch_size,
-                           overwrite=args.overwrite, partitions=args.partitions)
+        result = steps.score(spark, args.export, args.input, args.output, input_format=args.format,
+                             labeled=not args.unlabeled, keep=keep, batch_size=args.batch_size,
+                             overwrite=args.overwrite, partitions=args.partitions)
     finally:
         spark.stop()
     print(json.dumps(result, sort_keys=True))
@@ -203,7 +211,7 @@ DEMO_TRAIN = ("--workers", "2", "--ps", "1", "--batch-size", "256", "--embedding
               "--cross-layers", "2", "--checkpoint-every", "200", "--log-every", "50")
 
 
-def demo_commands(args):
+def demo_commands(args: argparse.Namespace) -> tuple[argparse.Namespace, argparse.Namespace]:
     """The demo's `prep` and `train` arguments, parsed by the same parser as ``tfos-ctr prep|train``."""
     root = args.work_dir
     spark = ["--executor-memory-mb", str(args.executor_memory_mb)] + (["--master", args.master] if args.master else [])
@@ -216,19 +224,17 @@ def demo_commands(args):
     return prep_args, train_args
 
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     """``make demo``: generate -> prep -> train (2 TF workers) -> print the export and its AUC."""
-    from tfos_jobs.spark import java_version
     java_version()  # before any work, so a missing Java is the first and only error
-    from tfos_jobs.ctr.generator import generate
     started = time.monotonic()
     prep_args, train_args = demo_commands(args)
     for uri in (train_args.model_dir, train_args.export):   # a demo starts fresh; `fit` itself would resume
         hdfs_io.delete(uri, recursive=True, missing_ok=True)
-    report = generate(prep_args.input, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
+    report = synthetic.generate(prep_args.input, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
     print(f"generated {args.rows} rows ({report['malformed']} malformed) under {prep_args.input}; "
           f"Bayes-optimal AUC {report['bayes_auc']:.4f}", file=sys.stderr)
-    spark = job_session(args, PROG, _nodes(train_args))
+    spark = job_session(args, PROG, from_flags(ScalingConfig, train_args).num_nodes)
     try:
         _prep(prep_args, spark)
         result = _train(train_args, spark)
@@ -244,7 +250,7 @@ COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "eva
             "score": cmd_score, "demo": cmd_demo}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, build_parser(), COMMANDS, argv)
 
 

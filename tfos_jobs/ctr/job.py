@@ -1,116 +1,20 @@
-"""The CTR job's steps on top of the runtime: train, evaluate, score (prep is in ``ctr.prep``)."""
-import tempfile
-import time
+"""Moved: the CTR job's steps are in :mod:`tfos_jobs.ctr.steps` (kept for ``benchmarks/ctr_quality.py``).
 
-import numpy as np
+``train`` here still takes the old flat keywords and builds the typed configs from them.
+"""
+from __future__ import annotations
 
-import hdfs_io
-from tfos_jobs import prep as gprep
-from tfos_jobs import scoring
-from tfos_jobs.ctr import prep as ctr_prep
-from tfos_jobs.ctr import schema
-from tfos_jobs.ctr.model import CTRTask, ModelConfig, summarize
+from typing import Any
 
-CONFIG_FILE = "ctr.json"          # beside the export's saved_model: how to turn raw rows into features
-EVALUATION_FILE = "evaluation.json"
+from tfos_jobs.config import RunConfig, TrainConfig
+from tfos_jobs.ctr.model import ModelConfig
+from tfos_jobs.ctr.steps import CONFIG_FILE, EVALUATION_FILE, evaluate, read_config, score  # noqa: F401
+from tfos_jobs.ctr.steps import LOOP, SCALING
+from tfos_jobs.ctr.steps import train as _train
 
 
-def train(sc, prep_uri, model_dir, export_uri, *, model=ModelConfig(), data=None, strategy="ps",
-          num_workers=2, num_ps=1, batch_size=512, epochs=1.0, steps=0, checkpoint_every=500,
-          log_every=100, max_attempts=2):
-    """Train on ``<prep_uri>/train`` (or on ``data``, a Spark DataFrame of prepped rows, streamed through
-    the runtime's DataFrame feed), evaluate on ``<prep_uri>/valid``, export to ``export_uri``.
-
-    ``model.hash_buckets`` is taken from the prep report. Returns the runtime's ``TrainResult``.
-    """
-    from tfos_jobs.task import ParquetSource
-    from tfos_jobs.trainer import fit
-    report = ctr_prep.read_report(prep_uri)
-    model = ModelConfig(**dict(model.__dict__, hash_buckets=int(report["hash_buckets"]))).validate()
-    if data is None:
-        source = ParquetSource(report["train"], schema.FEATURES, schema.LABEL)
-    else:   # the runtime's DataFrame feed: partitions stream to the TF workers as Arrow batches
-        from tfos_jobs.feed import DataFrameSource
-        source = DataFrameSource(data, schema.FEATURES, schema.LABEL)
-        source.dtypes()   # missing or non-numeric columns: a clear error before any TF node starts
-    task = CTRTask(model, valid_uri=report["valid"] if report.get("valid_rows") else None)
-    started = time.monotonic()
-    result = fit(sc, task, source, strategy=strategy,
-                 num_workers=num_workers, num_ps=num_ps, model_dir=model_dir, export_uri=export_uri,
-                 batch_size=batch_size, epochs=epochs, steps=steps, checkpoint_every=checkpoint_every,
-                 log_every=log_every, max_attempts=max_attempts)
-    result.metrics["train_seconds"] = round(time.monotonic() - started, 2)
-    config = {"model": task.describe(), "hash_buckets": model.hash_buckets, "features": schema.FEATURES,
-              "label": schema.LABEL, "prep": prep_uri, "strategy": strategy, "num_workers": num_workers,
-              "batch_size": batch_size, "steps": result.steps}
-    gprep.write_json(config, hdfs_io.join(export_uri, CONFIG_FILE))
-    return result
-
-
-def read_config(export_uri):
-    uri = hdfs_io.join(export_uri, CONFIG_FILE)
-    if not hdfs_io.exists(uri):
-        raise FileNotFoundError(f"{export_uri} is not a CTR model export: {uri} does not exist")
-    return gprep.read_json(uri)
-
-
-def evaluate(export_uri, data_uri, output_uri=None, batch_size=8192, max_rows=None):
-    """AUC / log loss of the exported model (its serving signature) on a prepped Parquet data set;
-    written as JSON to ``output_uri`` (default ``<export_uri>/evaluation.json``)."""
-    if not hdfs_io.exists(export_uri):
-        raise FileNotFoundError(f"export {export_uri} does not exist")
-    hdfs_io.require_published(export_uri)
-    if not hdfs_io.exists(data_uri):
-        raise FileNotFoundError(f"data {data_uri} does not exist")
-    files = hdfs_io.list_data_files(data_uri)
-    if not files:
-        raise FileNotFoundError(f"no Parquet data files under {data_uri}")
-    import tensorflow as tf
-    from tfos_jobs.export import load_serving
-    started = time.monotonic()
-    cache = tempfile.mkdtemp(prefix="tfos-ctr-eval-")
-    try:
-        serve = load_serving(export_uri, cache)
-        labels, scores, rows = [], [], 0
-        for batch in hdfs_io.iter_record_batches(files, schema.FEATURES + [schema.LABEL], batch_size):
-            out = serve(**{n: tf.constant(batch.column(n).to_numpy(zero_copy_only=False)) for n in schema.FEATURES})
-            scores.append(out["prediction"].numpy().ravel())
-            labels.append(batch.column(schema.LABEL).to_numpy(zero_copy_only=False))
-            rows += batch.num_rows
-            if max_rows and rows >= max_rows:
-                break
-    finally:
-        import shutil
-        shutil.rmtree(cache, ignore_errors=True)
-    result = summarize(np.concatenate(labels), np.concatenate(scores))
-    result.update(export=export_uri, data=data_uri, seconds=round(time.monotonic() - started, 2))
-    gprep.write_json(result, output_uri or hdfs_io.join(export_uri, EVALUATION_FILE))
-    return result
-
-
-def score(spark, export_uri, input_uri, output_uri, *, input_format="parquet", labeled=True, keep=None,
-          batch_size=4096, overwrite=False, partitions=None):
-    """Score a prepped Parquet data set, or raw Criteo text (parsed with the export's own prep settings;
-    malformed lines are skipped and counted), writing ``keep`` columns + ``prediction`` atomically."""
-    from pyspark.sql import functions as F
-    if input_format not in ("parquet", "criteo"):
-        raise ValueError(f"--format must be 'parquet' or 'criteo', not {input_format!r}")
-    config = read_config(export_uri)
-    rejected = 0
-    if input_format == "parquet":
-        if not hdfs_io.exists(input_uri):
-            raise FileNotFoundError(f"input {input_uri} does not exist")
-        df = spark.read.parquet(gprep.spark_uri(input_uri))
-        default_keep = [schema.LABEL] if schema.LABEL in df.columns else []
-    else:
-        parsed = ctr_prep.parse(ctr_prep.read_lines(spark, input_uri), int(config["hash_buckets"]), labeled=labeled)
-        parsed = parsed.withColumn("row_key", F.xxhash64("line"))
-        counts = gprep.count_by(parsed.select(F.col("reason_code").isNull().alias("good")), "good")
-        rejected = counts.get(False, 0)
-        df = parsed.where(F.col("reason_code").isNull())
-        default_keep = ["source", "row_key"] + ([schema.LABEL] if labeled else [])
-    keep = default_keep if keep is None else list(keep)
-    scored = scoring.score_dataframe(df, export_uri, schema.FEATURES, keep, batch_size=batch_size)
-    result = scoring.write_scores(scored, output_uri, overwrite=overwrite, partitions=partitions)
-    result["rejected_rows"] = rejected
-    return result
+def train(sc: Any, prep_uri: str, model_dir: str, export_uri: str, *, model: ModelConfig = ModelConfig(),
+          data: Any = None, **options: Any) -> Any:
+    """``steps.train`` with ``fit``-style flat keywords (``strategy=``, ``num_workers=``, ``epochs=`` ...)."""
+    config = TrainConfig(SCALING, RunConfig(model_dir=model_dir, export_uri=export_uri), LOOP, **options)
+    return _train(sc, prep_uri, model, scaling=config.scaling, loop=config.loop, run=config.run, data=data)

@@ -11,14 +11,20 @@ probability (sigmoid).
   interactions are specific field pairs) it came within 2.7% of the Bayes AUC after one epoch of 1M
   rows where DeepFM stayed at 6.7%: FM's one shared embedding per value must serve every pair.
 """
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+import hdfs_io
 
 from tfos_jobs import layers, metrics
 from tfos_jobs.ctr import schema
 from tfos_jobs.task import TrainingTask
 
+# Keras and TensorFlow (heavy; ctr.layers imports Keras) load only when a model is built.
 ARCHITECTURES = ("deepfm", "dcn")
 
 
@@ -33,7 +39,7 @@ class ModelConfig:
     learning_rate: float = 1e-3
     embedding_l2: float = 0.0
 
-    def validate(self):
+    def validate(self) -> "ModelConfig":
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, not {self.arch!r}")
         if self.hash_buckets < 2 or self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
@@ -43,40 +49,10 @@ class ModelConfig:
         return self
 
 
-def _layers():
-    """Custom layers, defined lazily so importing this module does not import Keras."""
+def build_model(config: ModelConfig) -> Any:
     import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="tfos_ctr")
-    class FMInteraction(keras.layers.Layer):
-        """Pairwise FM term: 0.5 * sum_k ((sum_i v_ik)^2 - sum_i v_ik^2) over [batch, fields, k]."""
-
-        def call(self, fields):
-            square_of_sum = ops.square(ops.sum(fields, axis=1))
-            sum_of_squares = ops.sum(ops.square(fields), axis=1)
-            return 0.5 * ops.sum(square_of_sum - sum_of_squares, axis=1, keepdims=True)
-
-    @keras.saving.register_keras_serializable(package="tfos_ctr")
-    class CrossLayer(keras.layers.Layer):
-        """DCN-v2 cross layer: x0 * (W x + b) + x."""
-
-        def build(self, input_shape):
-            width = input_shape[0][-1]
-            self.dense = keras.layers.Dense(width, kernel_initializer="glorot_uniform")
-            self.dense.build(input_shape[1])
-
-        def call(self, inputs):
-            x0, x = inputs
-            return x0 * self.dense(x) + x
-
-    return FMInteraction, CrossLayer
-
-
-def build_model(config):
-    import keras
+    from tfos_jobs.ctr.layers import CrossLayer, FMInteraction
     config.validate()
-    FMInteraction, CrossLayer = _layers()
     inputs = {name: keras.Input(shape=(), name=name, dtype="float32") for name in schema.DENSE_FEATURES}
     inputs.update({name: keras.Input(shape=(), name=name, dtype="int64") for name in schema.CATEGORICAL})
     dense = keras.layers.Concatenate(name="dense_block")(
@@ -118,28 +94,28 @@ def build_model(config):
 class CTRTask(TrainingTask):
     """The CTR job's :class:`~tfos_jobs.task.TrainingTask`; evaluates on the validation Parquet."""
 
-    def __init__(self, config=ModelConfig(), valid_uri=None, eval_batch_size=8192, max_eval_rows=2_000_000):
+    def __init__(self, config: ModelConfig = ModelConfig(), valid_uri: str | None = None, eval_batch_size: int = 8192,
+                 max_eval_rows: int = 2_000_000):
         self.config = config.validate()
         self.learning_rate = config.learning_rate
         self.valid_uri = valid_uri
         self.eval_batch_size = eval_batch_size
         self.max_eval_rows = max_eval_rows
 
-    def build_model(self):
+    def build_model(self) -> Any:
         return build_model(self.config)
 
-    def evaluate(self, model, context):
+    def evaluate(self, model: Any, context: Any) -> dict:
         if not self.valid_uri:
             return {}
         return evaluate_keras(model, self.valid_uri, self.eval_batch_size, self.max_eval_rows)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return dict(asdict(self.config), hidden=list(self.config.hidden))
 
 
-def evaluate_keras(model, data_uri, batch_size=8192, max_rows=None):
+def evaluate_keras(model: Any, data_uri: str, batch_size: int = 8192, max_rows: int | None = None) -> dict[str, float]:
     """AUC / log loss of a Keras model on a prepped Parquet data set."""
-    import hdfs_io
     files = hdfs_io.list_data_files(data_uri)
     if not files:
         raise FileNotFoundError(f"no Parquet data files under {data_uri}")
@@ -154,7 +130,7 @@ def evaluate_keras(model, data_uri, batch_size=8192, max_rows=None):
     return summarize(np.concatenate(labels), np.concatenate(scores))
 
 
-def summarize(labels, scores):
+def summarize(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {"auc": metrics.auc(labels, scores), "log_loss": metrics.log_loss(labels, scores),
             "eval_rows": int(len(labels)), "ctr": float(np.mean(labels)),
             "mean_prediction": float(np.mean(scores))}

@@ -2,24 +2,28 @@
 
 Every line is validated (field count, label, integers, categorical hex values); a malformed line goes
 to ``<out>/quarantine`` with the file it came from and the reason, and is counted by reason. The job
-fails (:class:`~tfos_jobs.prep.BadInputError`) only when the malformed fraction exceeds the limit.
+fails (:class:`~tfos_jobs.sparkprep.BadInputError`) only when the malformed fraction exceeds the limit.
 Good lines are transformed (signed ``log1p`` integers with missing flags, hashed categoricals),
 split deterministically by a hash of the line, and written as Parquet:
 
 ``<out>/train``, ``<out>/valid``, ``<out>/quarantine``, ``<out>/prep.json`` (counts and the transform
 settings that training and scoring read back).
 """
+from __future__ import annotations
+
 import time
+from typing import Any
 
 import hdfs_io
-from tfos_jobs import prep as gprep
+from tfos_jobs import sparkprep
 from tfos_jobs.ctr import schema
 
+# pyspark (heavy) is imported inside the functions that build Spark columns.
 REPORT_FILE = "prep.json"
 DEFAULT_BUCKETS = 10_000
 
 
-def parse(df, hash_buckets=DEFAULT_BUCKETS, labeled=True, line_column="value"):
+def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, line_column: str = "value") -> Any:
     """Validate and transform a DataFrame of raw lines (``spark.read.text``'s ``value`` column).
 
     Returns a DataFrame with ``line``, ``source``, ``reason_code``, ``reason`` (null when good), the
@@ -51,7 +55,7 @@ def parse(df, hash_buckets=DEFAULT_BUCKETS, labeled=True, line_column="value"):
         value = field(offset + schema.NUM_INTEGER + j)
         checks.append(((value != "") & ~value.rlike(schema.CATEGORICAL_PATTERN), name,
                        F.concat(F.lit(f"{name} is not a hex string: '"), F.substring(value, 1, 40), F.lit("'"))))
-    code, message = gprep.first_failure(checks)
+    code, message = sparkprep.first_failure(checks)
     columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason")]
     if labeled:
         columns.append(field(0).try_cast("float").alias(schema.LABEL))
@@ -66,16 +70,17 @@ def parse(df, hash_buckets=DEFAULT_BUCKETS, labeled=True, line_column="value"):
     return df.select(*columns)
 
 
-def read_lines(spark, input_uri):
+def read_lines(spark: Any, input_uri: str) -> Any:
     """Raw lines (``value``) and their file (``source``) of the Criteo files under ``input_uri`` (a file,
     a directory or a glob; ``.gz`` files are decompressed)."""
     from pyspark.sql import functions as F
-    _check_input(input_uri)
-    return spark.read.text(gprep.spark_uri(input_uri)).select("value", F.col("_metadata.file_path").alias("source"))
+    check_input(input_uri)
+    return spark.read.text(sparkprep.spark_uri(input_uri)).select("value", F.col("_metadata.file_path").alias("source"))
 
 
-def prep(spark, input_uri, output_uri, *, validation_fraction=0.1, hash_buckets=DEFAULT_BUCKETS,
-         max_bad_fraction=0.01, seed=0, partitions=None, overwrite=False):
+def prep(spark: Any, input_uri: str, output_uri: str, *, validation_fraction: float = 0.1,
+         hash_buckets: int = DEFAULT_BUCKETS, max_bad_fraction: float = 0.01, seed: int = 0,
+         partitions: int | None = None, overwrite: bool = False) -> dict:
     """Run the prep (see module doc); returns the report dict (also written to ``<out>/prep.json``)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -86,14 +91,14 @@ def prep(spark, input_uri, output_uri, *, validation_fraction=0.1, hash_buckets=
         raise FileExistsError(f"output {output_uri} already exists (use --overwrite to replace it)")
     raw = read_lines(spark, input_uri)
     parsed = parse(raw, hash_buckets=hash_buckets)
-    parsed = parsed.withColumn("_valid", gprep.hash_split(["line"], validation_fraction, seed))
+    parsed = parsed.withColumn("_valid", sparkprep.hash_split(["line"], validation_fraction, seed))
     parsed = parsed.persist(StorageLevel.DISK_ONLY)
     try:
         counts = {(r["reason_code"], r["_valid"]): r["count"]
                   for r in parsed.groupBy("reason_code", "_valid").count().collect()}
         total = sum(counts.values())
         if total == 0:
-            raise gprep.BadInputError(f"{input_uri}: no lines to read")
+            raise sparkprep.BadInputError(f"{input_uri}: no lines to read")
         by_reason = {}
         for (code, _), n in counts.items():
             if code is not None:
@@ -103,16 +108,16 @@ def prep(spark, input_uri, output_uri, *, validation_fraction=0.1, hash_buckets=
         valid_rows = counts.get((None, True), 0)
         quarantine_uri = hdfs_io.join(output_uri, "quarantine")
         _remove(output_uri, overwrite)
-        gprep.write_parquet(parsed.where(F.col("reason_code").isNotNull())
+        sparkprep.write_parquet(parsed.where(F.col("reason_code").isNotNull())
                             .select("source", "reason_code", "reason", "line").coalesce(1),
                             quarantine_uri, overwrite=True)
-        gprep.check_bad_fraction(total, bad, max_bad_fraction, by_reason, quarantine_uri, what=input_uri)
+        sparkprep.check_bad_fraction(total, bad, max_bad_fraction, by_reason, quarantine_uri, what=input_uri)
         good = parsed.where(F.col("reason_code").isNull())
         columns = schema.FEATURES + [schema.LABEL]
         train_uri, valid_uri = hdfs_io.join(output_uri, "train"), hdfs_io.join(output_uri, "valid")
-        gprep.write_parquet(good.where(~F.col("_valid")).select(*columns), train_uri, overwrite=True,
+        sparkprep.write_parquet(good.where(~F.col("_valid")).select(*columns), train_uri, overwrite=True,
                             partitions=partitions)
-        gprep.write_parquet(good.where(F.col("_valid")).select(*columns), valid_uri, overwrite=True,
+        sparkprep.write_parquet(good.where(F.col("_valid")).select(*columns), valid_uri, overwrite=True,
                             partitions=partitions)
     finally:
         parsed.unpersist()
@@ -125,18 +130,17 @@ def prep(spark, input_uri, output_uri, *, validation_fraction=0.1, hash_buckets=
         "seconds": round(time.monotonic() - started, 2),
     }
     report["rows_per_s"] = total / max(report["seconds"], 1e-9)
-    gprep.write_json(report, hdfs_io.join(output_uri, REPORT_FILE))
+    sparkprep.write_json(report, hdfs_io.join(output_uri, REPORT_FILE))
     return report
 
 
-def read_report(prep_uri):
+def read_report(prep_uri: str) -> dict:
     uri = hdfs_io.join(prep_uri, REPORT_FILE)
-    if not hdfs_io.exists(uri):
-        raise FileNotFoundError(f"{prep_uri} is not a prep output: {uri} does not exist (run `tfos-ctr prep`)")
-    return gprep.read_json(uri)
+    return sparkprep.read_json(uri, missing=f"{prep_uri} is not a prep output: {uri} does not exist "
+                                            "(run `tfos-ctr prep`)")
 
 
-def _check_input(input_uri):
+def check_input(input_uri: str) -> None:
     if any(ch in input_uri for ch in "*?["):
         if not hdfs_io.glob(input_uri):
             raise FileNotFoundError(f"input {input_uri} matches no file")
@@ -144,7 +148,7 @@ def _check_input(input_uri):
         raise FileNotFoundError(f"input {input_uri} does not exist")
 
 
-def _remove(output_uri, overwrite):
+def _remove(output_uri: str, overwrite: bool) -> None:
     if overwrite:
         for name in ("train", "valid", REPORT_FILE):
             hdfs_io.delete(hdfs_io.join(output_uri, name), recursive=True, missing_ok=True)

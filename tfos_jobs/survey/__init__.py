@@ -1,16 +1,16 @@
 """Survey modelling job: predict how a respondent will answer questions they were not (yet) asked.
 
-Data flows spec → prep → train → evaluate → predict, each a ``tfos-survey`` sub-command:
+Data flows spec → prep → train → evaluate → predict, each a ``tfos-survey`` sub-command (:mod:`.cli`):
 
-* :mod:`.spec`     the spec file (YAML/JSON): targets, column treatments, missing/refused/not-asked codes;
-                   parsed and checked against the data before any Spark work (:func:`.spec.preflight`).
-* :mod:`.prep`     Spark: profile the training split, resolve column types (inferring unlisted ones),
-                   encode (categorical ids, scaled ordinals, standardized numerics, missing indicators),
-                   deterministic split, Parquet out plus ``prep.json`` (the plan every later step reads).
-* :mod:`.model`    the multi-task Keras model (shared trunk, one softmax head per target) as a
-                   :class:`~tfos_jobs.task.TrainingTask` trained by :func:`tfos_jobs.trainer.fit`.
-* :mod:`.evaluate` per-target accuracy / log loss of the model, the majority class and a logistic
-                   regression (Spark MLlib), as JSON and a readable table.
-* :mod:`.predict`  answer probabilities for new respondents, written atomically.
-* :mod:`.data`     the real example (ANES 1996, shipped in statsmodels) and a synthetic generator.
+* :mod:`.schema`    the spec file (YAML/JSON): targets, column treatments, missing/refused/not-asked codes;
+                    parsed and checked against the data before any Spark work (:func:`.schema.preflight`).
+* :mod:`.prep`      Spark: profile the training split, resolve column types (inferring unlisted ones),
+                    encode (categorical ids, scaled ordinals, standardized numerics, missing indicators),
+                    deterministic split, Parquet out plus ``prep.json`` (the plan every later step reads).
+* :mod:`.model`     the multi-task Keras model (shared trunk, one softmax head per target) and its
+                    :class:`~tfos_jobs.task.TrainingTask`; its Keras layers in :mod:`.layers`.
+* :mod:`.steps`     train (through :func:`tfos_jobs.trainer.fit`), evaluate (per-target accuracy / log loss
+                    of the model, the majority class and a Spark MLlib logistic regression) and predict
+                    (answer probabilities for new respondents, written atomically).
+* :mod:`.synthetic` the real example (ANES 1996, shipped in statsmodels) and a synthetic generator.
 """

@@ -11,7 +11,10 @@ spec that does not parse, a target missing from the data or with a single answer
 export) is reported before Spark starts. Also runnable as ``python -m tfos_jobs.survey ...`` or
 ``spark-submit tfos_jobs/survey/cli.py ...`` (the master then comes from spark-submit).
 """
+from __future__ import annotations
+
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -19,28 +22,22 @@ import sys
 if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_spark_args, bounded_number, dropout_rate, job_session,  # noqa: E402
-                           layer_sizes, non_negative_float, non_negative_int, positive_float, positive_int,
-                           run_command)
+                           layer_sizes, non_negative_float, positive_float, positive_int, run_command)
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
+from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
 
 PROG = "tfos-survey"
+EXECUTOR_MEMORY_MB = 1536
 
 
-def _open_fraction(text):
+def _open_fraction(text: str) -> float:
     """The validation share: both splits must keep rows."""
     return bounded_number(text, float, "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
 
 
-
-
-
-
-def build_parser():
-    parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_example(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("example", help="write an example survey (real ANES 1996 or synthetic) and its spec",
                        description="Write responses + spec.yaml under --out: 'anes96' is the 1996 American "
                                    "National Election Study sample shipped in statsmodels (944 respondents); "
@@ -53,6 +50,8 @@ def build_parser():
     p.add_argument("--targets", type=positive_int, default=3, help="synthetic only (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
 
+
+def _add_prep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="Spark: profile, infer column types, encode, split -> Parquet + prep.json",
                        description="Check the spec against the data (before Spark), then encode every column "
                                    "and write <out>/train, <out>/valid (Parquet) and <out>/prep.json.")
@@ -65,29 +64,28 @@ def build_parser():
     p.add_argument("--validation-fraction", type=_open_fraction, help="overrides the spec's split.validation_fraction")
     p.add_argument("--seed", type=int, help="overrides the spec's split.seed")
     p.add_argument("--overwrite", action="store_true")
-    add_spark_args(p, executor_memory_mb=1536)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the multi-task model (shared trunk, one softmax head per target)",
                        description="Distributed training through the runtime; exports SavedModel, model.keras and "
                                    "metrics.json (validation accuracy / log loss per target) to --export.")
     p.add_argument("--prep", required=True, help="output directory of `prep`")
     p.add_argument("--model-dir", required=True, help="checkpoints and TensorBoard events (resumed if present)")
     p.add_argument("--export", required=True, help="where the trained model is published")
-    p.add_argument("--strategy", choices=["mwms", "ps"], default="mwms")
-    p.add_argument("--workers", type=positive_int, default=2)
-    p.add_argument("--ps", type=positive_int, default=1, help="parameter servers (ps strategy)")
-    p.add_argument("--epochs", type=positive_float, default=20.0)
-    p.add_argument("--steps", type=non_negative_int, default=0, help="total steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="per worker (default: %(default)s)")
+    # the runtime's training flags (tfos_jobs.config), with this job's defaults (steps.SCALING/LOOP)
+    add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
+    add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
+    add_flags(p, RunConfig)
     p.add_argument("--hidden", type=layer_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
     p.add_argument("--embedding-dim", type=positive_int)
     p.add_argument("--dropout", type=dropout_rate)
     p.add_argument("--learning-rate", type=positive_float)
-    p.add_argument("--checkpoint-every", type=positive_int, default=200)
-    p.add_argument("--log-every", type=positive_int, default=50)
-    p.add_argument("--max-attempts", type=positive_int, default=2)
-    add_spark_args(p, executor_memory_mb=1536)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-target accuracy and log loss: model vs majority vs logistic regression",
                        description="Score the validation split with the export and fit the baselines in the same "
                                    "job; write <out>/evaluation.json and <out>/evaluation.txt.")
@@ -97,8 +95,10 @@ def build_parser():
     p.add_argument("--lr-reg", type=non_negative_float, default=0.01, help="L2 strength of the LR baseline (default: %(default)s)")
     p.add_argument("--lr-max-iter", type=positive_int, default=100)
     p.add_argument("--overwrite", action="store_true")
-    add_spark_args(p, executor_memory_mb=1536)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="answer probabilities for new respondents -> Parquet (atomic)",
                        description="Encode new respondents with the prep plan and score them on Spark: one "
                                    "<target>__p_<answer> column per answer and <target>__answer per target.")
@@ -111,24 +111,30 @@ def build_parser():
                                   "else every input column)")
     p.add_argument("--partitions", type=positive_int)
     p.add_argument("--overwrite", action="store_true")
-    add_spark_args(p, executor_memory_mb=1536)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
+def build_parser() -> JobParser:
+    parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict):
+        add(sub)
     return parser
 
 
-def cmd_example(args):
-    from tfos_jobs.survey.data import write_example
+def cmd_example(args: argparse.Namespace) -> int:
     options = {"rows": args.rows, "questions": args.questions, "targets": args.targets, "seed": args.seed} \
         if args.name == "synthetic" else {}
-    data_uri, spec_uri = write_example(args.out, args.name, fmt=args.format, **options)
+    data_uri, spec_uri = synthetic.write_example(args.out, args.name, fmt=args.format, **options)
     print(json.dumps({"data": data_uri, "spec": spec_uri}))
     return 0
 
 
-def cmd_prep(args):
-    import hdfs_io
-    from tfos_jobs.survey import prep, spec
-    parsed = spec.load_spec(args.spec)
-    fmt, header = spec.preflight(parsed, args.data, args.format)
+def cmd_prep(args: argparse.Namespace) -> int:
+    parsed = schema.load_spec(args.spec)
+    fmt, header = schema.preflight(parsed, args.data, args.format)
     if hdfs_io.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     spark = job_session(args, PROG, 2)
@@ -142,23 +148,20 @@ def cmd_prep(args):
     return 0
 
 
-def cmd_train(args):
-    import hdfs_io
-    from tfos_jobs.survey import prep
-    from tfos_jobs.survey.model import run_train
+def cmd_train(args: argparse.Namespace) -> int:
+    scaling = from_flags(ScalingConfig, args)
     plan = prep.read_plan(args.prep)
     files = hdfs_io.list_data_files(hdfs_io.join(args.prep, "train"))
-    if len(files) < args.workers:
-        raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {args.workers} each need "
-                         "one: prep again with --files >= workers")
-    nodes = args.workers + (args.ps + 1 if args.strategy == "ps" else 0)
-    spark = job_session(args, PROG, nodes)
+    if len(files) < scaling.num_workers:
+        raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {scaling.num_workers} "
+                         "each need one: prep again with --files >= workers")
+    model = {"hidden": args.hidden, "embedding_dim": args.embedding_dim, "dropout": args.dropout,
+             "learning_rate": args.learning_rate}
+    spark = job_session(args, PROG, scaling.num_nodes)
     try:
-        result = run_train(spark.sparkContext, plan, args.prep, args.model_dir, args.export, strategy=args.strategy,
-                           num_workers=args.workers, num_ps=args.ps, epochs=args.epochs, steps=args.steps,
-                           batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                           log_every=args.log_every, max_attempts=args.max_attempts, hidden=args.hidden,
-                           embedding_dim=args.embedding_dim, dropout=args.dropout, learning_rate=args.learning_rate)
+        result = steps.train(spark.sparkContext, plan, args.prep, model, scaling=scaling,
+                             loop=from_flags(LoopConfig, args),
+                             run=from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export))
     finally:
         spark.stop()
     print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
@@ -166,32 +169,27 @@ def cmd_train(args):
     return 0
 
 
-def cmd_evaluate(args):
-    from tfos_jobs.survey import prep
-    from tfos_jobs.survey.evaluate import check_export, run_evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
     plan = prep.read_plan(args.prep)
-    check_export(plan, args.export)
+    steps.check_export(plan, args.export)
     spark = job_session(args, PROG, 2)
     try:
-        run_evaluate(spark, plan, args.prep, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
-                     lr_max_iter=args.lr_max_iter)
+        steps.evaluate(spark, plan, args.prep, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
+                       lr_max_iter=args.lr_max_iter)
     finally:
         spark.stop()
     return 0
 
 
-def cmd_predict(args):
-    from tfos_jobs.survey import prep
-    from tfos_jobs.survey.evaluate import check_export
-    from tfos_jobs.survey.predict import check_inputs, run_predict
+def cmd_predict(args: argparse.Namespace) -> int:
     plan = prep.read_plan(args.prep)
-    check_export(plan, args.export)
+    steps.check_export(plan, args.export)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep else None
-    check_inputs(plan, args.data, args.format, keep)
+    steps.check_inputs(plan, args.data, args.format, keep)
     spark = job_session(args, PROG, 2)
     try:
-        report = run_predict(spark, plan, args.export, args.data, args.out, fmt=args.format, keep=keep,
-                             overwrite=args.overwrite, partitions=args.partitions)
+        report = steps.predict(spark, plan, args.export, args.data, args.out, fmt=args.format, keep=keep,
+                               overwrite=args.overwrite, partitions=args.partitions)
     finally:
         spark.stop()
     print(json.dumps(report, sort_keys=True))
@@ -202,7 +200,7 @@ COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evalu
             "predict": cmd_predict}
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, build_parser(), COMMANDS, argv)
 
 

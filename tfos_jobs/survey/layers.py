@@ -1,4 +1,6 @@
 """Keras layers of the survey model (importing this module imports Keras and TensorFlow)."""
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -7,25 +9,26 @@ import numpy as np
 class StackColumns(keras.layers.Layer):
     """A list of ``[batch]`` tensors → ``[batch, n]`` (cast to this layer's dtype)."""
 
-    def __init__(self, out_dtype="float32", **kwargs):
+    def __init__(self, out_dtype: str = "float32", **kwargs: Any):
         super().__init__(**kwargs)
         self.out_dtype = out_dtype
 
-    def call(self, columns):
+    def call(self, columns: list) -> Any:
         return keras.ops.stack([keras.ops.cast(c, self.out_dtype) for c in columns], axis=1)
 
-    def compute_output_shape(self, shapes):
+    def compute_output_shape(self, shapes: list) -> tuple:
         return (shapes[0][0], len(shapes))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return dict(super().get_config(), out_dtype=self.out_dtype)
+
 
 @keras.saving.register_keras_serializable(package="tfos_survey")
 class SharedEmbedding(keras.layers.Layer):
     """``[batch, n]`` ids of ``n`` columns (column i in ``[0, vocab_sizes[i])``) → ``[batch, n * dim]``
     through one table of ``sum(vocab_sizes)`` rows; out-of-range ids are clipped."""
 
-    def __init__(self, vocab_sizes, dim, **kwargs):
+    def __init__(self, vocab_sizes: list[int], dim: int, **kwargs: Any):
         super().__init__(**kwargs)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         self.dim = int(dim)
@@ -33,16 +36,16 @@ class SharedEmbedding(keras.layers.Layer):
         self.table = keras.layers.Embedding(int(sum(self.vocab_sizes)), self.dim,
                                             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05))
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         self.table.build((None, len(self.vocab_sizes)))
 
-    def call(self, ids):
+    def call(self, ids: Any) -> Any:
         upper = keras.ops.convert_to_tensor(np.array(self.vocab_sizes, dtype="int64") - 1)
         ids = keras.ops.clip(ids, 0, upper) + keras.ops.convert_to_tensor(self.offsets)
         return keras.ops.reshape(self.table(ids), (-1, len(self.vocab_sizes) * self.dim))
 
-    def compute_output_shape(self, shape):
+    def compute_output_shape(self, shape: tuple) -> tuple:
         return (shape[0], len(self.vocab_sizes) * self.dim)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return dict(super().get_config(), vocab_sizes=self.vocab_sizes, dim=self.dim)

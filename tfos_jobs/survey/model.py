@@ -5,16 +5,22 @@ hundreds of questions instead of hundreds of layers); ordinal/numeric values and
 are stacked as they are. The trunk is a small MLP; each target gets ``Dense(classes, softmax)``.
 A target that a respondent did not answer (label -1) adds nothing to that respondent's loss.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 import hdfs_io
+from tfos_jobs.survey.prep import plan_id
 from tfos_jobs.task import TrainingTask
 
+# Keras and TensorFlow (heavy; survey.layers imports Keras) load inside the functions that build or run a model.
 DEFAULTS = {"hidden": [128, 64], "embedding_dim": 8, "dropout": 0.1, "learning_rate": 0.002}
 EVAL_MAX_ROWS = 200_000
 
 
-def build_survey_model(plan, hidden=(128, 64), embedding_dim=8, dropout=0.1):
+def build_survey_model(plan: dict, hidden: Any = (128, 64), embedding_dim: int = 8, dropout: float = 0.1) -> Any:
     import keras
     from tfos_jobs.survey.layers import SharedEmbedding, StackColumns
     dtypes = plan["inputs"]
@@ -38,7 +44,7 @@ def build_survey_model(plan, hidden=(128, 64), embedding_dim=8, dropout=0.1):
     return keras.Model(inputs, outputs, name="survey_multitask")
 
 
-def masked_cross_entropy(labels, probabilities):
+def masked_cross_entropy(labels: Any, probabilities: Any) -> Any:
     """Per-example sparse categorical cross-entropy, 0 where the label is -1 (not answered)."""
     import keras
     labels = keras.ops.cast(labels, "int64")
@@ -48,7 +54,8 @@ def masked_cross_entropy(labels, probabilities):
     return loss * answered
 
 
-def predict_probabilities(model_or_serving, features, batch_size=4096):
+def predict_probabilities(model_or_serving: Any, features: dict[str, np.ndarray],
+                          batch_size: int = 4096) -> dict[str, np.ndarray]:
     """``{label: [rows, classes] float array}`` from a Keras model or a SavedModel serving function."""
     n = len(next(iter(features.values())))
     out = {}
@@ -64,7 +71,7 @@ def predict_probabilities(model_or_serving, features, batch_size=4096):
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def target_metrics(labels, probabilities, eps=1e-7):
+def target_metrics(labels: Any, probabilities: Any, eps: float = 1e-7) -> dict[str, float]:
     """Accuracy and mean log loss over answered rows (label >= 0); ``rows`` counts them."""
     labels = np.asarray(labels).astype(np.int64)
     keep = labels >= 0
@@ -79,7 +86,7 @@ def target_metrics(labels, probabilities, eps=1e-7):
 class SurveyTask(TrainingTask):
     """A :class:`~tfos_jobs.task.TrainingTask` over a prep plan (``prep.json``); small to pickle."""
 
-    def __init__(self, plan, valid_uri=None, **model_options):
+    def __init__(self, plan: dict, valid_uri: str | None = None, **model_options: Any):
         options = dict(DEFAULTS)
         options.update(plan.get("spec", {}).get("model") or {})
         options.update({k: v for k, v in model_options.items() if v is not None})
@@ -90,14 +97,13 @@ class SurveyTask(TrainingTask):
         self.options = options
         self.learning_rate = float(options["learning_rate"])
         self.valid_uri = valid_uri
-        from tfos_jobs.survey.prep import plan_id
         self.plan_id = plan_id(plan)
 
-    def build_model(self):
+    def build_model(self) -> Any:
         return build_survey_model(self.plan, hidden=self.options["hidden"],
                                   embedding_dim=self.options["embedding_dim"], dropout=self.options["dropout"])
 
-    def per_example_loss(self, labels, predictions):
+    def per_example_loss(self, labels: Any, predictions: Any) -> Any:
         if not isinstance(labels, dict):  # a single target arrives as a plain tensor
             labels = {self.plan["targets"][0]["label"]: labels}
         losses = [masked_cross_entropy(labels[name], predictions[name]) for name in predictions]
@@ -106,7 +112,7 @@ class SurveyTask(TrainingTask):
             total = total + loss
         return total
 
-    def evaluate(self, model, context):
+    def evaluate(self, model: Any, context: Any) -> dict:
         """Per-target accuracy / log loss on (up to EVAL_MAX_ROWS of) the validation split."""
         if not self.valid_uri:
             return {"survey_plan_id": self.plan_id}
@@ -119,15 +125,3 @@ class SurveyTask(TrainingTask):
             for key, value in target_metrics(table.column(t["label"]).to_numpy(), probabilities[t["label"]]).items():
                 out[f"valid/{t['label']}/{key}"] = value
         return out
-
-
-def run_train(sc, plan, prep_uri, model_dir, export_uri, strategy="mwms", num_workers=2, num_ps=1, epochs=20.0,
-              steps=0, batch_size=64, checkpoint_every=200, log_every=50, max_attempts=2, **model_options):
-    """Train the survey model on ``<prep>/train`` through the runtime; returns the TrainResult."""
-    from tfos_jobs.task import ParquetSource
-    from tfos_jobs.trainer import fit
-    task = SurveyTask(plan, valid_uri=hdfs_io.join(prep_uri, "valid"), **model_options)
-    data = ParquetSource(hdfs_io.join(prep_uri, "train"), features=list(plan["inputs"]), labels=plan["labels"])
-    return fit(sc, task, data, strategy=strategy, num_workers=num_workers, num_ps=num_ps, model_dir=model_dir,
-               export_uri=export_uri, epochs=epochs, steps=steps, batch_size=batch_size,
-               checkpoint_every=checkpoint_every, log_every=log_every, max_attempts=max_attempts)

@@ -17,15 +17,19 @@ Encodings (all scalar columns, no nulls, as the runtime requires):
 * numeric     → ``n_<q>`` standardized (0 when not answered) plus the same indicators;
 * target      → ``y_<q>`` int64 index into its classes (sorted answers seen in training), else -1.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import time
+from typing import Any, Callable
 
 import hdfs_io
-from tfos_jobs import prep as gprep
-from tfos_jobs.survey import spec as specmod
-from tfos_jobs.survey.spec import KINDS, SpecError
+from tfos_jobs import sparkprep
+from tfos_jobs.survey import schema
+from tfos_jobs.survey.schema import KINDS, Spec, SpecError
 
+# pyspark (heavy) is imported inside the functions that build Spark columns.
 PLAN_FILE = "prep.json"
 RESERVED_IDS = {"other": 0, "missing": 1, "refused": 2, "not_asked": 3}
 FIRST_ANSWER_ID = 4
@@ -35,8 +39,8 @@ PLAN_VERSION = 1
 # ------------------------------------------------------------------------------------ Spark columns
 
 
-def canonical_col(name):
-    """Spark twin of :func:`spec.canonical`: trimmed text, integral numbers without decimals."""
+def canonical_col(name: str) -> Any:
+    """Spark twin of :func:`schema.canonical`: trimmed text, integral numbers without decimals."""
     from pyspark.sql import functions as F
     text = F.trim(F.col(f"`{name}`").cast("string"))
     number = text.try_cast("double")
@@ -45,19 +49,19 @@ def canonical_col(name):
     return F.when(integral, number.cast("bigint").cast("string")).otherwise(text)
 
 
-def canonicalize(df, names=None):
+def canonicalize(df: Any, names: list[str] | None = None) -> Any:
     """Every (or each named) column replaced by its canonical text, once, so later expressions stay
     small (hundreds of columns would otherwise outgrow Spark's generated-code limits)."""
     names = list(df.columns) if names is None else list(names)
     return df.select(*[canonical_col(c).alias(c) for c in names])
 
 
-def _col(name):
+def _col(name: str) -> Any:
     from pyspark.sql import functions as F
     return F.col(f"`{name}`")
 
 
-def kind_col(value, codes):
+def kind_col(value: Any, codes: dict[str, list[str]]) -> Any:
     """'missing' / 'refused' / 'not_asked' / null (an answer) for a canonical value column."""
     from pyspark.sql import functions as F
 
@@ -68,19 +72,19 @@ def kind_col(value, codes):
             .when(among(codes["not_asked"]), F.lit("not_asked")))
 
 
-def read_table(spark, uri, fmt):
+def read_table(spark: Any, uri: str, fmt: str) -> Any:
     reader = spark.read
     if fmt == "csv":
         # every column as text: answer codes ("refused", 98, "") are compared as written
         return reader.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE") \
-            .csv(gprep.spark_uri(uri))
-    return reader.parquet(gprep.spark_uri(uri))
+            .csv(sparkprep.spark_uri(uri))
+    return reader.parquet(sparkprep.spark_uri(uri))
 
 
 # ------------------------------------------------------------------------------------ profile
 
 
-def profile(df, columns, spec, is_valid):
+def profile(df: Any, columns: list[str], spec: Spec, is_valid: Any) -> tuple[dict, dict]:
     """Per column (train split): answer counts, kind counts, numeric summary and top answers.
 
     Returns ``{column: {"answered", "distinct", "kinds": {kind: n}, "non_numeric", "non_integral",
@@ -141,67 +145,32 @@ def profile(df, columns, spec, is_valid):
 # ------------------------------------------------------------------------------------ plan
 
 
-def resolve(spec, header, stats):
+def resolve(spec: Spec, header: list[str], stats: dict) -> tuple[list[dict], list[dict], list[dict]]:
     """Column treatments (spec, else inferred) with their encodings: the plan's ``features``,
     ``ignored`` and ``targets`` entries."""
-    infer = spec.infer
     taken = set()
-    features, ignored, targets = [], [], []
-    for name in spec.targets:
-        s = stats[name]
-        classes = specmod.sort_answers([v for v, _ in s["top"]])
-        if s["distinct"] > len(s["top"]):
-            raise SpecError(f"target {name!r} has {s['distinct']} distinct answers, more than infer.max_vocab "
-                            f"({infer['max_vocab']}): is it really a question with a fixed set of answers?")
-        if len(classes) < 2:
-            raise SpecError(f"target {name!r} has {len(classes)} distinct answer(s) in the training split: "
-                            "nothing to predict")
-        counts = dict(s["top"])
-        valid = s["valid"]
-        targets.append({
-            "column": name, "label": specmod.safe_name(name, "y_", taken), "classes": classes,
-            "train_counts": [counts[c] for c in classes],
-            "valid_counts": [valid.get(c, 0) for c in classes],
-            "train_not_answered": dict(s["kinds"]),
-            "valid_not_answered": dict({k: valid.get(k, 0) for k in KINDS},
-                                       unseen=sum(n for v, n in valid.items() if v not in KINDS and v not in counts)),
-        })
+    targets = [_target(name, stats[name], spec.infer, taken) for name in spec.targets]
+    features, ignored = [], []
     for name in header:
         if name in spec.targets or name == spec.id_column:
             continue
         s = stats[name]
         declared = spec.columns.get(name, {}).get("type", "auto")
-        source = "spec" if declared != "auto" else "inferred"
-        ctype, why = (declared, "spec") if declared != "auto" else _infer(s, infer)
+        ctype, why = (declared, "spec") if declared != "auto" else _infer(s, spec.infer)
         if ctype == "ignore":
             ignored.append({"column": name, "why": why})
             continue
-        entry = {"column": name, "type": ctype, "source": source, "why": why,
+        entry = {"column": name, "type": ctype, "source": "spec" if declared != "auto" else "inferred", "why": why,
                  "codes": spec.codes_for(name), "answered": s["answered"], "not_answered": dict(s["kinds"])}
         if ctype == "categorical":
-            vocab = [v for v, n in s["top"][:int(infer["max_vocab"])] if n >= int(infer["min_count"])]
-            entry.update(input=specmod.safe_name(name, "c_", taken), vocab=vocab,
+            vocab = [v for v, n in s["top"][:int(spec.infer["max_vocab"])] if n >= int(spec.infer["min_count"])]
+            entry.update(input=schema.safe_name(name, "c_", taken), vocab=vocab,
                          vocab_size=FIRST_ANSWER_ID + len(vocab))
         else:
-            entry["input"] = specmod.safe_name(name, "n_", taken)
-            if ctype == "ordinal":
-                order = spec.columns.get(name, {}).get("order")
-                if order is None:
-                    order = specmod.sort_answers([v for v, _ in s["top"]])
-                    if len(order) < 2:
-                        order = order + ["__never__"]
-                counts = dict(s["top"])
-                positions = [i / (len(order) - 1) for i in range(len(order))]
-                seen = sum(counts.get(v, 0) for v in order)
-                impute = sum(p * counts.get(v, 0) for p, v in zip(positions, order)) / seen if seen else 0.5
-                entry.update(order=order, impute=impute)
-            else:
-                n = s["numeric_n"]
-                mean = s["sum"] / n if n else 0.0
-                var = max(s["sumsq"] / n - mean * mean, 0.0) if n else 0.0
-                entry.update(mean=mean, std=var ** 0.5 if var > 1e-12 else 1.0)
+            entry["input"] = schema.safe_name(name, "n_", taken)
+            entry.update(_ordinal(s, spec.columns.get(name, {}).get("order")) if ctype == "ordinal" else _numeric(s))
             # an unparsable answer in a numeric column counts as missing
-            entry["indicators"] = {kind: specmod.safe_name(f"{name}__{kind}", "m_", taken) for kind in KINDS
+            entry["indicators"] = {kind: schema.safe_name(f"{name}__{kind}", "m_", taken) for kind in KINDS
                                    if s["kinds"][kind] or (kind == "missing" and ctype == "numeric"
                                                            and s["non_numeric"])}
         features.append(entry)
@@ -210,7 +179,49 @@ def resolve(spec, header, stats):
     return features, ignored, targets
 
 
-def _infer(s, infer):
+def _target(name: str, s: dict, infer: dict, taken: set[str]) -> dict:
+    """A target's plan entry: its classes (the answers seen in training) and answer counts per split."""
+    classes = schema.sort_answers([v for v, _ in s["top"]])
+    if s["distinct"] > len(s["top"]):
+        raise SpecError(f"target {name!r} has {s['distinct']} distinct answers, more than infer.max_vocab "
+                        f"({infer['max_vocab']}): is it really a question with a fixed set of answers?")
+    if len(classes) < 2:
+        raise SpecError(f"target {name!r} has {len(classes)} distinct answer(s) in the training split: "
+                        "nothing to predict")
+    counts = dict(s["top"])
+    valid = s["valid"]
+    return {
+        "column": name, "label": schema.safe_name(name, "y_", taken), "classes": classes,
+        "train_counts": [counts[c] for c in classes],
+        "valid_counts": [valid.get(c, 0) for c in classes],
+        "train_not_answered": dict(s["kinds"]),
+        "valid_not_answered": dict({k: valid.get(k, 0) for k in KINDS},
+                                   unseen=sum(n for v, n in valid.items() if v not in KINDS and v not in counts)),
+    }
+
+
+def _ordinal(s: dict, order: list[str] | None) -> dict:
+    """An ordinal column's order (the spec's, else its sorted answers) and the value imputed when not answered."""
+    if order is None:
+        order = schema.sort_answers([v for v, _ in s["top"]])
+        if len(order) < 2:
+            order = order + ["__never__"]
+    counts = dict(s["top"])
+    positions = [i / (len(order) - 1) for i in range(len(order))]
+    seen = sum(counts.get(v, 0) for v in order)
+    impute = sum(p * counts.get(v, 0) for p, v in zip(positions, order)) / seen if seen else 0.5
+    return {"order": order, "impute": impute}
+
+
+def _numeric(s: dict) -> dict:
+    """A numeric column's standardization (training mean and standard deviation)."""
+    n = s["numeric_n"]
+    mean = s["sum"] / n if n else 0.0
+    var = max(s["sumsq"] / n - mean * mean, 0.0) if n else 0.0
+    return {"mean": mean, "std": var ** 0.5 if var > 1e-12 else 1.0}
+
+
+def _infer(s: dict, infer: dict) -> tuple[str, str]:
     if s["answered"] == 0:
         return "ignore", "never answered in the training split"
     if s["distinct"] == 1:
@@ -226,7 +237,7 @@ def _infer(s, infer):
     return "categorical", f"text, {s['distinct']} distinct answers"
 
 
-def feature_inputs(plan):
+def feature_inputs(plan: dict) -> dict[str, str]:
     """``{input column: "int64" | "float32"}`` in model order."""
     out = {}
     for f in plan["features"]:
@@ -236,14 +247,14 @@ def feature_inputs(plan):
     return out
 
 
-def label_columns(plan):
+def label_columns(plan: dict) -> list[str]:
     return [t["label"] for t in plan["targets"]]
 
 
 # ------------------------------------------------------------------------------------ encode
 
 
-def transform(df, plan, with_labels=True, keep=()):
+def transform(df: Any, plan: dict, with_labels: bool = True, keep: Any = ()) -> Any:
     """Encode a :func:`canonicalize`-d response DataFrame with a plan: ``keep`` columns, the features
     and, when ``with_labels``, the labels. Works for new respondents too (targets may be absent then)."""
     from pyspark.sql import functions as F
@@ -285,14 +296,15 @@ def transform(df, plan, with_labels=True, keep=()):
 # ------------------------------------------------------------------------------------ the job
 
 
-def run_prep(spark, spec, data_uri, out_uri, fmt="auto", files=4, overwrite=False, header=None,
-             validation_fraction=None, seed=None, log=print):
+def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "auto", files: int = 4,
+             overwrite: bool = False, header: list[str] | None = None, validation_fraction: float | None = None,
+             seed: int | None = None, log: Callable[[str], Any] = print) -> dict:
     """Prep ``data_uri`` with ``spec`` into ``out_uri``; returns the plan (also in ``prep.json``).
-    Call :func:`spec.preflight` first (the CLI does) so bad input fails before Spark starts."""
+    Call :func:`schema.preflight` first (the CLI does) so bad input fails before Spark starts."""
     from pyspark.sql import functions as F
     started = time.monotonic()
     if header is None:
-        fmt, header = specmod.preflight(spec, data_uri, fmt)
+        fmt, header = schema.preflight(spec, data_uri, fmt)
     if hdfs_io.exists(out_uri) and not overwrite:
         raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
     fraction = float(spec.split["validation_fraction"] if validation_fraction is None else validation_fraction)
@@ -303,7 +315,7 @@ def run_prep(spark, spec, data_uri, out_uri, fmt="auto", files=4, overwrite=Fals
         raise SpecError(f"Spark read columns {df.columns[:20]} from {data_uri}, not the header's {missing[:5]}")
     df = canonicalize(df, header)
     keys = [_col(spec.id_column)] if spec.id_column else [_col(c) for c in header]
-    df = df.withColumn("__valid", gprep.hash_split(keys, fraction, seed))
+    df = df.withColumn("__valid", sparkprep.hash_split(keys, fraction, seed))
     columns = [c for c in header if c != spec.id_column]
     df = df.cache()
     try:
@@ -321,19 +333,19 @@ def run_prep(spark, spec, data_uri, out_uri, fmt="auto", files=4, overwrite=Fals
         keep = [spec.id_column] if spec.id_column else []
         for split, flag in (("train", False), ("valid", True)):
             part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
-            gprep.write_parquet(part, hdfs_io.join(out_uri, split), overwrite=overwrite,
+            sparkprep.write_parquet(part, hdfs_io.join(out_uri, split), overwrite=overwrite,
                                 partitions=max(int(files), 1))
     finally:
         df.unpersist()
     plan["inputs"] = feature_inputs(plan)
     plan["labels"] = label_columns(plan)
     plan["prep_seconds"] = round(time.monotonic() - started, 1)
-    gprep.write_json(plan, hdfs_io.join(out_uri, PLAN_FILE))
+    sparkprep.write_json(plan, hdfs_io.join(out_uri, PLAN_FILE))
     log(summary(plan))
     return plan
 
 
-def plan_id(plan):
+def plan_id(plan: dict) -> float:
     """A number that identifies a prep plan's encoding (stored in the export's metrics.json, checked
     before evaluating or predicting with that export)."""
     key = json.dumps({"inputs": plan["inputs"], "targets": [[t["label"], t["classes"]] for t in plan["targets"]],
@@ -341,17 +353,15 @@ def plan_id(plan):
     return float(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
 
 
-def read_plan(prep_uri):
+def read_plan(prep_uri: str) -> dict:
     uri = hdfs_io.join(prep_uri, PLAN_FILE)
-    if not hdfs_io.exists(uri):
-        raise FileNotFoundError(f"{uri} not found: run `tfos-survey prep` first")
-    plan = gprep.read_json(uri)
+    plan = sparkprep.read_json(uri, missing=f"{uri} not found: run `tfos-survey prep` first")
     if plan.get("version") != PLAN_VERSION:
         raise ValueError(f"{uri} has plan version {plan.get('version')}, this code reads {PLAN_VERSION}")
     return plan
 
 
-def summary(plan):
+def summary(plan: dict) -> str:
     by_type = {}
     for f in plan["features"]:
         by_type.setdefault(f["type"], []).append(f)

@@ -5,11 +5,15 @@ Validation is expressed as ``checks``: a list of ``(bad_condition, reason_code, 
 columns; :func:`first_failure` turns them into a ``reason_code`` / ``reason`` pair (null for a good row)
 so bad rows can be quarantined with the reason and counted by code, all in Spark SQL (no Python UDF).
 """
+from __future__ import annotations
+
 import json
 import os
+from typing import Any, Sequence
 
 import hdfs_io
 
+# pyspark (heavy) is imported inside the functions that build Spark columns.
 SPLIT_BUCKETS = 1_000_000
 
 
@@ -17,7 +21,7 @@ class BadInputError(ValueError):
     """Too large a fraction of the input rows was malformed (see the quarantine for the rows)."""
 
 
-def spark_uri(uri):
+def spark_uri(uri: str) -> str:
     """A URI Spark reads and writes as meant: plain paths become ``file://`` (a cluster's default file
     system may be HDFS), ``s3://`` becomes ``s3a://``."""
     if "://" not in uri:
@@ -27,7 +31,7 @@ def spark_uri(uri):
     return uri
 
 
-def first_failure(checks):
+def first_failure(checks: list[tuple[Any, Any, Any]]) -> tuple[Any, Any]:
     """``(reason_code, reason)`` columns: the first failing check's code and message, null when all pass.
 
     ``checks`` is a list of ``(bad_condition, code, message)``; ``code`` and ``message`` may be
@@ -44,7 +48,7 @@ def first_failure(checks):
     return code, message
 
 
-def hash_split(key_columns, validation_fraction, seed=0):
+def hash_split(key_columns: Sequence[Any], validation_fraction: float, seed: int = 0) -> Any:
     """A boolean column, true for the validation split: a hash of ``key_columns`` (deterministic across
     runs, partitionings and clusters) compared with ``validation_fraction``."""
     from pyspark.sql import functions as F
@@ -55,7 +59,8 @@ def hash_split(key_columns, validation_fraction, seed=0):
     return bucket < F.lit(int(round(validation_fraction * SPLIT_BUCKETS)))
 
 
-def check_bad_fraction(total, bad, limit, by_reason=None, quarantine_uri=None, what="input"):
+def check_bad_fraction(total: int, bad: int, limit: float, by_reason: dict[str, int] | None = None,
+                       quarantine_uri: str | None = None, what: str = "input") -> float:
     """Raise :class:`BadInputError` when ``bad / total`` exceeds ``limit``; return the fraction."""
     if total == 0:
         raise BadInputError(f"{what}: no rows at all")
@@ -68,12 +73,12 @@ def check_bad_fraction(total, bad, limit, by_reason=None, quarantine_uri=None, w
     return fraction
 
 
-def count_by(df, column):
+def count_by(df: Any, column: str) -> dict:
     """``{value: count}`` for one column (small cardinality expected)."""
     return {row[0]: row[1] for row in df.groupBy(column).count().collect()}
 
 
-def write_parquet(df, uri, overwrite=False, partitions=None):
+def write_parquet(df: Any, uri: str, overwrite: bool = False, partitions: int | None = None) -> str:
     """Write a DataFrame as Parquet to ``uri`` atomically: Spark writes into a hidden sibling that is
     committed (renamed, or copied on S3) only when every task succeeded; ``_SUCCESS`` marks it."""
     if partitions:
@@ -83,13 +88,16 @@ def write_parquet(df, uri, overwrite=False, partitions=None):
     return uri
 
 
-def write_json(obj, uri):
+def write_json(obj: Any, uri: str) -> str:
     """A small JSON report, written atomically."""
     with hdfs_io.open(uri, "w") as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)
     return uri
 
 
-def read_json(uri):
+def read_json(uri: str, missing: str | None = None) -> Any:
+    """A JSON file's content; with ``missing``, a file that does not exist raises FileNotFoundError(missing)."""
+    if missing is not None and not hdfs_io.exists(uri):
+        raise FileNotFoundError(missing)
     with hdfs_io.open(uri, "r") as handle:
         return json.load(handle)

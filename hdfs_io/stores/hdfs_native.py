@@ -6,12 +6,14 @@ hdfs-native (Rust, no JVM, no libhdfs) speaks the NameNode and DataNode protocol
 package we can install) and the Hadoop CLASSPATH, so it is not an option here.
 
 Wrapping the client in a :class:`pyarrow.fs.FileSystemHandler` lets the rest of the package (and
-callers who want ``pyarrow.dataset``) treat HDFS exactly like the local and S3 file systems.
+callers who want ``pyarrow.dataset``) treat HDFS exactly like the local and S3 file systems. The
+store for ``hdfs://`` / ``viewfs://`` URIs is :class:`hdfs_io.stores.hdfs.HdfsStore`.
 
 hdfs-native never gives up on a dead NameNode, so:
 
-* before the first call to a NameNode we open a TCP connection to its RPC address(es) (bounded by the
-  timeout): a refused or unroutable address fails at once with :class:`StorageUnavailableError`;
+* before the first call to a NameNode (``hdfs://``; viewfs mount tables are not probed) we open a
+  TCP connection to its RPC address(es) (bounded by the timeout): a refused or unroutable address
+  fails at once with :class:`StorageUnavailableError`;
 * every call, including each read/write on a file, runs through :func:`hdfs_io._timeout.call` and
   raises :class:`StorageTimeoutError` after ``HDFS_IO_TIMEOUT_S``; the client is then dropped so the
   next call probes again.
@@ -28,8 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from . import _timeout, config
-from .errors import StorageError, StorageTimeoutError, StorageUnavailableError, not_found
+from .. import _timeout, config
+from ..errors import StorageError, StorageTimeoutError, StorageUnavailableError, not_found
 
 WRITE_BUFFER = 4 << 20  # bytes gathered in Python before one (timed) call into hdfs-native
 
@@ -205,9 +207,10 @@ class HdfsHandler(pafs.FileSystemHandler):
     """pyarrow FileSystemHandler over an hdfs-native Client for one ``hdfs://`` or ``viewfs://``
     authority. Paths are absolute (``/user/x/file``)."""
 
-    def __init__(self, scheme: str, authority: str):
+    def __init__(self, scheme: str, authority: str, probe: bool = True):
         self.scheme = scheme
         self.authority = authority
+        self.probe = probe  # probe the NameNode's RPC address(es) before the first call
         self.url = f"{scheme}://{authority}"
         self._client = None
         self._lock = threading.Lock()
@@ -224,7 +227,7 @@ class HdfsHandler(pafs.FileSystemHandler):
             if self._client is None:
                 from hdfs_native import Client
 
-                if self.scheme == "hdfs":
+                if self.probe:
                     _probe(self.url, config.namenode_addresses(self.authority), _timeout.timeout_s())
                 conf_dir = config.hadoop_conf_dir()
                 try:
@@ -348,7 +351,7 @@ class HdfsHandler(pafs.FileSystemHandler):
                     break
                 fout.write(chunk)
 
-    # -- used directly by hdfs_io.fs (no pyarrow layer in between) -------------------------------
+    # -- used directly by the store (no pyarrow layer in between) ---------------------------------
     def open_reader(self, path: str) -> _TimedReader:
         st = self._status(path)
         if st is None:
@@ -392,5 +395,5 @@ class HdfsHandler(pafs.FileSystemHandler):
         return pa.PythonFile(self.create_writer(path, append=True), mode="w")
 
 
-def filesystem(scheme: str, authority: str) -> pafs.PyFileSystem:
-    return pafs.PyFileSystem(HdfsHandler(scheme, authority))
+def filesystem(scheme: str, authority: str, probe: bool = True) -> pafs.PyFileSystem:
+    return pafs.PyFileSystem(HdfsHandler(scheme, authority, probe))

@@ -1,5 +1,7 @@
-"""Per-target evaluation on the validation split: the trained model against two baselines computed in
-the same job, on the same rows (those where the target was answered).
+"""The survey job's steps on top of the runtime: train, evaluate, predict (prep is in ``survey.prep``).
+
+**Evaluation** (:func:`evaluate`): per target, on the validation split, the trained model against two
+baselines computed in the same job, on the same rows (those where the target was answered).
 
 * ``model``: the export scored on Spark (:func:`tfos_jobs.scoring.score_dataframe_vectors`);
 * ``majority``: always the training split's most frequent answer (accuracy); its log loss uses the
@@ -9,36 +11,71 @@ the same job, on the same rows (those where the target was answered).
   features (categorical ids one-hot encoded), trained on the training split.
 
 Written atomically to ``<out>/evaluation.json`` and ``<out>/evaluation.txt`` (a readable table).
+
+**Prediction** (:func:`predict`): answer probabilities for new respondents: encode them with the prep
+plan, score them on Spark with the export, write Parquet atomically (complete with ``_SUCCESS``, or
+nothing). Output columns: the id column (or ``--keep`` columns; by default every input column when the
+spec has no id), then per target ``<target>__p_<answer>`` (float, one per answer, summing to 1) and
+``<target>__answer`` (the most probable answer, as text). Question columns absent from the new data
+count as missing for every respondent (a warning names them); target columns, when present, are ignored.
 """
+from __future__ import annotations
+
 import json
 import math
 import os
 import time
+from typing import Any, Callable
 
 import hdfs_io
-from tfos_jobs import prep as gprep
-from tfos_jobs import scoring
-from tfos_jobs.survey.prep import plan_id
-from tfos_jobs.survey.spec import dumps
+from tfos_jobs import scoring, sparkprep
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, TrainConfig
+from tfos_jobs.survey import prep, schema
+from tfos_jobs.survey.model import SurveyTask
+from tfos_jobs.task import ParquetSource
+from tfos_jobs.trainer import fit
 
+# pyspark (heavy) is imported inside the functions that build Spark columns and models.
 EPS = 1e-7
 METHODS = ("model", "majority", "logistic_regression")
 
+# The job's training defaults, for library callers and `tfos-survey train` alike: MultiWorkerMirrored
+# with 2 workers, 64 respondents per worker per step, 20 epochs (survey data sets are small).
+SCALING = ScalingConfig(strategy="mwms", num_workers=2, num_ps=1)
+LOOP = LoopConfig(batch_size=64, epochs=20.0, checkpoint_every=200, log_every=50)
 
-def check_export(plan, export_uri):
+
+# ------------------------------------------------------------------------------------ train
+
+
+def train(sc: Any, plan: dict, prep_uri: str, model: dict | None = None, *, scaling: ScalingConfig = SCALING,
+          loop: LoopConfig = LOOP, run: RunConfig) -> Any:
+    """Train the survey model on ``<prep>/train`` through the runtime; returns the TrainResult.
+
+    ``model``: options over the spec's ``model`` section (``hidden``, ``embedding_dim``, ``dropout``,
+    ``learning_rate``; None keeps the spec's)."""
+    task = SurveyTask(plan, valid_uri=hdfs_io.join(prep_uri, "valid"), **(model or {}))
+    data = ParquetSource(hdfs_io.join(prep_uri, "train"), features=list(plan["inputs"]), labels=plan["labels"])
+    return fit(sc, task, data, config=TrainConfig(scaling, run, loop))
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def check_export(plan: dict, export_uri: str) -> dict:
     """The export exists, is complete and was trained on this plan's encoding; return its metrics."""
     if not hdfs_io.exists(export_uri):
         raise FileNotFoundError(f"model export {export_uri} does not exist: run `tfos-survey train` first")
     hdfs_io.require_published(export_uri)
     with hdfs_io.open(hdfs_io.join(export_uri, "metrics.json"), "r") as handle:
         metrics = json.load(handle)
-    if metrics.get("survey_plan_id") != plan_id(plan):
+    if metrics.get("survey_plan_id") != prep.plan_id(plan):
         raise ValueError(f"the model at {export_uri} was not trained on this prep output (its encoding differs): "
                          "train again on this prep, or pass the prep it was trained on")
     return metrics
 
 
-def probability_metrics(df, label, probabilities):
+def probability_metrics(df: Any, label: str, probabilities: str) -> dict[str, float]:
     """``{"rows", "accuracy", "log_loss"}`` from a Spark DataFrame with an int label column and an
     array<float> probability column (answered rows only), in one aggregation."""
     from pyspark.sql import functions as F
@@ -52,11 +89,11 @@ def probability_metrics(df, label, probabilities):
     return {"rows": int(row["rows"]), "accuracy": _float(row["accuracy"]), "log_loss": _float(row["log_loss"])}
 
 
-def _float(value):
+def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def majority_metrics(target):
+def majority_metrics(target: dict) -> dict:
     """Majority-class baseline from the plan's training and validation answer counts."""
     train, valid = target["train_counts"], target["valid_counts"]
     total_train, total_valid = sum(train), sum(valid)
@@ -69,7 +106,8 @@ def majority_metrics(target):
             "answer": target["classes"][majority]}
 
 
-def logistic_regression(train_df, valid_df, plan, reg_param=0.01, max_iter=100):
+def logistic_regression(train_df: Any, valid_df: Any, plan: dict, reg_param: float = 0.01,
+                        max_iter: int = 100) -> dict[str, dict]:
     """``{label: metrics}``: one MLlib multinomial LR per target on the encoded features."""
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import LogisticRegression
@@ -108,14 +146,15 @@ def logistic_regression(train_df, valid_df, plan, reg_param=0.01, max_iter=100):
     return out
 
 
-def run_evaluate(spark, plan, prep_uri, export_uri, out_uri, overwrite=False, lr_reg=0.01, lr_max_iter=100,
-                 log=print):
+def evaluate(spark: Any, plan: dict, prep_uri: str, export_uri: str, out_uri: str, overwrite: bool = False,
+             lr_reg: float = 0.01, lr_max_iter: int = 100, log: Callable[[str], Any] = print) -> dict:
+    """Score the validation split with the export and fit the baselines; write the report (see module doc)."""
     started = time.monotonic()
     check_export(plan, export_uri)
     if hdfs_io.exists(out_uri) and not overwrite:
         raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
-    train_df = spark.read.parquet(gprep.spark_uri(hdfs_io.join(prep_uri, "train")))
-    valid_df = spark.read.parquet(gprep.spark_uri(hdfs_io.join(prep_uri, "valid")))
+    train_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(prep_uri, "train")))
+    valid_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(prep_uri, "valid")))
     outputs = {t["label"]: f"__p_{t['label']}" for t in plan["targets"]}
     scored = scoring.score_dataframe_vectors(valid_df, export_uri, list(plan["inputs"]), outputs,
                                              keep=plan["labels"]).cache()
@@ -137,14 +176,14 @@ def run_evaluate(spark, plan, prep_uri, export_uri, out_uri, overwrite=False, lr
     table = format_table(report)
     with hdfs_io.publish(out_uri, overwrite=overwrite) as local:
         with open(os.path.join(local, "evaluation.json"), "w") as handle:
-            handle.write(dumps(report))
+            handle.write(schema.dumps(report))
         with open(os.path.join(local, "evaluation.txt"), "w") as handle:
             handle.write(table + "\n")
     log(table)
     return report
 
 
-def format_table(report):
+def format_table(report: dict) -> str:
     """One line per target: answered validation rows, then accuracy and log loss of each method."""
     header = ["target", "answers", "rows", "acc model", "acc majority", "acc LR",
               "logloss model", "logloss majority", "logloss LR"]
@@ -158,3 +197,62 @@ def format_table(report):
              for r in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+def check_inputs(plan: dict, data_uri: str, fmt: str = "auto",
+                 keep: list[str] | None = None) -> tuple[str, list[str], list[str], list[str]]:
+    """Driver-side checks before Spark: the data exists and has a header; returns (format, header,
+    absent question columns, columns to keep)."""
+    fmt = schema.detect_format(data_uri, fmt)
+    header = schema.read_header(data_uri, fmt)
+    absent = [f["column"] for f in plan["features"] if f["column"] not in header]
+    if len(absent) == len(plan["features"]):
+        raise schema.SpecError(f"none of the {len(absent)} question columns the model uses is in {data_uri}: "
+                                f"is it the right file? (its columns: {', '.join(header[:20])})")
+    if keep is None:
+        keep = [plan["id"]] if plan.get("id") in header else [c for c in header if c not in
+                                                                {t["column"] for t in plan["targets"]}]
+    unknown = [c for c in keep if c not in header]
+    if unknown:
+        raise schema.SpecError(f"--keep column(s) {unknown} not in {data_uri}")
+    outputs = {f"{t['column']}__answer" for t in plan["targets"]} | {
+        f"{t['column']}__p_{c}" for t in plan["targets"] for c in t["classes"]}
+    clash = sorted(set(keep) & outputs)
+    if clash:
+        raise schema.SpecError(f"--keep column(s) {clash} clash with prediction columns")
+    return fmt, header, absent, keep
+
+
+def predict(spark: Any, plan: dict, export_uri: str, data_uri: str, out_uri: str, fmt: str = "auto",
+            keep: list[str] | None = None, overwrite: bool = False, partitions: int | None = None,
+            batch_size: int = 4096, log: Callable[[str], Any] = print) -> dict:
+    """Answer probabilities for the respondents in ``data_uri``, written to ``out_uri`` (see module doc)."""
+    from pyspark.sql import functions as F
+    check_export(plan, export_uri)
+    fmt, header, absent, keep = check_inputs(plan, data_uri, fmt, keep)
+    if hdfs_io.exists(out_uri) and not overwrite:
+        raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
+    if absent:
+        log(f"warning: {len(absent)} question column(s) absent from {data_uri}, treated as missing: "
+            f"{', '.join(absent[:20])}{' ...' if len(absent) > 20 else ''}")
+    df = prep.canonicalize(prep.read_table(spark, data_uri, fmt), header)
+    for column in absent:
+        df = df.withColumn(column, F.lit(None).cast("string"))
+    kept = [f"__keep_{i}" for i in range(len(keep))]
+    encoded = prep.transform(df.select("*", *[F.col(f"`{c}`").alias(k) for c, k in zip(keep, kept)]),
+                              plan, with_labels=False, keep=kept)
+    outputs = {t["label"]: f"__p_{t['label']}" for t in plan["targets"]}
+    scored = scoring.score_dataframe_vectors(encoded, export_uri, list(plan["inputs"]), outputs, keep=kept,
+                                             batch_size=batch_size)
+    columns = [F.col(k).alias(c) for c, k in zip(keep, kept)]
+    for t in plan["targets"]:
+        p = F.col(outputs[t["label"]])
+        columns += [p[i].alias(f"{t['column']}__p_{c}") for i, c in enumerate(t["classes"])]
+        best = F.array_position(p, F.array_max(p)).cast("int")
+        columns.append(F.element_at(F.lit(t["classes"]).cast("array<string>"), best).alias(f"{t['column']}__answer"))
+    report = scoring.write_scores(scored.select(*columns), out_uri, overwrite=overwrite, partitions=partitions)
+    log(f"predicted {report['rows']} respondents -> {out_uri} ({report['seconds']:.1f} s)")
+    return report

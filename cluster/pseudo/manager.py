@@ -14,11 +14,11 @@ from pathlib import Path
 
 import psutil
 
+from ..processes import STOP_TIMEOUT, terminate, with_descendants
 from . import config, jars
 from .config import HOST, Layout, Options, Service
 from .errors import ClusterError
 
-STOP_TIMEOUT = 20.0
 FIRST_WAVE = {"nodemanager", "datanode"}
 
 
@@ -162,36 +162,6 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _terminate(procs: list[psutil.Process], timeout: float = STOP_TIMEOUT) -> list[psutil.Process]:
-    """SIGTERM, wait, then SIGKILL; returns processes still alive (should be none)."""
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=10)
-    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
-def _with_descendants(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out, seen = [], set()
-    for p in procs:
-        for q in [p, *_safe_children(p)]:
-            if q.pid not in seen:
-                seen.add(q.pid)
-                out.append(q)
-    return out
-
-
-def _safe_children(p: psutil.Process) -> list[psutil.Process]:
-    try:
-        return p.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def _leftovers(lay: Layout) -> list[psutil.Process]:
     """Processes that belong to this cluster although no longer in the state file: JVMs carrying
     our ``-Dtfos.cluster.home`` marker, and processes running inside its run/ or data/ dirs
@@ -259,13 +229,7 @@ def up(workers: int | None = None, worker_cores: int | None = None,
         python = state.get("python") if alive and state.get("python") else sys.executable
         config.write_conf(lay, opts, python)
         svcs = config.build_services(lay, opts, java_home, python)
-        names = {s.name for s in svcs}
-        # Services from an earlier, larger configuration that are still running are stopped.
-        stray = [n for n in alive if n not in names]
-        if stray:
-            _terminate(_with_descendants([_process(alive[n]) for n in stray if _process(alive[n])]))
-            for n in stray:
-                alive.pop(n)
+        _stop_stray(alive, {s.name for s in svcs})
         state = {"options": opts.to_dict(), "java_home": java_home, "python": python,
                  "home": str(lay.home), "services": dict(alive)}
         _save_state(lay, state)
@@ -277,70 +241,113 @@ def up(workers: int | None = None, worker_cores: int | None = None,
             _start_and_wait(lay, state, svcs, to_start, started, java_home, timeout, say)
             _ensure_bucket(opts)
         except BaseException:
-            procs = []
-            for p in started.values():
-                with contextlib.suppress(psutil.Error):
-                    if p.poll() is None:
-                        procs.append(psutil.Process(p.pid))
-            _terminate(_with_descendants(procs))
-            for p in started.values():
-                with contextlib.suppress(Exception):
-                    p.wait(timeout=1)
-            for n in started:
-                state["services"].pop(n, None)
-            _save_state(lay, state)
+            _roll_back(lay, state, started)
             raise
         conn = config.connection_info(lay, opts, java_home, python, svcs)
         conn["started_in_s"] = round(time.monotonic() - t0, 1) if started else None
-        tmp = lay.connection.with_name("connection.json.tmp")
-        tmp.write_text(json.dumps(conn, indent=2))
-        tmp.replace(lay.connection)
+        _write_json(lay.connection, conn)
         say(f"pseudo-cluster up ({len(started)} started, {len(svcs) - len(started)} already "
             f"running) in {time.monotonic() - t0:.1f}s; connection file: {lay.connection}")
         return conn
 
 
+def _stop_stray(alive: dict, names: set[str]) -> None:
+    """Stop services of an earlier, larger configuration that are still running (e.g. a worker
+    beyond ``--workers``), and forget them."""
+    stray = [n for n in alive if n not in names]
+    if stray:
+        terminate(with_descendants([_process(alive[n]) for n in stray if _process(alive[n])]))
+        for n in stray:
+            alive.pop(n)
+
+
+def _roll_back(lay: Layout, state: dict, started: dict[str, subprocess.Popen]) -> None:
+    """A failed ``up`` stops what it started, so that it leaves nothing half-running behind."""
+    procs = []
+    for p in started.values():
+        with contextlib.suppress(psutil.Error):
+            if p.poll() is None:
+                procs.append(psutil.Process(p.pid))
+    terminate(with_descendants(procs))
+    for p in started.values():
+        with contextlib.suppress(Exception):
+            p.wait(timeout=1)
+    for n in started:
+        state["services"].pop(n, None)
+    _save_state(lay, state)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _fail(name: str, why: str, log: Path) -> None:
+    raise ClusterError(f"{name} did not come up: {why}.\nLog: {log}\n--- last lines of "
+                       f"{log.name} ---\n{_tail(log)}")
+
+
+def _format_namenode(lay: Layout, by_name: dict[str, Service], to_start: list[Service],
+                     java_home: str, say) -> subprocess.Popen | None:
+    """Start ``NameNode -format`` when the NameNode starts for the first time; else None."""
+    if "namenode" not in by_name or by_name["namenode"] not in to_start or lay.formatted():
+        return None
+    # A fresh NameNode gets a new cluster id: an old DataNode directory would not match.
+    shutil.rmtree(lay.data_dir, ignore_errors=True)
+    say("formatting the HDFS NameNode (first start) ...")
+    return _launch(lay, config.format_argv(lay, java_home), by_name["namenode"].env, "namenode-format")
+
+
+def _launch_ready(lay: Layout, state: dict, pending: list[Service], started: dict,
+                  formatting: bool, say) -> None:
+    """Launch each pending service whose dependencies' ports are open (the NameNode only once
+    formatted) and record its PID in the state file."""
+    for s in list(pending):
+        if s.name == "namenode" and formatting:
+            continue
+        if all(config.port_open(port) for _, port in s.after):
+            say(f"starting {s.name} ...")
+            proc = _launch(lay, s.argv, s.env, s.name)
+            started[s.name] = proc
+            state["services"][s.name] = {
+                "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
+                "port": s.port, "ports": s.ports, "ui": s.ui, "log": str(lay.log(s.name)),
+                "group": s.group}
+            _save_state(lay, state)
+            pending.remove(s)
+
+
+def _timed_out(lay: Layout, svcs: list[Service], pending: list[Service], healthy: dict,
+               last: dict, timeout: float) -> None:
+    """Raise for the first service still not healthy: never started, or started but unhealthy."""
+    waiting = [s for s in svcs if s.name not in healthy]
+    s = waiting[0]
+    if s in pending:
+        _fail(s.name, f"never started: waited {timeout:.0f}s for "
+              f"{', '.join(f'{n}:{p}' for n, p in s.after)}", lay.log(s.after[0][0]))
+    _fail(s.name, f"no healthy answer within {timeout:.0f}s (last check: "
+          f"{last.get(s.name, 'none')}); still waiting for "
+          f"{', '.join(w.name for w in waiting)}", lay.log(s.name))
+
+
 def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: list[Service],
                     started: dict, java_home: str, timeout: float, say) -> None:
     deadline = time.monotonic() + timeout
-    by_name = {s.name: s for s in svcs}
     pending = list(to_start)
-    fmt = None
-    if "namenode" in by_name and by_name["namenode"] in to_start and not lay.formatted():
-        # A fresh NameNode gets a new cluster id: an old DataNode directory would not match.
-        shutil.rmtree(lay.data_dir, ignore_errors=True)
-        say("formatting the HDFS NameNode (first start) ...")
-        fmt = _launch(lay, config.format_argv(lay, java_home), by_name["namenode"].env,
-                      "namenode-format")
+    fmt = _format_namenode(lay, {s.name: s for s in svcs}, to_start, java_home, say)
     healthy: dict[str, str] = {}
     last: dict[str, str] = {}
-
-    def fail(name: str, why: str, log: Path) -> None:
-        raise ClusterError(f"{name} did not come up: {why}.\nLog: {log}\n--- last lines of "
-                           f"{log.name} ---\n{_tail(log)}")
-
     while True:
         if fmt is not None and fmt.poll() is not None:
             if fmt.returncode != 0 or not lay.formatted():
-                fail("namenode (format)", f"'NameNode -format' exited with {fmt.returncode}",
-                     lay.log("namenode-format"))
+                _fail("namenode (format)", f"'NameNode -format' exited with {fmt.returncode}",
+                      lay.log("namenode-format"))
             fmt = None
-        for s in list(pending):
-            if s.name == "namenode" and fmt is not None:
-                continue
-            if all(config.port_open(port) for _, port in s.after):
-                say(f"starting {s.name} ...")
-                proc = _launch(lay, s.argv, s.env, s.name)
-                started[s.name] = proc
-                state["services"][s.name] = {
-                    "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
-                    "port": s.port, "ports": s.ports, "ui": s.ui, "log": str(lay.log(s.name)),
-                    "group": s.group}
-                _save_state(lay, state)
-                pending.remove(s)
+        _launch_ready(lay, state, pending, started, fmt is not None, say)
         for name, proc in started.items():
             if proc.poll() is not None:
-                fail(name, f"the process exited with code {proc.returncode}", lay.log(name))
+                _fail(name, f"the process exited with code {proc.returncode}", lay.log(name))
         for s in svcs:
             if s.name in healthy or s in pending:
                 continue
@@ -352,14 +359,7 @@ def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: lis
         if len(healthy) == len(svcs):
             return
         if time.monotonic() > deadline:
-            waiting = [s for s in svcs if s.name not in healthy]
-            s = waiting[0]
-            if s in pending:
-                fail(s.name, f"never started: waited {timeout:.0f}s for "
-                     f"{', '.join(f'{n}:{p}' for n, p in s.after)}", lay.log(s.after[0][0]))
-            fail(s.name, f"no healthy answer within {timeout:.0f}s (last check: "
-                 f"{last.get(s.name, 'none')}); still waiting for "
-                 f"{', '.join(w.name for w in waiting)}", lay.log(s.name))
+            _timed_out(lay, svcs, pending, healthy, last, timeout)
         time.sleep(0.5)
 
 
@@ -400,19 +400,19 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
         # waits for them on SIGTERM (7-17 s); it keeps no state (recovery is off) and has
         # already unregistered from the ResourceManager by then: SIGKILL after a short grace.
         for i, (wave, grace) in enumerate(zip(waves, (5.0, STOP_TIMEOUT))):
-            survivors += _terminate(_with_descendants(wave), timeout=grace)
+            survivors += terminate(with_descendants(wave), timeout=grace)
             say(f"wave {i + 1} stopped")
         seen = {p["pid"] for p in stopped}
         strays = [p for p in _leftovers(lay) if p.pid not in seen]
         if strays:
             say(f"stopping leftover processes {[p.pid for p in strays]}")
-            survivors += _terminate(strays)
+            survivors += terminate(strays)
         if survivors:
             raise ClusterError("these processes survived SIGKILL: "
                                + ", ".join(f"PID {p.pid}" for p in survivors))
         left = _leftovers(lay)
         if left:
-            _terminate(left)
+            terminate(left)
             left = [p for p in left if p.is_running()]
         ports = sorted({port for e in entries.values() for port in e.get("ports", [])})
         deadline = time.monotonic() + 15
@@ -513,7 +513,7 @@ def rss_total() -> int:
     state = _load_state(_layout())
     procs = [p for p in (_process(e) for e in state.get("services", {}).values()) if p]
     total = 0
-    for p in _with_descendants(procs):
+    for p in with_descendants(procs):
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total

@@ -25,7 +25,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tfos-cluster", description=(
         "Local pseudo-cluster on 127.0.0.1: HDFS (NameNode, DataNode), YARN (ResourceManager, "
         "NodeManager), Spark standalone (master + workers) and an S3 endpoint (moto)."))
@@ -47,45 +47,67 @@ def main(argv: list[str] | None = None) -> int:
     p_st.add_argument("--json", action="store_true")
     sub.add_parser("env", help="print 'export' lines for clients (eval \"$(tfos-cluster env)\")")
     sub.add_parser("fetch", help="fetch and cache the Hadoop jars (idempotent)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _up(a: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    conn = manager.up(workers=a.workers, worker_cores=a.worker_cores,
+                      worker_memory=a.worker_memory, port_base=a.port_base,
+                      bucket=a.bucket, timeout=a.timeout, wipe=a.wipe,
+                      verbose=not a.json)
+    if a.json:
+        print(json.dumps(conn, indent=2))
+        return 0
+    print(_table(manager.status()))
+    print(f"\nup in {time.monotonic() - t0:.1f}s; resident memory "
+          f"{manager.rss_total() / 2**30:.2f} GiB")
+    print(f"HDFS   {conn['hdfs']['uri']}   YARN RM {conn['yarn']['resourcemanager']}"
+          f"   Spark {conn['spark']['master']}   S3 {conn['s3']['endpoint']}"
+          f" (bucket {conn['s3']['bucket']})")
+    print(f"HADOOP_CONF_DIR={conn['hadoop_conf_dir']}")
+    return 0
+
+
+def _down(a: argparse.Namespace) -> int:
+    manager.down(wipe=a.wipe, verbose=True)
+    return 0
+
+
+def _status(a: argparse.Namespace) -> int:
+    """Exit 3 unless every service is healthy, so that scripts can wait on it."""
+    rows = manager.status()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("pseudo-cluster: never started here "
+              f"({manager.config.cluster_home()})")
+    else:
+        print(_table(rows))
+        if any(r["alive"] for r in rows):
+            print(f"\nresident memory {manager.rss_total() / 2**30:.2f} GiB")
+    return 0 if rows and all(r["healthy"] for r in rows) else 3
+
+
+def _env(a: argparse.Namespace) -> int:
+    for k, v in manager.client_env().items():
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def _fetch(a: argparse.Namespace) -> int:
+    d = jars.fetch()
+    print(f"{d} ({jars.cache_size() / 2**20:.0f} MiB)")
+    return 0
+
+
+COMMANDS = {"up": _up, "down": _down, "status": _status, "env": _env, "fetch": _fetch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
-        if a.cmd == "up":
-            t0 = time.monotonic()
-            conn = manager.up(workers=a.workers, worker_cores=a.worker_cores,
-                              worker_memory=a.worker_memory, port_base=a.port_base,
-                              bucket=a.bucket, timeout=a.timeout, wipe=a.wipe,
-                              verbose=not a.json)
-            if a.json:
-                print(json.dumps(conn, indent=2))
-            else:
-                print(_table(manager.status()))
-                print(f"\nup in {time.monotonic() - t0:.1f}s; resident memory "
-                      f"{manager.rss_total() / 2**30:.2f} GiB")
-                print(f"HDFS   {conn['hdfs']['uri']}   YARN RM {conn['yarn']['resourcemanager']}"
-                      f"   Spark {conn['spark']['master']}   S3 {conn['s3']['endpoint']}"
-                      f" (bucket {conn['s3']['bucket']})")
-                print(f"HADOOP_CONF_DIR={conn['hadoop_conf_dir']}")
-        elif a.cmd == "down":
-            manager.down(wipe=a.wipe, verbose=True)
-        elif a.cmd == "status":
-            rows = manager.status()
-            if a.json:
-                print(json.dumps(rows, indent=2))
-            elif not rows:
-                print("pseudo-cluster: never started here "
-                      f"({manager.config.cluster_home()})")
-            else:
-                print(_table(rows))
-                if any(r["alive"] for r in rows):
-                    print(f"\nresident memory {manager.rss_total() / 2**30:.2f} GiB")
-            return 0 if rows and all(r["healthy"] for r in rows) else 3
-        elif a.cmd == "env":
-            for k, v in manager.client_env().items():
-                print(f"export {k}={shlex.quote(v)}")
-        elif a.cmd == "fetch":
-            d = jars.fetch()
-            print(f"{d} ({jars.cache_size() / 2**20:.0f} MiB)")
+        return COMMANDS[a.cmd](a)
     except ClusterError as e:
         print(f"tfos-cluster {a.cmd}: {e}", file=sys.stderr)
         return 2
-    return 0

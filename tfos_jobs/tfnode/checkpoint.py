@@ -4,6 +4,8 @@ TF 2.21 writes only to local disk here (no hdfs:// or s3:// file system in core 
 written to a local directory and mirrored to ``<model_dir>/checkpoints``: data files first, the
 ``checkpoint`` index last, so a reader never sees an index naming files that are not there yet.
 """
+from __future__ import annotations
+
 import os
 
 import hdfs_io
@@ -14,7 +16,7 @@ INDEX = "checkpoint"
 class StorageCheckpoints:
     """A ``tf.train.CheckpointManager`` whose directory is mirrored to storage."""
 
-    def __init__(self, checkpoint, local_dir, remote_uri, *, max_to_keep=3, writer=True):
+    def __init__(self, checkpoint, local_dir: str, remote_uri: str | None, *, max_to_keep: int = 3, writer: bool = True):
         import tensorflow as tf
         self.local_dir = local_dir
         self.remote_uri = remote_uri
@@ -23,7 +25,7 @@ class StorageCheckpoints:
         self.manager = tf.train.CheckpointManager(checkpoint, local_dir, max_to_keep=max_to_keep)
         self.checkpoint = checkpoint
 
-    def restore_latest(self):
+    def restore_latest(self) -> str | None:
         """Fetch the newest checkpoint from storage and restore it; return its path or None."""
         import tensorflow as tf
         if self.remote_uri and hdfs_io.exists(hdfs_io.join(self.remote_uri, INDEX)):
@@ -33,14 +35,14 @@ class StorageCheckpoints:
             self.checkpoint.restore(latest).expect_partial()
         return latest
 
-    def save(self, step):
+    def save(self, step: int) -> str:
         path = self.manager.save(checkpoint_number=step)
         if self.writer and self.remote_uri:
             upload_checkpoint(self.local_dir, self.remote_uri)
         return path
 
 
-def upload_checkpoint(local_dir, remote_uri):
+def upload_checkpoint(local_dir: str, remote_uri: str) -> None:
     """Mirror a local checkpoint directory: new data files, then the index, then prune old files."""
     hdfs_io.mkdirs(remote_uri)
     remote = {os.path.basename(info.uri.rstrip("/")): info.size for info in hdfs_io.ls(remote_uri)}
@@ -56,7 +58,7 @@ def upload_checkpoint(local_dir, remote_uri):
         hdfs_io.delete(hdfs_io.join(remote_uri, name))
 
 
-def download_checkpoint(remote_uri, local_dir):
+def download_checkpoint(remote_uri: str, local_dir: str) -> None:
     os.makedirs(local_dir, exist_ok=True)
     for info in hdfs_io.ls(remote_uri):
         name = os.path.basename(info.uri.rstrip("/"))

@@ -29,10 +29,13 @@ categorical columns and an imputed value plus one 0/1 indicator column per kind 
 numeric columns; for a target they are not an answer: such rows are left out of that target's loss
 and metrics (label -1).
 """
+from __future__ import annotations
+
 import io
 import json
 import math
 import re
+from typing import Any, Callable, Iterator
 
 import hdfs_io
 
@@ -46,7 +49,7 @@ class SpecError(ValueError):
     """The spec does not parse, or does not fit the data: raised before any Spark work."""
 
 
-def canonical(value):
+def canonical(value: Any) -> str | None:
     """The string form answers are compared in (the same rule as :func:`prep.canonical_col` in
     Spark): trimmed text; numbers with an integral value without their decimal part (``2.0`` → ``2``)."""
     if value is None:
@@ -70,7 +73,7 @@ def canonical(value):
     return repr(number)
 
 
-def sort_answers(values):
+def sort_answers(values: Any) -> list[str]:
     """Numeric answers in numeric order, then text answers alphabetically."""
     def key(v):
         try:
@@ -81,8 +84,9 @@ def sort_answers(values):
 
 
 class Spec:
-    def __init__(self, targets, id_column=None, columns=None, missing_codes=None, infer=None, split=None,
-                 model=None, source="<spec>"):
+    def __init__(self, targets: list[str], id_column: str | None = None, columns: dict | None = None,
+                 missing_codes: dict | None = None, infer: dict | None = None, split: dict | None = None,
+                 model: dict | None = None, source: str = "<spec>"):
         self.targets = list(targets)
         self.id_column = id_column
         self.columns = columns or {}           # name -> {"type", "order", "missing_codes"}
@@ -92,19 +96,19 @@ class Spec:
         self.model = model or {}
         self.source = source
 
-    def codes_for(self, column):
+    def codes_for(self, column: str) -> dict[str, list[str]]:
         """kind -> list of canonical codes for one column (global codes, then the column's own)."""
         own = self.columns.get(column, {}).get("missing_codes", {})
         return {kind: sorted(set(self.missing_codes[kind]) | set(own.get(kind, []))) for kind in KINDS}
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {"targets": self.targets, "id": self.id_column, "columns": self.columns,
                 "missing_codes": self.missing_codes, "infer": self.infer, "split": self.split, "model": self.model}
 
 
-def parse_spec(text, source="<spec>"):
+def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Parse YAML or JSON text into a :class:`Spec`; every problem raises :class:`SpecError`."""
-    import yaml
+    import yaml   # PyYAML: loaded only when a spec is read
     try:
         raw = yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as err:
@@ -118,6 +122,18 @@ def parse_spec(text, source="<spec>"):
     def fail(message):
         raise SpecError(f"spec {source}: {message}")
 
+    targets, id_column = _targets_and_id(raw, fail)
+    missing = _codes(raw.get("missing_codes"), "missing_codes", fail)
+    missing["missing"] = sorted(set(missing["missing"]) | {canonical(c) for c in DEFAULT_MISSING})
+    raw_columns = raw.get("columns") or {}
+    if not isinstance(raw_columns, dict):
+        fail("'columns' must be a mapping of column name to a type or {type: ...}")
+    columns = {str(name): _column(str(name), entry, targets, id_column, fail) for name, entry in raw_columns.items()}
+    infer, split = _infer_and_split(raw, fail)
+    return Spec(targets, id_column, columns, missing, infer, split, _model(raw, fail), source)
+
+
+def _targets_and_id(raw: dict, fail: Callable[[str], None]) -> tuple[list[str], str | None]:
     targets = raw.get("targets")
     if isinstance(targets, str):
         targets = [targets]
@@ -132,50 +148,51 @@ def parse_spec(text, source="<spec>"):
     id_column = None if id_column is None else str(id_column)
     if id_column in targets:
         fail(f"the id column {id_column!r} cannot be a target")
+    return targets, id_column
 
-    missing = _codes(raw.get("missing_codes"), "missing_codes", fail)
-    missing["missing"] = sorted(set(missing["missing"]) | {canonical(c) for c in DEFAULT_MISSING})
 
-    columns = {}
-    raw_columns = raw.get("columns") or {}
-    if not isinstance(raw_columns, dict):
-        fail("'columns' must be a mapping of column name to a type or {type: ...}")
-    for name, entry in raw_columns.items():
-        name = str(name)
-        if isinstance(entry, str):
-            entry = {"type": entry}
-        if not isinstance(entry, dict):
-            fail(f"column {name!r}: expected a type name or a mapping, got {entry!r}")
-        extra = set(entry) - {"type", "order", "missing_codes"}
-        if extra:
-            fail(f"column {name!r}: unknown key(s) {sorted(extra)}")
-        ctype = entry.get("type")
-        if ctype is None and "order" in entry:
-            ctype = "ordinal"
-        if ctype is None and "missing_codes" in entry:
-            ctype = "auto"
-        if ctype not in TYPES + ("auto",):
-            fail(f"column {name!r}: type must be one of {', '.join(TYPES)}, got {ctype!r}")
-        out = {"type": ctype}
-        if "order" in entry:
-            if ctype != "ordinal":
-                fail(f"column {name!r}: 'order' is only for ordinal columns")
-            order = entry["order"]
-            if not isinstance(order, list) or len(order) < 2:
-                fail(f"column {name!r}: 'order' must list at least two answers, lowest first")
-            order = [canonical(v) for v in order]
-            if len(set(order)) != len(order):
-                fail(f"column {name!r}: 'order' lists an answer twice")
-            out["order"] = order
-        if "missing_codes" in entry:
-            out["missing_codes"] = _codes(entry["missing_codes"], f"column {name!r} missing_codes", fail)
-        if name in targets and ctype not in ("categorical", "auto"):
-            fail(f"target {name!r} is predicted as a choice among its answers: its type must be categorical "
-                 f"(or left out), not {ctype!r}")
-        if name == id_column and ctype != "auto":
-            fail(f"the id column {name!r} takes no type")
-        columns[name] = out
+def _column(name: str, entry: Any, targets: list[str], id_column: str | None,
+            fail: Callable[[str], None]) -> dict:
+    """One ``columns`` entry: ``{"type", "order"?, "missing_codes"?}`` (type ``auto``: left to inference)."""
+    if isinstance(entry, str):
+        entry = {"type": entry}
+    if not isinstance(entry, dict):
+        fail(f"column {name!r}: expected a type name or a mapping, got {entry!r}")
+    extra = set(entry) - {"type", "order", "missing_codes"}
+    if extra:
+        fail(f"column {name!r}: unknown key(s) {sorted(extra)}")
+    ctype = entry.get("type")
+    if ctype is None and "order" in entry:
+        ctype = "ordinal"
+    if ctype is None and "missing_codes" in entry:
+        ctype = "auto"
+    if ctype not in TYPES + ("auto",):
+        fail(f"column {name!r}: type must be one of {', '.join(TYPES)}, got {ctype!r}")
+    out = {"type": ctype}
+    if "order" in entry:
+        out["order"] = _order(name, ctype, entry["order"], fail)
+    if "missing_codes" in entry:
+        out["missing_codes"] = _codes(entry["missing_codes"], f"column {name!r} missing_codes", fail)
+    if name in targets and ctype not in ("categorical", "auto"):
+        fail(f"target {name!r} is predicted as a choice among its answers: its type must be categorical "
+             f"(or left out), not {ctype!r}")
+    if name == id_column and ctype != "auto":
+        fail(f"the id column {name!r} takes no type")
+    return out
 
+
+def _order(name: str, ctype: str, order: Any, fail: Callable[[str], None]) -> list[str]:
+    if ctype != "ordinal":
+        fail(f"column {name!r}: 'order' is only for ordinal columns")
+    if not isinstance(order, list) or len(order) < 2:
+        fail(f"column {name!r}: 'order' must list at least two answers, lowest first")
+    order = [canonical(v) for v in order]
+    if len(set(order)) != len(order):
+        fail(f"column {name!r}: 'order' lists an answer twice")
+    return order
+
+
+def _infer_and_split(raw: dict, fail: Callable[[str], None]) -> tuple[dict, dict]:
     infer = {"max_categories": 20, "max_vocab": 1000, "min_count": 1}
     infer.update(_options(raw.get("infer"), "infer", infer, fail))
     split = {"validation_fraction": 0.2, "seed": 0}
@@ -184,16 +201,20 @@ def parse_spec(text, source="<spec>"):
         fail("split.validation_fraction must be between 0 and 1 (exclusive)")
     if int(infer["max_vocab"]) < 1 or int(infer["max_categories"]) < 1 or int(infer["min_count"]) < 1:
         fail("infer.max_vocab, infer.max_categories and infer.min_count must be positive")
+    return infer, split
+
+
+def _model(raw: dict, fail: Callable[[str], None]) -> dict:
     model = raw.get("model") or {}
     if not isinstance(model, dict):
         fail("'model' must be a mapping")
     unknown = set(model) - {"hidden", "embedding_dim", "dropout", "learning_rate"}
     if unknown:
         fail(f"model: unknown key(s) {sorted(unknown)}")
-    return Spec(targets, id_column, columns, missing, infer, split, model, source)
+    return model
 
 
-def _codes(raw, where, fail):
+def _codes(raw: Any, where: str, fail: Callable[[str], None]) -> dict[str, list[str]]:
     codes = {kind: [] for kind in KINDS}
     if raw is None:
         return codes
@@ -214,7 +235,7 @@ def _codes(raw, where, fail):
     return codes
 
 
-def _options(raw, where, defaults, fail):
+def _options(raw: Any, where: str, defaults: dict, fail: Callable[[str], None]) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -231,7 +252,7 @@ def _options(raw, where, defaults, fail):
     return out
 
 
-def load_spec(uri):
+def load_spec(uri: str) -> Spec:
     if not hdfs_io.exists(uri):
         raise SpecError(f"spec file {uri} does not exist")
     with hdfs_io.open(uri, "rb") as handle:
@@ -246,7 +267,7 @@ def load_spec(uri):
 # ------------------------------------------------------------------------------ the data, without Spark
 
 
-def data_files(uri):
+def data_files(uri: str) -> list:
     if not hdfs_io.exists(uri):
         raise FileNotFoundError(f"input data {uri} does not exist")
     files = hdfs_io.list_data_files(uri)
@@ -255,7 +276,7 @@ def data_files(uri):
     return files
 
 
-def detect_format(uri, fmt="auto"):
+def detect_format(uri: str, fmt: str = "auto") -> str:
     """'csv' or 'parquet': given, from the file name, else from the first file's magic bytes."""
     if fmt in ("csv", "parquet"):
         return fmt
@@ -271,7 +292,7 @@ def detect_format(uri, fmt="auto"):
         return "parquet" if handle.read(4) == b"PAR1" else "csv"
 
 
-def _csv_stream(uri):
+def _csv_stream(uri: str) -> Any:
     raw = hdfs_io.open(uri, "rb")
     if uri.endswith(".gz"):
         import pyarrow as pa
@@ -279,7 +300,7 @@ def _csv_stream(uri):
     return raw
 
 
-def read_header(uri, fmt):
+def read_header(uri: str, fmt: str) -> list[str]:
     """Column names of a CSV (first file's header) or Parquet data set (first file's schema)."""
     first = data_files(uri)[0].uri
     if fmt == "parquet":
@@ -296,7 +317,8 @@ def read_header(uri, fmt):
     return [h.strip() for h in header]
 
 
-def iter_column_values(uri, fmt, columns, batch_rows=65536):
+def iter_column_values(uri: str, fmt: str, columns: list[str],
+                       batch_rows: int = 65536) -> Iterator[dict[str, list]]:
     """Yield ``{column: [canonical values]}`` batches of the given columns, file by file."""
     for info in data_files(uri):
         if fmt == "parquet":
@@ -314,7 +336,7 @@ def iter_column_values(uri, fmt, columns, batch_rows=65536):
             yield {c: [canonical(v) for v in batch.column(c).to_pylist()] for c in columns}
 
 
-def preflight(spec, uri, fmt="auto"):
+def preflight(spec: Spec, uri: str, fmt: str = "auto") -> tuple[str, list[str]]:
     """Check the spec against the data on the driver, before Spark starts; return (format, header).
 
     Raises :class:`SpecError` for a target or listed column missing from the data and for a target
@@ -361,7 +383,7 @@ def preflight(spec, uri, fmt="auto"):
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 
 
-def safe_name(name, prefix, taken):
+def safe_name(name: str, prefix: str, taken: set[str]) -> str:
     """A column / TF input name made of [A-Za-z0-9_], unique within ``taken`` (which it joins)."""
     base = prefix + (_NAME.sub("_", name) or "col")
     out, n = base, 1
@@ -372,5 +394,5 @@ def safe_name(name, prefix, taken):
     return out
 
 
-def dumps(obj):
+def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)

@@ -1,17 +1,20 @@
-"""``tf.data`` input from Parquet files on any scheme.
+"""The storage layer's TensorFlow adapter: ``tf.data`` input from Parquet files on any scheme.
 
 :func:`tf_dataset` streams record batches (:func:`hdfs_io.iter_record_batches`) through
 ``tf.data.Dataset.from_generator``: memory holds one Parquet row group plus a few batches, never a
-whole file. TensorFlow is imported only when this is called.
+whole file. TensorFlow is imported only when this is called, so ``import hdfs_io`` never loads it.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from .parquet import DEFAULT_BATCH_SIZE, _as_infos, _open_parquet, _signature, iter_record_batches
+from ..parquet import DEFAULT_BATCH_SIZE, Files, _as_infos, _open_parquet, _signature, iter_record_batches
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["tf_dataset", "rebatch"]
 
@@ -81,15 +84,26 @@ def _with_uri(infos, columns, batch_size) -> Iterator[pa.RecordBatch]:
             yield batch
 
 
+def _column_types(uri: str, columns: list[str]) -> dict[str, pa.DataType]:
+    """The Arrow types of ``columns`` in the first file (``SchemaMismatchError`` if one is missing)."""
+    first = _open_parquet(uri)
+    try:
+        schema = first.schema_arrow
+        _signature(schema, columns, uri)
+    finally:
+        first.close()
+    return {c: schema.field(c).type for c in columns}
+
+
 def tf_dataset(
-    files,
+    files: Files,
     feature_columns: Sequence[str],
     label_column: str | None = None,
     batch_size: int = 1024,
     drop_remainder: bool = False,
     prefetch: int = 2,
     read_batch_rows: int = DEFAULT_BATCH_SIZE,
-):
+) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of batches from Parquet ``files`` (FileInfos, URIs, or a data set URI,
     e.g. this worker's :func:`hdfs_io.shard_files` share).
 
@@ -112,13 +126,7 @@ def tf_dataset(
     columns = feature_columns + ([label_column] if label_column else [])
     if len(set(columns)) != len(columns):
         raise ValueError(f"column listed twice in {columns}")
-    first = _open_parquet(infos[0].uri)
-    try:
-        schema = first.schema_arrow
-        _signature(schema, columns, infos[0].uri)
-    finally:
-        first.close()
-    types = {c: schema.field(c).type for c in columns}
+    types = _column_types(infos[0].uri, columns)
     lead = batch_size if drop_remainder else None
     specs = {}
     for c in columns:

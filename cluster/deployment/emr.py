@@ -28,15 +28,20 @@ Written to the output directory, each in the shape the AWS CLI documents for
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shlex
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
-from . import deploy
-from .deploy import DeployError, Resources
+from . import package as packaging
+from .package import Package, bounded, node_python_default, upload as upload_package, write_text
+from .resources import DeployError, Resources, tf_conf
+from .submit import spark_submit_path, submit, submit_argv
 
 STEP_TYPES = {"CUSTOM_JAR", "STREAMING", "HIVE", "PIG", "IMPALA", "SPARK"}
 ACTIONS = {"TERMINATE_CLUSTER", "CANCEL_AND_WAIT", "CONTINUE"}
@@ -60,7 +65,7 @@ def _str_list(value, where: str):
         _fail(where, "must be a list of strings")
 
 
-def validate_steps(steps) -> None:
+def validate_steps(steps: object) -> None:
     """``aws emr add-steps --steps file://steps.json`` / ``create-cluster --steps``: a list of steps."""
     if not isinstance(steps, list) or not steps:
         _fail("steps", "must be a non-empty JSON list")
@@ -86,7 +91,7 @@ def validate_steps(steps) -> None:
             _fail(where, "Properties must be a string (k=v,...)")
 
 
-def validate_configurations(configs, where: str = "configurations") -> None:
+def validate_configurations(configs: object, where: str = "configurations") -> None:
     """``--configurations file://configurations.json``: a list of classifications (nestable)."""
     if not isinstance(configs, list):
         _fail(where, "must be a JSON list")
@@ -106,7 +111,7 @@ def validate_configurations(configs, where: str = "configurations") -> None:
         validate_configurations(c.get("Configurations", []), f"{w}.Configurations")
 
 
-def validate_bootstrap_actions(actions) -> None:
+def validate_bootstrap_actions(actions: object) -> None:
     """``--bootstrap-actions file://bootstrap-actions.json``: [{"Path", "Name", "Args"}]."""
     if not isinstance(actions, list):
         _fail("bootstrap-actions", "must be a JSON list")
@@ -135,7 +140,7 @@ def load_config(path: str | os.PathLike) -> dict:
     return check_config(cfg, str(path))
 
 
-def check_config(cfg, where: str = "config") -> dict:
+def check_config(cfg: object, where: str = "config") -> dict:
     if not isinstance(cfg, dict):
         _fail(where, "must be a mapping")
     unknown = set(cfg) - CONFIG_KEYS
@@ -201,7 +206,7 @@ echo "bootstrap: $PYTHON is Python $WANT"
 
 def configurations(cfg: dict) -> list:
     res = resources(cfg)
-    spark = {k: v for k, v in deploy.tf_conf(res).items()
+    spark = {k: v for k, v in tf_conf(res).items()
              if k not in ("spark.executor.instances", "spark.driver.memory", "spark.driver.memoryOverhead",
                           "spark.executor.memory")}
     spark["spark.executor.memory"] = res.executor_memory
@@ -226,7 +231,7 @@ def configurations(cfg: dict) -> list:
 def steps(cfg: dict, uris: dict) -> list:
     out = []
     for i, step in enumerate(cfg["steps"]):
-        argv = deploy.submit_argv(
+        argv = submit_argv(
             cfg["job"], list(step.get("args", [])), env_uri=uris["env_archive"], code_uri=uris["code_zip"],
             entry_uri=uris["entry"], master="yarn", deploy_mode=cfg.get("deploy_mode", "cluster"),
             res=resources(cfg, step), name=f"{cfg['name']}-{step['name']}",
@@ -242,16 +247,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:40] or "x"
 
 
-def generate(cfg: dict, out_dir: str | os.PathLike, pkg: deploy.Package | None = None,
+def generate(cfg: dict, out_dir: str | os.PathLike, pkg: Package | None = None,
              upload: bool = False) -> dict:
     """Write the artefacts; returns {name: path}. Every file is validated before it is written."""
     cfg = check_config(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    node_python = cfg.get("node_python") or deploy.node_python_default()
-    pkg = pkg or deploy.package(node_python=node_python)
+    node_python = cfg.get("node_python") or node_python_default()
+    pkg = pkg or packaging.package(node_python=node_python)
     if upload:
-        uris = deploy.upload(pkg, cfg["code_uri"])
+        uris = upload_package(pkg, cfg["code_uri"])
     else:
         import hdfs_io
         uris = {f: hdfs_io.join(cfg["code_uri"], os.path.basename(getattr(pkg, f)))
@@ -275,7 +280,7 @@ def generate(cfg: dict, out_dir: str | os.PathLike, pkg: deploy.Package | None =
             path.chmod(0o755)
         paths[name] = str(path)
     if upload:
-        deploy._bounded(lambda: deploy._write_text(boot_uri, files["bootstrap.sh"]), 60, f"write {boot_uri}")
+        bounded(lambda: write_text(boot_uri, files["bootstrap.sh"]), 60, f"write {boot_uri}")
     return paths
 
 
@@ -297,7 +302,7 @@ def resources_from_argv(argv: list[str]) -> Resources:
 
 
 def run_steps(steps_json: str | os.PathLike | list, env: dict | None = None, timeout: float = 1800,
-              accept_timeout: float = 120, log=print) -> list[dict]:
+              accept_timeout: float = 120, log: Callable[[str], object] = print) -> list[dict]:
     """Run each step's Args (``spark-submit`` -> this install's) in order, watched like ``submit``.
     A failed step stops the run unless its ActionOnFailure is CONTINUE."""
     steps_list = steps_json if isinstance(steps_json, list) else json.loads(Path(steps_json).read_text())
@@ -306,11 +311,11 @@ def run_steps(steps_json: str | os.PathLike | list, env: dict | None = None, tim
     for step in steps_list:
         argv = list(step["Args"])
         if argv and argv[0] == "spark-submit":
-            argv[0] = deploy.spark_submit_path()
+            argv[0] = spark_submit_path()
         log(f"step {step['Name']}: {shlex.join(argv)[:300]} ...")
         t0 = time.monotonic()
         try:
-            sub = deploy.submit(argv, env=env, timeout=timeout, accept_timeout=accept_timeout,
+            sub = submit(argv, env=env, timeout=timeout, accept_timeout=accept_timeout,
                                 res=resources_from_argv(argv))
             results.append({"name": step["Name"], "ok": True, "app_id": sub.app_id,
                             "final_status": sub.final_status, "wall_s": sub.wall_s, "output": sub.output})
@@ -323,8 +328,8 @@ def run_steps(steps_json: str | os.PathLike | list, env: dict | None = None, tim
     return results
 
 
-def main_emr(args) -> int:
-    import sys
+def main_emr(args: argparse.Namespace) -> int:
+    """``tfos-deploy emr CONFIG [--upload] [--run]``."""
     cfg = load_config(args.config)
     paths = generate(cfg, args.out, upload=args.upload)
     print(json.dumps(paths, indent=1))

@@ -3,6 +3,7 @@ definition of every service (command line, dependencies, health check)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from xml.sax.saxutils import escape
 
 from . import jars
@@ -40,7 +41,8 @@ MAX_WORKERS = 30
 
 
 def repo_root() -> Path | None:
-    root = Path(__file__).resolve().parent.parent
+    """The source checkout this package runs from (cluster/pseudo/ is two levels down), if any."""
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "setup.cfg").is_file() else None
 
 
@@ -202,11 +204,9 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_conf(lay: Layout, opts: Options, python: str) -> None:
-    """(Re)write the Hadoop conf dir and the Spark conf dir; deterministic for given options."""
-    p = opts.port
-    h = HOST
-    core = {
+def _core_site(lay: Layout, opts: Options) -> dict:
+    p, h = opts.port, HOST
+    return {
         "fs.defaultFS": f"hdfs://{h}:{p('nn.rpc')}",
         "hadoop.tmp.dir": str(lay.tmp),
         "hadoop.security.authentication": "simple",
@@ -219,19 +219,23 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
         "fs.s3a.access.key": S3_ACCESS_KEY,
         "fs.s3a.secret.key": S3_SECRET_KEY,
     }
-    hdfs = {
+
+
+def _hdfs_site(lay: Layout, opts: Options) -> dict:
+    return {
         "dfs.replication": 1,
         "dfs.namenode.name.dir": f"file://{lay.name_dir}",
         "dfs.datanode.data.dir": f"file://{lay.data_dir}",
-        "dfs.namenode.rpc-address": f"{h}:{p('nn.rpc')}",
-        "dfs.namenode.http-address": f"{h}:{p('nn.http')}",
-        "dfs.namenode.https-address": f"{h}:{p('nn.https')}",
-        "dfs.namenode.secondary.http-address": f"{h}:{p('nn.secondary')}",
-        "dfs.datanode.address": f"{h}:{p('dn.data')}",
-        "dfs.datanode.http.address": f"{h}:{p('dn.http')}",
-        "dfs.datanode.https.address": f"{h}:{p('dn.https')}",
-        "dfs.datanode.ipc.address": f"{h}:{p('dn.ipc')}",
-        "dfs.datanode.hostname": h,
+        **_loopback(opts, {
+            "dfs.namenode.rpc-address": "nn.rpc",
+            "dfs.namenode.http-address": "nn.http",
+            "dfs.namenode.https-address": "nn.https",
+            "dfs.namenode.secondary.http-address": "nn.secondary",
+            "dfs.datanode.address": "dn.data",
+            "dfs.datanode.http.address": "dn.http",
+            "dfs.datanode.https.address": "dn.https",
+            "dfs.datanode.ipc.address": "dn.ipc"}),
+        "dfs.datanode.hostname": HOST,
         "dfs.namenode.datanode.registration.ip-hostname-check": "false",
         "dfs.permissions.enabled": "false",
         "dfs.namenode.safemode.extension": 0,
@@ -241,14 +245,23 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
         "dfs.heartbeat.interval": 1,
         "dfs.webhdfs.enabled": "true",
     }
-    yarn = {
-        "yarn.resourcemanager.hostname": h,
-        "yarn.resourcemanager.address": f"{h}:{p('rm.address')}",
-        "yarn.resourcemanager.scheduler.address": f"{h}:{p('rm.scheduler')}",
-        "yarn.resourcemanager.resource-tracker.address": f"{h}:{p('rm.tracker')}",
-        "yarn.resourcemanager.admin.address": f"{h}:{p('rm.admin')}",
-        "yarn.resourcemanager.webapp.address": f"{h}:{p('rm.web')}",
-        "yarn.resourcemanager.webapp.https.address": f"{h}:{p('rm.https')}",
+
+
+def _loopback(opts: Options, ports: dict[str, str]) -> dict:
+    """``{property: port key}`` -> ``{property: "127.0.0.1:PORT"}``: every address a daemon binds."""
+    return {prop: f"{HOST}:{opts.port(key)}" for prop, key in ports.items()}
+
+
+def _resourcemanager_site(opts: Options) -> dict:
+    return {
+        "yarn.resourcemanager.hostname": HOST,
+        **_loopback(opts, {
+            "yarn.resourcemanager.address": "rm.address",
+            "yarn.resourcemanager.scheduler.address": "rm.scheduler",
+            "yarn.resourcemanager.resource-tracker.address": "rm.tracker",
+            "yarn.resourcemanager.admin.address": "rm.admin",
+            "yarn.resourcemanager.webapp.address": "rm.web",
+            "yarn.resourcemanager.webapp.https.address": "rm.https"}),
         "yarn.resourcemanager.connect.retry-interval.ms": 1000,
         # A NodeManager whose ResourceManager is gone gives up after 60 s, not 15 min.
         "yarn.resourcemanager.connect.max-wait.ms": 60000,
@@ -259,13 +272,19 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
         "yarn.resourcemanager.admin.client.thread-count": 1,
         "yarn.system-metrics-publisher.enabled": "false",
         "yarn.timeline-service.enabled": "false",
-        "yarn.nodemanager.hostname": h,
-        "yarn.nodemanager.address": f"{h}:{p('nm.address')}",
-        "yarn.nodemanager.localizer.address": f"{h}:{p('nm.localizer')}",
-        "yarn.nodemanager.webapp.address": f"{h}:{p('nm.web')}",
-        "yarn.nodemanager.webapp.https.address": f"{h}:{p('nm.https')}",
-        "yarn.nodemanager.collector-service.address": f"{h}:{p('nm.collector')}",
-        "yarn.nodemanager.amrmproxy.address": f"{h}:{p('nm.amrmproxy')}",
+    }
+
+
+def _nodemanager_site(lay: Layout, opts: Options) -> dict:
+    return {
+        "yarn.nodemanager.hostname": HOST,
+        **_loopback(opts, {
+            "yarn.nodemanager.address": "nm.address",
+            "yarn.nodemanager.localizer.address": "nm.localizer",
+            "yarn.nodemanager.webapp.address": "nm.web",
+            "yarn.nodemanager.webapp.https.address": "nm.https",
+            "yarn.nodemanager.collector-service.address": "nm.collector",
+            "yarn.nodemanager.amrmproxy.address": "nm.amrmproxy"}),
         "yarn.nodemanager.resource.memory-mb": opts.nm_memory_mb,
         "yarn.nodemanager.resource.cpu-vcores": opts.nm_vcores,
         "yarn.scheduler.minimum-allocation-mb": 256,
@@ -286,39 +305,48 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
                                            "HADOOP_YARN_HOME,HADOOP_HOME,PATH,LANG,TZ"),
         "yarn.log-aggregation-enable": "false",
     }
-    capacity = {
-        "yarn.scheduler.capacity.root.queues": "default",
-        "yarn.scheduler.capacity.root.default.capacity": 100,
-        "yarn.scheduler.capacity.root.default.maximum-capacity": 100,
-        "yarn.scheduler.capacity.maximum-am-resource-percent": 0.5,
-        "yarn.scheduler.capacity.root.default.user-limit-factor": 1,
-        "yarn.scheduler.capacity.root.default.state": "RUNNING",
-    }
-    log4j = "\n".join([
-        "hadoop.root.logger=INFO,console",
-        "log4j.rootLogger=${hadoop.root.logger}",
-        "log4j.threshold=ALL",
-        "log4j.appender.console=org.apache.log4j.ConsoleAppender",
-        "log4j.appender.console.target=System.err",
-        "log4j.appender.console.layout=org.apache.log4j.PatternLayout",
-        "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n",
-        "log4j.appender.NullAppender=org.apache.log4j.varia.NullAppender",
-        "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR",
-        "log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN",
-        "log4j.logger.BlockStateChange=WARN",
-        "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
-        "log4j.logger.org.apache.hadoop.yarn.server.resourcemanager.RMAuditLogger=WARN",
-        "log4j.logger.org.apache.hadoop.yarn.server.nodemanager.NMAuditLogger=WARN",
-        "log4j.logger.org.apache.hadoop.conf.Configuration.deprecation=WARN",
-        "log4j.logger.http.requests=WARN",
-        "log4j.logger.requests=WARN",
-        "",
-    ])
-    _write(lay.conf / "core-site.xml", _site(core))
-    _write(lay.conf / "hdfs-site.xml", _site(hdfs))
+
+
+CAPACITY_SCHEDULER = {
+    "yarn.scheduler.capacity.root.queues": "default",
+    "yarn.scheduler.capacity.root.default.capacity": 100,
+    "yarn.scheduler.capacity.root.default.maximum-capacity": 100,
+    "yarn.scheduler.capacity.maximum-am-resource-percent": 0.5,
+    "yarn.scheduler.capacity.root.default.user-limit-factor": 1,
+    "yarn.scheduler.capacity.root.default.state": "RUNNING",
+}
+
+# Daemons log to stderr (their log file); the per-request and audit loggers only at WARN.
+LOG4J = "\n".join([
+    "hadoop.root.logger=INFO,console",
+    "log4j.rootLogger=${hadoop.root.logger}",
+    "log4j.threshold=ALL",
+    "log4j.appender.console=org.apache.log4j.ConsoleAppender",
+    "log4j.appender.console.target=System.err",
+    "log4j.appender.console.layout=org.apache.log4j.PatternLayout",
+    "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n",
+    "log4j.appender.NullAppender=org.apache.log4j.varia.NullAppender",
+    "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR",
+    "log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN",
+    "log4j.logger.BlockStateChange=WARN",
+    "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
+    "log4j.logger.org.apache.hadoop.yarn.server.resourcemanager.RMAuditLogger=WARN",
+    "log4j.logger.org.apache.hadoop.yarn.server.nodemanager.NMAuditLogger=WARN",
+    "log4j.logger.org.apache.hadoop.conf.Configuration.deprecation=WARN",
+    "log4j.logger.http.requests=WARN",
+    "log4j.logger.requests=WARN",
+    "",
+])
+
+
+def write_conf(lay: Layout, opts: Options, python: str) -> None:
+    """(Re)write the Hadoop conf dir and the Spark conf dir; deterministic for given options."""
+    yarn = {**_resourcemanager_site(opts), **_nodemanager_site(lay, opts)}
+    _write(lay.conf / "core-site.xml", _site(_core_site(lay, opts)))
+    _write(lay.conf / "hdfs-site.xml", _site(_hdfs_site(lay, opts)))
     _write(lay.conf / "yarn-site.xml", _site(yarn))
-    _write(lay.conf / "capacity-scheduler.xml", _site(capacity))
-    _write(lay.conf / "log4j.properties", log4j)
+    _write(lay.conf / "capacity-scheduler.xml", _site(CAPACITY_SCHEDULER))
+    _write(lay.conf / "log4j.properties", LOG4J)
     _write(lay.spark_conf / "spark-defaults.conf",
            "".join(f"{k} {v}\n" for k, v in spark_defaults(python).items()))
 
@@ -354,7 +382,7 @@ def http_get(url: str, timeout: float = 3.0, method: str = "GET") -> tuple[int, 
         return e.code, e.read() if method != "HEAD" else b""
 
 
-def http_json(url: str, timeout: float = 3.0):
+def http_json(url: str, timeout: float = 3.0) -> Any:
     status, body = http_get(url, timeout)
     if status != 200:
         raise OSError(f"HTTP {status} from {url}")
@@ -408,18 +436,78 @@ def _safe(fn: Health) -> Health:
     return wrapped
 
 
-def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> list[Service]:
-    p = opts.port
-    java = str(Path(java_home) / "bin" / "java")
-    hadoop_cp = f"{lay.conf}:{jars.webapps_root()}:{jars.lib_dir()}/*"
-    shome = spark_home()
-    spark_cp = f"{lay.spark_conf}:{shome / 'jars'}/*"
-    base_env = {
+def _nn_health(opts: Options) -> tuple[bool, str]:
+    st = _jmx(opts.port("nn.http"), "Hadoop:service=NameNode,name=NameNodeStatus")
+    info = _jmx(opts.port("nn.http"), "Hadoop:service=NameNode,name=NameNodeInfo")
+    if st.get("State") != "active":
+        return False, f"state {st.get('State')}"
+    if info.get("Safemode"):
+        return False, "in safe mode"
+    return True, "active, out of safe mode"
+
+
+def _dn_health(opts: Options) -> tuple[bool, str]:
+    _jmx(opts.port("dn.http"), "Hadoop:service=DataNode,name=DataNodeInfo")
+    fs = _jmx(opts.port("nn.http"), "Hadoop:service=NameNode,name=FSNamesystemState")
+    live = fs.get("NumLiveDataNodes", 0)
+    return live >= 1, f"{live} live datanode(s) registered with the namenode"
+
+
+def _rm_health(opts: Options) -> tuple[bool, str]:
+    info = http_json(f"http://{HOST}:{opts.port('rm.web')}/ws/v1/cluster/info")["clusterInfo"]
+    ok = info.get("state") == "STARTED" and info.get("haState", "ACTIVE") == "ACTIVE"
+    return ok, f"{info.get('state')} {info.get('haState', '')}".strip()
+
+
+def _nm_health(opts: Options) -> tuple[bool, str]:
+    http_json(f"http://{HOST}:{opts.port('nm.web')}/ws/v1/node/info")
+    nodes = http_json(f"http://{HOST}:{opts.port('rm.web')}/ws/v1/cluster/nodes")
+    nodes = (nodes.get("nodes") or {}).get("node") or []
+    # The node id is "<host name of 127.0.0.1>:<port>", e.g. localhost:19820.
+    mine = [n for n in nodes if str(n.get("id", "")).endswith(f":{opts.port('nm.address')}")]
+    if not mine:
+        return False, "not registered with the resourcemanager yet"
+    n = mine[0]
+    return n.get("state") == "RUNNING", (
+        f"{n.get('state')}, {n.get('availMemoryMB', '?')} MB / "
+        f"{n.get('availableVirtualCores', '?')} vcores available")
+
+
+def _master_health(opts: Options) -> tuple[bool, str]:
+    j = http_json(f"http://{HOST}:{opts.port('spark.master.web')}/json/")
+    return j.get("status") == "ALIVE", f"{j.get('status')}, {j.get('aliveworkers', 0)} worker(s)"
+
+
+def _worker_health(opts: Options, port: int) -> tuple[bool, str]:
+    j = http_json(f"http://{HOST}:{opts.port('spark.master.web')}/json/")
+    for w in j.get("workers", []):
+        if w.get("port") == port and w.get("state") == "ALIVE":
+            return True, f"ALIVE, {w.get('cores')} cores, {w.get('memory')} MB"
+    return False, "not registered with the master yet"
+
+
+def _s3_health(opts: Options) -> tuple[bool, str]:
+    status, _ = http_get(f"http://{HOST}:{opts.port('s3')}/")
+    if status != 200:
+        return False, f"HTTP {status}"
+    bstatus, _ = http_get(f"http://{HOST}:{opts.port('s3')}/{opts.bucket}", method="HEAD")
+    return True, "up, bucket " + (f"'{opts.bucket}' present" if bstatus == 200
+                                  else f"'{opts.bucket}' missing (HTTP {bstatus})")
+
+
+def _check(fn: Callable[..., tuple[bool, str]], *args) -> Health:
+    """A health check bound to its arguments that reports errors instead of raising them."""
+    return _safe(functools.partial(fn, *args))
+
+
+def _base_env(lay: Layout, java_home: str, python: str) -> dict[str, str]:
+    """What every daemon (and every process it starts) sees."""
+    return {
         "JAVA_HOME": java_home,
         "HADOOP_CONF_DIR": str(lay.conf),
         "YARN_CONF_DIR": str(lay.conf),
         "HADOOP_HOME": str(jars.jars_home()),
-        "SPARK_HOME": str(shome),
+        "SPARK_HOME": str(spark_home()),
         "SPARK_CONF_DIR": str(lay.spark_conf),
         "SPARK_LOCAL_IP": HOST,
         # Spark's launcher (used by workers to start executors) needs it without spark-class.
@@ -430,122 +518,93 @@ def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> l
         "HOME": os.environ.get("HOME", "/tmp"),
     }
 
-    def jvm(name: str, heap: str, cp: str, main: str, *args: str, props=()) -> list[str]:
+
+@dataclass(frozen=True)
+class _Jvm:
+    """Command lines of the daemons' JVMs; the -D markers let ``down`` find strays by command line."""
+    lay: Layout
+    java_home: str
+
+    def argv(self, name: str, heap: str, cp: str, main: str, *args: str, props=()) -> list[str]:
+        java = str(Path(self.java_home) / "bin" / "java")
         return [java, "-Xms32m", f"-Xmx{heap}", *JVM_LEAN, *ADD_OPENS,
-                f"-Dtfos.cluster.home={lay.home}", f"-Dtfos.cluster.service={name}",
+                f"-Dtfos.cluster.home={self.lay.home}", f"-Dtfos.cluster.service={name}",
                 *props, "-cp", cp, main, *args]
 
-    hprops = (f"-Dhadoop.log.dir={lay.logs}", f"-Dyarn.log.dir={lay.logs}",
-              f"-Dhadoop.home.dir={jars.jars_home()}", "-Dhadoop.root.logger=INFO,console",
-              "-Dhadoop.security.logger=INFO,NullAppender", "-Dhadoop.id.str=tfos")
 
-    def nn_health():
-        st = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=NameNodeStatus")
-        info = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=NameNodeInfo")
-        if st.get("State") != "active":
-            return False, f"state {st.get('State')}"
-        if info.get("Safemode"):
-            return False, "in safe mode"
-        return True, "active, out of safe mode"
+def _hadoop_services(lay: Layout, opts: Options, jvm: _Jvm, env: dict) -> list[Service]:
+    p = opts.port
+    cp = f"{lay.conf}:{jars.webapps_root()}:{jars.lib_dir()}/*"
+    props = (f"-Dhadoop.log.dir={lay.logs}", f"-Dyarn.log.dir={lay.logs}",
+             f"-Dhadoop.home.dir={jars.jars_home()}", "-Dhadoop.root.logger=INFO,console",
+             "-Dhadoop.security.logger=INFO,NullAppender", "-Dhadoop.id.str=tfos")
 
-    def dn_health():
-        _jmx(p("dn.http"), "Hadoop:service=DataNode,name=DataNodeInfo")
-        fs = _jmx(p("nn.http"), "Hadoop:service=NameNode,name=FSNamesystemState")
-        live = fs.get("NumLiveDataNodes", 0)
-        return live >= 1, f"{live} live datanode(s) registered with the namenode"
+    def daemon(name: str, main: str) -> list[str]:
+        return jvm.argv(name, HEAPS[name], cp, main, props=props)
 
-    def rm_health():
-        info = http_json(f"http://{HOST}:{p('rm.web')}/ws/v1/cluster/info")["clusterInfo"]
-        ok = info.get("state") == "STARTED" and info.get("haState", "ACTIVE") == "ACTIVE"
-        return ok, f"{info.get('state')} {info.get('haState', '')}".strip()
-
-    def nm_health():
-        http_json(f"http://{HOST}:{p('nm.web')}/ws/v1/node/info")
-        nodes = http_json(f"http://{HOST}:{p('rm.web')}/ws/v1/cluster/nodes")
-        nodes = (nodes.get("nodes") or {}).get("node") or []
-        # The node id is "<host name of 127.0.0.1>:<port>", e.g. localhost:19820.
-        mine = [n for n in nodes if str(n.get("id", "")).endswith(f":{p('nm.address')}")]
-        if not mine:
-            return False, "not registered with the resourcemanager yet"
-        n = mine[0]
-        return n.get("state") == "RUNNING", (
-            f"{n.get('state')}, {n.get('availMemoryMB', '?')} MB / "
-            f"{n.get('availableVirtualCores', '?')} vcores available")
-
-    def master_health():
-        j = http_json(f"http://{HOST}:{p('spark.master.web')}/json/")
-        return j.get("status") == "ALIVE", f"{j.get('status')}, {j.get('aliveworkers', 0)} worker(s)"
-
-    def worker_health(port: int) -> Health:
-        def check():
-            j = http_json(f"http://{HOST}:{p('spark.master.web')}/json/")
-            for w in j.get("workers", []):
-                if w.get("port") == port and w.get("state") == "ALIVE":
-                    return True, f"ALIVE, {w.get('cores')} cores, {w.get('memory')} MB"
-            return False, "not registered with the master yet"
-        return check
-
-    def s3_health():
-        status, _ = http_get(f"http://{HOST}:{p('s3')}/")
-        if status != 200:
-            return False, f"HTTP {status}"
-        bstatus, _ = http_get(f"http://{HOST}:{p('s3')}/{opts.bucket}", method="HEAD")
-        return True, "up, bucket " + (f"'{opts.bucket}' present" if bstatus == 200
-                                      else f"'{opts.bucket}' missing (HTTP {bstatus})")
-
-    svcs = [
-        Service("namenode", "hdfs",
-                jvm("namenode", HEAPS["namenode"], hadoop_cp,
-                    "org.apache.hadoop.hdfs.server.namenode.NameNode", props=hprops),
-                base_env, p("nn.rpc"), [p("nn.rpc"), p("nn.http")],
-                f"http://{HOST}:{p('nn.http')}", _safe(nn_health)),
-        Service("datanode", "hdfs",
-                jvm("datanode", HEAPS["datanode"], hadoop_cp,
-                    "org.apache.hadoop.hdfs.server.datanode.DataNode", props=hprops),
-                base_env, p("dn.data"), [p("dn.data"), p("dn.http"), p("dn.ipc")],
-                f"http://{HOST}:{p('dn.http')}", _safe(dn_health),
+    return [
+        Service("namenode", "hdfs", daemon("namenode", "org.apache.hadoop.hdfs.server.namenode.NameNode"),
+                env, p("nn.rpc"), [p("nn.rpc"), p("nn.http")],
+                f"http://{HOST}:{p('nn.http')}", _check(_nn_health, opts)),
+        Service("datanode", "hdfs", daemon("datanode", "org.apache.hadoop.hdfs.server.datanode.DataNode"),
+                env, p("dn.data"), [p("dn.data"), p("dn.http"), p("dn.ipc")],
+                f"http://{HOST}:{p('dn.http')}", _check(_dn_health, opts),
                 after=[("namenode", p("nn.rpc"))]),
         Service("resourcemanager", "yarn",
-                jvm("resourcemanager", HEAPS["resourcemanager"], hadoop_cp,
-                    "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager", props=hprops),
-                base_env, p("rm.address"),
+                daemon("resourcemanager", "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager"),
+                env, p("rm.address"),
                 [p("rm.address"), p("rm.scheduler"), p("rm.tracker"), p("rm.admin"), p("rm.web")],
-                f"http://{HOST}:{p('rm.web')}", _safe(rm_health)),
+                f"http://{HOST}:{p('rm.web')}", _check(_rm_health, opts)),
         Service("nodemanager", "yarn",
-                jvm("nodemanager", HEAPS["nodemanager"], hadoop_cp,
-                    "org.apache.hadoop.yarn.server.nodemanager.NodeManager", props=hprops),
-                base_env, p("nm.address"), [p("nm.address"), p("nm.localizer"), p("nm.web")],
-                f"http://{HOST}:{p('nm.web')}", _safe(nm_health),
+                daemon("nodemanager", "org.apache.hadoop.yarn.server.nodemanager.NodeManager"),
+                env, p("nm.address"), [p("nm.address"), p("nm.localizer"), p("nm.web")],
+                f"http://{HOST}:{p('nm.web')}", _check(_nm_health, opts),
                 after=[("resourcemanager", p("rm.tracker"))]),
-        Service("spark-master", "spark",
-                jvm("spark-master", HEAPS["spark-master"], spark_cp,
-                    "org.apache.spark.deploy.master.Master",
-                    "--host", HOST, "--port", str(p("spark.master")),
-                    "--webui-port", str(p("spark.master.web")),
-                    # no REST submission server (it would bind port 6066 on its own)
-                    props=("-Dspark.master.rest.enabled=false",)),
-                base_env, p("spark.master"), [p("spark.master"), p("spark.master.web")],
-                f"http://{HOST}:{p('spark.master.web')}", _safe(master_health)),
     ]
+
+
+def _spark_services(lay: Layout, opts: Options, jvm: _Jvm, env: dict) -> list[Service]:
+    p = opts.port
+    cp = f"{lay.spark_conf}:{spark_home() / 'jars'}/*"
+    master = Service(
+        "spark-master", "spark",
+        jvm.argv("spark-master", HEAPS["spark-master"], cp, "org.apache.spark.deploy.master.Master",
+                 "--host", HOST, "--port", str(p("spark.master")),
+                 "--webui-port", str(p("spark.master.web")),
+                 # no REST submission server (it would bind port 6066 on its own)
+                 props=("-Dspark.master.rest.enabled=false",)),
+        env, p("spark.master"), [p("spark.master"), p("spark.master.web")],
+        f"http://{HOST}:{p('spark.master.web')}", _check(_master_health, opts))
+    workers = []
     for i in range(opts.workers):
         rpc, web = opts.worker_ports(i)
-        wdir = lay.data / "spark" / f"worker-{i}"
-        svcs.append(Service(
+        workers.append(Service(
             f"spark-worker-{i}", "spark",
-            jvm(f"spark-worker-{i}", HEAPS["spark-worker"], spark_cp,
-                "org.apache.spark.deploy.worker.Worker",
-                "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
-                "--cores", str(opts.worker_cores), "--memory", opts.worker_memory,
-                "--work-dir", str(wdir), f"spark://{HOST}:{p('spark.master')}",
-                props=("-Dspark.worker.cleanup.enabled=true",
-                       "-Dspark.worker.cleanup.appDataTtl=86400")),
-            base_env, rpc, [rpc, web], f"http://{HOST}:{web}", _safe(worker_health(rpc)),
+            jvm.argv(f"spark-worker-{i}", HEAPS["spark-worker"], cp, "org.apache.spark.deploy.worker.Worker",
+                     "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
+                     "--cores", str(opts.worker_cores), "--memory", opts.worker_memory,
+                     "--work-dir", str(lay.data / "spark" / f"worker-{i}"),
+                     f"spark://{HOST}:{p('spark.master')}",
+                     props=("-Dspark.worker.cleanup.enabled=true",
+                            "-Dspark.worker.cleanup.appDataTtl=86400")),
+            env, rpc, [rpc, web], f"http://{HOST}:{web}", _check(_worker_health, opts, rpc),
             after=[("spark-master", p("spark.master"))]))
-    svcs.append(Service(
-        "s3", "s3", [python, "-m", "moto.server", "-H", HOST, "-p", str(p("s3"))],
-        {**base_env, "MOTO_PORT": str(p("s3"))}, p("s3"), [p("s3")],
-        f"http://{HOST}:{p('s3')}/moto-api/", _safe(s3_health)))
-    return svcs
+    return [master, *workers]
+
+
+def _s3_service(opts: Options, env: dict, python: str) -> Service:
+    port = opts.port("s3")
+    return Service("s3", "s3", [python, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+                   {**env, "MOTO_PORT": str(port)}, port, [port],
+                   f"http://{HOST}:{port}/moto-api/", _check(_s3_health, opts))
+
+
+def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> list[Service]:
+    """Every service of the cluster, in start order: HDFS, YARN, Spark, S3."""
+    env = _base_env(lay, java_home, python)
+    jvm = _Jvm(lay, java_home)
+    return [*_hadoop_services(lay, opts, jvm, env), *_spark_services(lay, opts, jvm, env),
+            _s3_service(opts, env, python)]
 
 
 def format_argv(lay: Layout, java_home: str) -> list[str]:

@@ -6,6 +6,8 @@ it reports ``ready``/``progress``/``done``/``failed`` and polls for ``stop``. On
 per connection, every socket with a timeout, so neither side can wait forever on the other: a node
 that cannot reach the driver for ``orphan_timeout_s`` exits on its own.
 """
+from __future__ import annotations
+
 import json
 import queue
 import secrets
@@ -13,6 +15,7 @@ import socket
 import socketserver
 import threading
 import time
+from typing import Callable
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -21,7 +24,7 @@ class DriverUnreachable(ConnectionError):
     """A TF node could not reach the driver's control server."""
 
 
-def json_line_server(host, token, handle):
+def json_line_server(host: str, token: str, handle: Callable[[dict], dict]) -> tuple:
     """A threaded TCP server on an ephemeral port: one JSON request line per connection, answered with
     ``handle(msg)`` as one JSON line; requests without ``token`` are dropped. Returns the server and
     the (not yet started) thread that serves it."""
@@ -49,7 +52,7 @@ def json_line_server(host, token, handle):
 class ControlServer:
     """Driver side: collects node events, answers polls. Thread-safe; use as a context manager."""
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1"):
         self.token = secrets.token_hex(16)
         self.events = queue.Queue()
         self._ready = set()
@@ -60,20 +63,20 @@ class ControlServer:
         self._tcp, self._thread = json_line_server(host, self.token, self._handle)
 
     @property
-    def address(self):
+    def address(self) -> str:
         host, port = self._tcp.server_address[:2]
         return f"{host}:{port}"
 
-    def expect_ready(self, count):
+    def expect_ready(self, count: int) -> None:
         """Number of ``ready`` reports after which polls answer ``all_ready``."""
         self._expected_ready = count
 
-    def request_stop(self):
+    def request_stop(self) -> None:
         """Tell every polling node to finish (the chief is done, or the job is failing)."""
         with self._lock:
             self._stop = True
 
-    def reset(self, attempt=None):
+    def reset(self, attempt: int | None = None) -> None:
         """Forget a previous attempt's state before a TF cluster is started again. From then on,
         messages of other attempts (a dying node of the last cluster) are dropped and told to stop."""
         with self._lock:
@@ -109,14 +112,14 @@ class ControlServer:
 class ControlClient:
     """Node side: sends events to the driver; every call is bounded by a timeout."""
 
-    def __init__(self, address, token, node, attempt=None):
+    def __init__(self, address: str, token: str, node: str, attempt: int | None = None):
         host, port = address.rsplit(":", 1)
         self.address = (host, int(port))
         self.token = token
         self.node = node
         self.attempt = attempt
 
-    def send(self, op, timeout=REQUEST_TIMEOUT_S, **fields):
+    def send(self, op: str, timeout: float = REQUEST_TIMEOUT_S, **fields) -> dict:
         msg = dict(fields, op=op, node=self.node, token=self.token, attempt=self.attempt)
         try:
             with socket.create_connection(self.address, timeout=timeout) as sock:
@@ -129,7 +132,8 @@ class ControlClient:
             raise DriverUnreachable(f"driver control server {self.address[0]}:{self.address[1]} closed the connection")
         return json.loads(data)
 
-    def wait_for(self, key, poll_s=0.2, orphan_timeout_s=60.0, deadline_s=None):
+    def wait_for(self, key: str, poll_s: float = 0.2, orphan_timeout_s: float = 60.0,
+                 deadline_s: float | None = None) -> bool:
         """Poll until the driver's answer has ``key`` true; return False if the driver went away.
 
         ``deadline_s`` bounds the whole wait (raises TimeoutError); ``orphan_timeout_s`` bounds how long

@@ -1,0 +1,220 @@
+"""The driver side of distributed training: ``fit`` is the runtime's one public entry point.
+
+One attempt = one TF cluster on Spark executors, formed by tensorflowonspark's reservation protocol
+(``TFSparkNode.run`` reserves ports and builds the cluster spec on each executor). The driver then
+watches the control channel, not Spark's status tracker, so it reacts within a fraction of a second:
+
+* the chief reports ``done``  -> every ps/worker is told to stop; the attempt succeeds;
+* a node reports ``failed``   -> the Spark job is cancelled and its traceback is raised (no retry:
+  the same code would fail again);
+* a node vanishes (executor lost) -> the job is cancelled and, while attempts remain, a new TF
+  cluster resumes from the last checkpoint in ``model_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import queue
+import random
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from tfos_jobs import compat
+from tfos_jobs.config import TrainConfig
+from tfos_jobs.executor.node import node_main
+from tfos_jobs.node_spec import NodeSpec
+from tfos_jobs.sources import Source
+from tfos_jobs.task import TrainingTask, TrainResult
+from tfos_jobs.wire.control import ControlServer
+
+log = logging.getLogger("tfos_jobs")
+
+
+class TrainingFailed(RuntimeError):
+    """A TF node raised: the message carries the node's name and its traceback."""
+
+
+class ClusterLost(RuntimeError):
+    """The TF cluster lost a node without a traceback (executor died) on the last attempt."""
+
+
+def fit(sc: Any, task: TrainingTask, data: Source, config: TrainConfig | None = None, **options: Any) -> TrainResult:
+    """Train ``task`` on ``data`` (a :class:`~tfos_jobs.sources.ParquetSource` or
+    :class:`~tfos_jobs.sources.DataFrameSource`) across Spark executors.
+
+    ``config`` is a :class:`~tfos_jobs.config.TrainConfig`; keyword ``options`` (the fields of its
+    scaling, run and loop configs, e.g. ``num_workers=4, epochs=2``) override it. Returns a
+    :class:`~tfos_jobs.task.TrainResult`; raises :class:`TrainingFailed` with the failing node's
+    traceback, or :class:`ClusterLost` when executors kept dying through every attempt.
+    """
+    config = (config or TrainConfig()).replace(**options)
+    config = config.replace(run_id=config.run.run_id or uuid.uuid4().hex[:12])
+    plan = data.plan(config)   # bad data fails here, before any TF node starts
+    with ControlServer(host=_driver_host(sc)) as control:
+        for attempt in range(1, config.run.max_attempts + 1):
+            outcome = _attempt(sc, task, data, config, plan, control, attempt)
+            if outcome.get("result") is not None:
+                return _train_result(outcome, attempt)
+            log.warning("attempt %d/%d lost the TF cluster: %s", attempt, config.run.max_attempts, outcome["lost"])
+        raise ClusterLost(f"TF cluster lost on all {config.run.max_attempts} attempts; last: {outcome['lost']}")
+
+
+def _attempt(sc, task, data, config, plan, control, attempt):
+    """One TF cluster: wait for executors, open the source for it, run and watch it."""
+    control.reset(attempt)
+    control.expect_ready(config.num_nodes if config.scaling.strategy == "ps" else 0)
+    wait_for_executors(sc, config.num_nodes, timeout_s=config.run.start_timeout_s)
+    with data.open(sc, config, plan, control) as reader:
+        spec = NodeSpec(config=config, task=task, reader=reader, control_address=control.address,
+                        control_token=control.token, attempt=attempt)
+        return _run_attempt(sc, spec, control, attempt)
+
+
+def _train_result(outcome, attempt):
+    result = outcome["result"]
+    return TrainResult(export_uri=result.get("export_uri", ""), metrics=result.get("metrics", {}),
+                       attempts=attempt, steps=result.get("steps", 0), nodes=result["nodes"],
+                       resumed_from=result.get("resumed_from", 0), timings=outcome["timings"])
+
+
+def _driver_host(sc):
+    return sc.getConf().get("spark.driver.host", os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
+
+
+def wait_for_executors(sc, count: int, timeout_s: float) -> int:
+    """Wait until ``count`` executors are registered, else fail with the numbers (never hang)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # minus the driver
+        if have >= count:
+            return have
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the TF cluster needs {count} Spark executors (one TF node each) but only "
+                               f"{have} registered within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _run_attempt(sc, spec, control, attempt):
+    """Start one TF cluster and watch it; return {"result": ...} or {"lost": reason}."""
+    TFSparkNode, reservation = compat.import_tfos()
+    config = spec.config
+    n = config.num_nodes
+    template = {"chief": [0]}
+    if n > 1:
+        template["worker"] = list(range(1, n))
+    server = reservation.Server(n)
+    cluster_meta = {
+        "id": random.getrandbits(64), "cluster_template": template, "num_executors": n,
+        "default_fs": "file://", "working_dir": os.getcwd(), "server_addr": server.start(),
+        "release_port": True,
+    }
+    group = f"tfos-{config.run.run_id}-{attempt}"
+    spark_status = {}
+    tf_args = argparse.Namespace(num_gpus=config.scaling.num_gpus) if config.scaling.num_gpus is not None \
+        else argparse.Namespace()   # TFoS reads only num_gpus from it (``'num_gpus' in tf_args``)
+    map_fn = TFSparkNode.run(functools.partial(node_main, spec), tf_args, cluster_meta, False, None,
+                             ["control", "error"], background=False)
+
+    def launch():
+        sc.setJobGroup(group, f"TF cluster {config.run.run_id} attempt {attempt}", interruptOnCancel=True)
+        try:
+            sc.parallelize(range(n), n).foreachPartition(map_fn)
+        except Exception as err:  # reported through spark_status to the watching thread
+            spark_status["error"] = str(err)
+        finally:
+            spark_status["finished"] = True
+
+    thread = threading.Thread(target=launch, name=f"tfos-spark-{attempt}", daemon=True)
+    timings = {"launched": time.monotonic()}
+    thread.start()
+    try:
+        outcome = _await_reservations(server, spark_status, config.run.start_timeout_s)
+        timings["reserved"] = time.monotonic()
+        if outcome is None:
+            outcome = _watch(spec, control, spark_status, timings)
+    finally:
+        control.request_stop()
+        if thread.is_alive():
+            sc.cancelJobGroup(group)
+        thread.join(timeout=60)
+        server.stop()
+    timings["ended"] = time.monotonic()
+    outcome["timings"] = {
+        "start_s": timings["reserved"] - timings["launched"],
+        "shutdown_s": timings["ended"] - timings.get("chief_done", timings["ended"]),
+        "total_s": timings["ended"] - timings["launched"],
+    }
+    return outcome
+
+
+def _await_reservations(server, spark_status, timeout_s):
+    """Wait for every node to reserve its port. (TFoS's own wait polls once a second and calls
+    ``sc.stop()`` and ``sys.exit`` on any error.) Returns None, or a "lost" outcome."""
+    deadline = time.monotonic() + timeout_s
+    while not server.reservations.done():
+        if spark_status.get("finished"):
+            return {"lost": spark_status.get("error", "the Spark job ended before every node reserved")}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.reservations.remaining()} TF node(s) did not start within {timeout_s:.0f} s: "
+                               "are there enough free executors (one per node, one task slot each)?")
+        time.sleep(0.02)
+    return None
+
+
+def _watch(spec, control, spark_status, timings):
+    """Follow the nodes' events until the chief is done (or the cluster is lost).
+
+    A node can hang without failing: under MultiWorkerMirrored, a collective whose peer died inside a
+    still-running Spark task waits forever. So from the chief's first progress report until it starts
+    evaluating, a gap of ``stall_timeout_s`` between reports counts as a lost cluster: the attempt is
+    cancelled and the next one resumes from the last checkpoint."""
+    config = spec.config
+    result, seen, done = None, set(), []
+    last_progress = None   # (monotonic time, step) while training; None before and after
+    while True:
+        try:
+            event = control.events.get(timeout=0.2)
+        except queue.Empty:
+            event = None
+        if event:
+            seen.add(event["node"])
+            if event["op"] == "progress":
+                _print_progress(event)
+                last_progress = (time.monotonic(), event["step"])
+            elif event["op"] == "finishing":
+                last_progress = None
+            elif event["op"] == "failed" and event.get("peer_lost"):
+                return {"lost": f"TF node {event['node']} lost a peer: {event['error'].strip().splitlines()[-1]}"}
+            elif event["op"] == "failed":
+                raise TrainingFailed(f"TF node {event['node']} failed:\n{event['error']}")
+            elif event["op"] == "done":
+                done.append(event["node"])
+                if event["node"] == "chief:0":
+                    timings["chief_done"] = time.monotonic()
+                    result = event["result"]
+                    control.request_stop()
+            continue
+        if spark_status.get("finished"):
+            if result is not None:
+                return {"result": dict(result, nodes=sorted(done))}
+            return {"lost": spark_status.get("error", "the Spark job ended before the chief finished")}
+        if last_progress and time.monotonic() - last_progress[0] > config.run.stall_timeout_s:
+            return {"lost": f"no progress for {config.run.stall_timeout_s:.0f} s after step {last_progress[1]}: "
+                            "a TF node or collective is stuck"}
+        if not seen and time.monotonic() - timings["reserved"] > config.run.start_timeout_s:
+            raise TimeoutError(f"no TF node reported within {config.run.start_timeout_s:.0f} s of starting")
+
+
+def _print_progress(event):
+    step, total = event["step"], event.get("total_steps") or 0
+    rate, elapsed = event.get("examples_per_s", 0.0), event.get("elapsed_s", 0.0)
+    eta = ""
+    if total and step:
+        eta = f"  eta {elapsed / max(step, 1) * (total - step):.0f}s"
+    print(f"[tfos] step {step}/{total}  loss {event['loss']:.4f}  {rate:,.0f} examples/s{eta}",
+          file=sys.stderr, flush=True)

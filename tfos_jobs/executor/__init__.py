@@ -1,0 +1,1 @@
+"""Code that runs in Spark executors: the TF node supervisor and the feed's senders."""

@@ -1,0 +1,72 @@
+"""The chief's reporting (runs in the chief's TF process): progress lines to the driver, scalars to
+TensorBoard, and the end of training -- evaluate and export a plain copy of the model."""
+from __future__ import annotations
+
+import time
+
+import hdfs_io
+from tfos_jobs.export import publish_export
+
+
+class Progress:
+    """Chief-side progress: lines to the driver and scalars to TensorBoard."""
+
+    def __init__(self, node, control, start_step: int, total_steps: int):
+        import tensorflow as tf
+        self.node, self.control = node, control
+        self.total_steps = total_steps   # 0 while unknown (a feed trained until its last epoch)
+        self.tb_dir = node.local("tensorboard")
+        self.writer = tf.summary.create_file_writer(self.tb_dir)
+        self.start_step, self.start_time = start_step, time.monotonic()
+        self.first = None
+
+    def report(self, step: int, loss) -> float:
+        """Send a progress line; return the steady examples/s (since the first report, which
+        includes tracing and warm-up)."""
+        now = time.monotonic()
+        elapsed = max(now - self.start_time, 1e-6)
+        rate = (step - self.start_step) * self.node.global_batch / elapsed
+        if self.first is None:
+            self.first = (step, now)
+        elif step > self.first[0]:
+            rate = (step - self.first[0]) * self.node.global_batch / max(now - self.first[1], 1e-6)
+        with self.writer.as_default():
+            _scalar("loss", loss, step)
+            _scalar("examples_per_second", rate, step)
+        self.control.send("progress", step=int(step), total_steps=self.total_steps, loss=float(loss),
+                          examples_per_s=rate, elapsed_s=elapsed)
+        return rate
+
+    def publish(self) -> None:
+        self.writer.flush()
+        model_dir = self.node.spec.config.run.model_dir
+        if model_dir:
+            hdfs_io.upload(self.tb_dir, hdfs_io.join(model_dir, "tensorboard"))
+
+
+def _scalar(tag, value, step):
+    """A TensorBoard scalar without the ``tensorboard`` package (``tf.summary.scalar`` needs it and
+    TF 2.21 no longer installs it): the same event, tagged for TensorBoard's scalars plugin."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata.SerializeToString())
+
+
+def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate: float) -> dict:
+    """Evaluate and export a plain copy of the model (no distribution state inside it); return the
+    result the chief reports to the driver."""
+    spec = node.spec
+    progress.control.send("finishing")   # no more progress reports: the driver's stall check ends
+    plain = spec.task.build_model()
+    plain.set_weights(model.get_weights())
+    progress.publish()
+    metrics = {"final_loss": float(last_loss), "steps": steps, "examples_per_s": rate,
+               "strategy": spec.config.scaling.strategy}
+    metrics.update({k: float(v) for k, v in spec.task.evaluate(plain, spec.config).items()})
+    export_uri = spec.config.run.export_uri
+    if export_uri:
+        features = {name: spec.reader.dtypes[name] for name in spec.reader.features}
+        publish_export(export_uri, plain, features, metrics)
+    return {"metrics": metrics, "export_uri": export_uri, "steps": steps, "resumed_from": progress.start_step}
