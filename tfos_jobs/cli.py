@@ -4,12 +4,13 @@ contract (bad input: one line and exit 2; a failed run: the error and exit 1; ne
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Callable
 
 from tfos_jobs.config import (DROPOUT_RATE, FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
-                              POSITIVE_INT, Kind)
+                              POSITIVE_INT, Kind, LoopConfig, RunConfig, ScalingConfig, from_flags)
 from tfos_jobs.spark import java_version, local_cluster_master, spark_session
 
 
@@ -62,6 +63,19 @@ def job_session(args: argparse.Namespace, prog: str, executors: int) -> Any:
     if not master and not submitted and not os.environ.get("TFOS_SPARK_MASTER"):
         master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
     return spark_session(master, app_name=f"{prog}-{args.command}")
+
+
+def training_configs(args: argparse.Namespace) -> dict[str, Any]:
+    """``scaling``, ``loop`` and ``run`` for a job's ``steps.train`` from the flags ``add_flags`` made,
+    plus ``--model-dir`` and ``--export``."""
+    return {"scaling": from_flags(ScalingConfig, args), "loop": from_flags(LoopConfig, args),
+            "run": from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export)}
+
+
+def print_train_result(result: Any) -> None:
+    """The one JSON line a job's ``train`` prints (a :class:`~tfos_jobs.task.TrainResult`)."""
+    print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
+                      "attempts": result.attempts, "nodes": result.nodes}, sort_keys=True))
 
 
 def run_command(prog: str, parser: argparse.ArgumentParser, commands: dict[str, Callable[[argparse.Namespace], int]],

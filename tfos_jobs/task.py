@@ -1,7 +1,10 @@
 """What a job tells the runtime: the model, the loss and the data. Everything else (strategy, cluster,
 feeding, checkpoints, export) is the runtime's business, so the CTR and survey jobs share all of it.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field
+from typing import Any
 
 from tfos_jobs.sources import ParquetSource  # noqa: F401  (imported from here by jobs and users)
 
@@ -14,21 +17,21 @@ class TrainingTask:
 
     learning_rate = 1e-3
 
-    def build_model(self):
+    def build_model(self) -> Any:   # keras.Model
         """Return an uncompiled Keras model taking a dict of feature tensors."""
         raise NotImplementedError
 
-    def build_optimizer(self):
+    def build_optimizer(self) -> Any:   # keras.optimizers.Optimizer
         import keras
         return keras.optimizers.Adam(self.learning_rate)
 
-    def per_example_loss(self, labels, predictions):
+    def per_example_loss(self, labels: Any, predictions: Any) -> Any:   # tensors
         """Loss per example, shape ``[batch]``; the runtime averages over the global batch."""
         import keras
         return keras.losses.binary_crossentropy(labels[:, None] if labels.shape.rank == 1 else labels,
                                                 predictions)
 
-    def evaluate(self, model, context):
+    def evaluate(self, model: Any, context: Any) -> dict[str, float]:
         """Optional: metrics of the trained (plain, undistributed) model, run on the chief.
 
         ``context`` is the run's :class:`tfos_jobs.config.TrainConfig`; return a dict of floats.

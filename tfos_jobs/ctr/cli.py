@@ -25,9 +25,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
 
 import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
-                           non_negative_float, non_negative_int, positive_float, positive_int, run_command)
-from tfos_jobs.config import (STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags,  # noqa: E402
-                              from_flags)
+                           non_negative_float, non_negative_int, positive_float, positive_int, print_train_result, run_command,
+                           training_configs)
+from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
 from tfos_jobs.ctr import prep, steps, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
 from tfos_jobs.spark import java_version  # noqa: E402
@@ -167,21 +167,18 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, spark):
-    return steps.train(spark.sparkContext, args.prep, _model_config(args), scaling=from_flags(ScalingConfig, args),
-                       loop=from_flags(LoopConfig, args),
-                       run=from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export))
+    return steps.train(spark.sparkContext, args.prep, _model_config(args), **training_configs(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    scaling = from_flags(ScalingConfig, args)   # flags first: `--strategy ps --ps 0` fails before any I/O
+    scaling = training_configs(args)["scaling"]   # flags first: `--strategy ps --ps 0` fails before any I/O
     prep.read_report(args.prep)
     spark = job_session(args, PROG, scaling.num_nodes)
     try:
         result = _train(args, spark)
     finally:
         spark.stop()
-    print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
-                      "attempts": result.attempts, "nodes": result.nodes}, sort_keys=True))
+    print_train_result(result)
     return 0
 
 
@@ -234,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = synthetic.generate(prep_args.input, args.rows, files=2, malformed_fraction=0.002, overwrite=True)
     print(f"generated {args.rows} rows ({report['malformed']} malformed) under {prep_args.input}; "
           f"Bayes-optimal AUC {report['bayes_auc']:.4f}", file=sys.stderr)
-    spark = job_session(args, PROG, from_flags(ScalingConfig, train_args).num_nodes)
+    spark = job_session(args, PROG, training_configs(train_args)["scaling"].num_nodes)
     try:
         _prep(prep_args, spark)
         result = _train(train_args, spark)

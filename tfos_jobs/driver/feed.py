@@ -110,11 +110,11 @@ class FeedDriver:
             return {"ok": True, "error": self.error, "done": self.done.is_set(), "rows": self.stats["rows"],
                     "epochs_done": len(self.stats["epochs"])}
 
-    def start(self):
+    def start(self) -> FeedDriver:
         self._thread.start()
         return self
 
-    def stop(self, timeout=60):
+    def stop(self, timeout: float = 60) -> None:
         """Cancel the feeding job (early termination or failure elsewhere) and release everything."""
         self._stop.set()
         with self._registered:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import socket
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import hdfs_io
 from tfos_jobs.wire.feed import CONNECT_TIMEOUT_S, FeedError, FeedSpec, recv_json, send_json
@@ -78,7 +78,7 @@ class _Link:
             self.wfile = self.sock.makefile("wb", buffering=1 << 20)
             self.writer = pa.ipc.new_stream(self.wfile, schema)
 
-    def write(self, batch):
+    def write(self, batch: Any) -> None:   # pyarrow.RecordBatch
         if self.writer is not None:
             self.writer.write_batch(batch)
             # Flush every piece: buffered pieces for one worker while another's queue is full would
@@ -86,13 +86,13 @@ class _Link:
             self.wfile.flush()
             self.rows += batch.num_rows
 
-    def end(self):
+    def end(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.wfile.write((json.dumps({"rows": self.rows}) + "\n").encode())   # the stream is whole
             self.wfile.flush()
 
-    def ack(self):
+    def ack(self) -> int:
         if self.writer is None:
             return self.dup
         ack = recv_json(self.rfile)
@@ -100,7 +100,7 @@ class _Link:
             raise FeedError(f"worker {self.worker} at {self.address} acknowledged {ack} after {self.rows} rows")
         return self.rows
 
-    def close(self):
+    def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
 

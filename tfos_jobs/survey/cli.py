@@ -24,8 +24,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
 
 import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_spark_args, bounded_number, dropout_rate, job_session,  # noqa: E402
-                           layer_sizes, non_negative_float, positive_float, positive_int, run_command)
-from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
+                           layer_sizes, non_negative_float, positive_float, positive_int, print_train_result,
+                           run_command, training_configs)
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
 
 PROG = "tfos-survey"
@@ -149,7 +150,8 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    scaling = from_flags(ScalingConfig, args)
+    configs = training_configs(args)
+    scaling = configs["scaling"]
     plan = prep.read_plan(args.prep)
     files = hdfs_io.list_data_files(hdfs_io.join(args.prep, "train"))
     if len(files) < scaling.num_workers:
@@ -159,13 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
              "learning_rate": args.learning_rate}
     spark = job_session(args, PROG, scaling.num_nodes)
     try:
-        result = steps.train(spark.sparkContext, plan, args.prep, model, scaling=scaling,
-                             loop=from_flags(LoopConfig, args),
-                             run=from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export))
+        result = steps.train(spark.sparkContext, plan, args.prep, model, **configs)
     finally:
         spark.stop()
-    print(json.dumps({"export": result.export_uri, "metrics": result.metrics, "steps": result.steps,
-                      "attempts": result.attempts, "nodes": result.nodes}, sort_keys=True))
+    print_train_result(result)
     return 0
 
 

@@ -47,7 +47,7 @@ class FeedSpec:
     def columns(self) -> tuple:
         return self.features + self.labels
 
-    def arrow_schema(self):  # -> pyarrow.Schema
+    def arrow_schema(self) -> Any:   # pyarrow.Schema (pyarrow imported on use)
         import numpy as np
         import pyarrow as pa
         return pa.schema([pa.field(c, pa.from_numpy_dtype(np.dtype(self.dtypes[c]))) for c in self.columns])
