@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 import hdfs_io
-from tfos_jobs.wire.control import json_line_server
+from tfos_jobs.wire.auth import RequestServer, new_secret
 from tfos_jobs.driver.feed import FeedDriver
 from tfos_jobs.executor.feed import _Link
 from tfos_jobs.sources import DataFrameSource
@@ -130,15 +130,9 @@ def coordinator():
     def handle(msg):
         seen.append(msg)
         return {"ok": True}
-    token = "feed-test-token"
-    tcp, thread = json_line_server("127.0.0.1", token, handle)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{tcp.server_address[1]}", token, seen
-    finally:
-        tcp.shutdown()
-        tcp.server_close()
-        thread.join(timeout=5)
+    secret = new_secret()
+    with RequestServer("127.0.0.1", secret, handle, name="test coordinator") as server:
+        yield server.address, secret, seen
 
 
 @contextlib.contextmanager
@@ -147,7 +141,7 @@ def receiver(batch_size=10):
     that records what it yields (or the error it raises)."""
     with coordinator() as (address, token, _):
         spec = FeedSpec(features=("x",), labels=("label",), dtypes={"x": "float32", "label": "float32"},
-                        num_workers=1, batch_size=batch_size, coordinator=address, token=token,
+                        num_workers=1, batch_size=batch_size, coordinator=address, secret=token,
                         max_batches_in_flight=64, stall_timeout_s=20)
         recv = FeedReceiver(spec, 0, host="127.0.0.1").register()
         got = {"rows": [], "error": None}
@@ -176,7 +170,7 @@ def rows(lo, hi):
 def send(spec, recv, partition, batches, epoch=0, finish=True):
     """What a Spark feeding task does for one partition (the sender's own link class); ``finish=False``:
     the task dies after the given batches (its socket closes without the end of the stream)."""
-    link = _Link(0, recv.address, spec.token, epoch, partition, spec.arrow_schema(), spec.stall_timeout_s)
+    link = _Link(0, recv.address, spec.secret, epoch, partition, spec.arrow_schema(), spec.stall_timeout_s)
     try:
         for batch in batches:
             link.write(batch)
@@ -190,12 +184,12 @@ def send(spec, recv, partition, batches, epoch=0, finish=True):
 
 def end_epoch(spec, recv, expected, epoch=0):
     """The driver's end-of-epoch message: the partitions and row counts this worker must have got."""
-    return _request(recv.address, {"kind": "end", "epoch": epoch, "token": spec.token,
+    return _request(recv.address, spec.secret, {"kind": "end", "epoch": epoch,
                                    "expected": {str(p): r for p, r in expected.items()}})
 
 
 def finish(spec, recv):
-    return _request(recv.address, {"kind": "finish", "token": spec.token})
+    return _request(recv.address, spec.secret, {"kind": "finish"})
 
 
 def test_feed_partition_sent_twice_after_it_completed_is_counted_once():

@@ -42,7 +42,7 @@ def test_node_counts():
 def test_control_round_trip_and_stop():
     with ControlServer() as server:
         server.expect_ready(1)
-        client = ControlClient(server.address, server.token, "worker:0")
+        client = ControlClient(server.address, server.secret, "worker:0")
         assert client.send("poll") == {"stop": False, "all_ready": False}
         client.send("ready")
         assert client.send("poll")["all_ready"] is True
@@ -53,17 +53,17 @@ def test_control_round_trip_and_stop():
         assert client.wait_for("stop", poll_s=0.05, deadline_s=5) is True
 
 
-def test_control_rejects_a_wrong_token():
+def test_control_rejects_a_wrong_secret():
     with ControlServer() as server:
         with pytest.raises(DriverUnreachable):
-            ControlClient(server.address, "not-the-token", "worker:0").send("poll")
+            ControlClient(server.address, "ab" * 32, "worker:0").send("poll")
         assert server.events.empty()
 
 
 def test_node_gives_up_on_a_vanished_driver():
     with ControlServer() as server:
-        address, token = server.address, server.token
-    client = ControlClient(address, token, "ps:0")
+        address, secret = server.address, server.secret
+    client = ControlClient(address, secret, "ps:0")
     started = time.monotonic()
     assert client.wait_for("stop", poll_s=0.05, orphan_timeout_s=0.5) is False
     assert time.monotonic() - started < 5
@@ -72,9 +72,9 @@ def test_node_gives_up_on_a_vanished_driver():
 def test_messages_of_an_earlier_attempt_are_dropped_and_told_to_stop():
     with ControlServer() as server:
         server.reset(attempt=2)
-        stale = ControlClient(server.address, server.token, "chief:0", attempt=1)
+        stale = ControlClient(server.address, server.secret, "chief:0", attempt=1)
         assert stale.send("failed", error="peer lost", peer_lost=True)["stop"] is True
-        current = ControlClient(server.address, server.token, "chief:0", attempt=2)
+        current = ControlClient(server.address, server.secret, "chief:0", attempt=2)
         assert current.send("poll")["stop"] is False
         current.send("progress", step=1, loss=0.1)
         assert server.events.get(timeout=1)["op"] == "progress"
@@ -89,7 +89,7 @@ class _Spec:
 def _watch_events(events, stall_timeout_s, **kw):
     """Run the driver's watch loop on ``events`` sent by a real control client; returns its outcome."""
     with ControlServer() as server:
-        client = ControlClient(server.address, server.token, "chief:0")
+        client = ControlClient(server.address, server.secret, "chief:0")
         for op, fields in events:
             client.send(op, **fields)
         timings = {"reserved": time.monotonic()}
@@ -106,7 +106,7 @@ def test_training_that_stops_reporting_is_a_lost_cluster_not_a_hang():
 def test_evaluation_after_the_last_step_is_not_a_stall():
     status = {}
     with ControlServer() as server:
-        client = ControlClient(server.address, server.token, "chief:0")
+        client = ControlClient(server.address, server.secret, "chief:0")
         client.send("progress", step=10, loss=0.5)
         client.send("finishing")
         threading.Timer(1.5, lambda: (client.send("done", result={"steps": 10}), status.update(finished=True))).start()

@@ -12,10 +12,16 @@ dependency pin in setup.cfg, and each has a test in tests/test_compat.py:
   never call it; ``tfos_jobs.export`` writes the SavedModel itself.
 * ``TFManager.start`` pickles a lambda, which fails under the ``forkserver``/``spawn`` start methods
   (Python 3.14's default on Linux): :func:`use_fork_for_tfmanager` gives TFoS's manager a fork context.
+* ``TFSparkNode.run`` logs each node's ``node_meta`` at INFO, manager ``authkey`` included:
+  :func:`hide_authkeys` redacts it in the executor's log records.
+* ``reservation.Server`` (driver) unpickles network input on all interfaces: never started;
+  ``tfos_jobs.driver.reservation`` speaks its protocol safely.
 * ``tensorboard=True`` looks for a ``tensorboard`` executable TF no longer installs: we never ask TFoS
   for it and write event files with ``tf.summary`` instead.
 """
+import logging
 import multiprocessing
+import re
 import warnings
 
 _FIX_MARK = "_tfos_jobs_fork_context"
@@ -58,9 +64,28 @@ def use_fork_for_tfmanager() -> None:
     return cls
 
 
-def import_tfos() -> tuple:
-    """Import the TFoS modules our runtime uses, with every fix applied."""
+_AUTHKEY = re.compile(r"""'authkey': b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+class _HideAuthkey(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "authkey" in text:
+            record.msg, record.args = _AUTHKEY.sub("'authkey': '<redacted>'", text), None
+        return True
+
+
+def hide_authkeys() -> None:
+    """Redact TFoS's manager authkeys in its executor-side log records (idempotent)."""
+    for name in ("tensorflowonspark.TFSparkNode", "tensorflowonspark.reservation"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideAuthkey) for f in logger.filters):
+            logger.addFilter(_HideAuthkey())
+
+
+def import_tfos():
+    """Import the TFoS module our runtime uses, with every fix applied."""
     check_pkg_resources()
     use_fork_for_tfmanager()
-    from tensorflowonspark import TFSparkNode, reservation
-    return TFSparkNode, reservation
+    from tensorflowonspark import TFSparkNode
+    return TFSparkNode

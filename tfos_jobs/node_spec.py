@@ -3,9 +3,10 @@ TF process. Both objects are frozen: nothing on a node changes what the driver d
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from tfos_jobs import localdirs
 from tfos_jobs.config import TrainConfig
 
 
@@ -16,7 +17,7 @@ class NodeSpec:
     task: Any                 # tfos_jobs.task.TrainingTask
     reader: Any               # tfos_jobs.tfnode.readers.ParquetReader | FeedReader
     control_address: str
-    control_token: str
+    control_secret: str = field(repr=False)   # reaches the node only in the Spark task closure
     attempt: int              # which TF cluster of this run the nodes belong to
 
 
@@ -40,15 +41,25 @@ class Node:
     def global_batch(self) -> int:
         return self.spec.config.loop.batch_size * self.spec.config.scaling.replicas_per_step
 
+    @property
+    def run_root(self) -> str:
+        """This run's node-local scratch: ``<local_root>/<run_id>`` (default root: the user's private
+        one, :func:`tfos_jobs.localdirs.user_root`, resolved on the node)."""
+        run = self.spec.config.run
+        return os.path.join(localdirs.scratch_root(run.local_root), run.run_id)
+
     def local(self, *parts: str) -> str:
         """Node-local scratch: ``<local_root>/<run_id>/<role>-<index>/...``."""
-        run = self.spec.config.run
-        return os.path.join(run.local_root, run.run_id, f"{self.role}-{self.index}", *parts)
+        return os.path.join(self.run_root, f"{self.role}-{self.index}", *parts)
 
     @property
     def stage_root(self) -> str:
-        run = self.spec.config.run
-        return os.path.join(run.local_root, run.run_id, "stage")
+        return os.path.join(self.run_root, "stage")
+
+    def scratch_dirs(self) -> list[str]:
+        """The scratch directories this node alone writes (removed when it ends): ``local()``, and
+        a PS worker's stage directory."""
+        return [self.local()] + ([self.stage_dir] if self.role == "worker" else [])
 
     @property
     def stage_dir(self) -> str:

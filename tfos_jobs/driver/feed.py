@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 import traceback
@@ -33,8 +32,8 @@ from typing import Iterator
 
 from tfos_jobs.config import TrainConfig
 from tfos_jobs.executor.feed import make_sender, read_file
-from tfos_jobs.wire.control import json_line_server
-from tfos_jobs.wire.feed import FeedError, FeedSpec, request
+from tfos_jobs.wire.auth import BadMessage, RequestServer, new_secret
+from tfos_jobs.wire.feed import COORDINATOR_OPS, FeedError, FeedSpec, check_message, request
 
 log = logging.getLogger("tfos_jobs")
 
@@ -87,12 +86,11 @@ class FeedDriver:
         self._closed_workers = set()
         self._registered = threading.Condition()
         self._group = f"tfos-feed-{uuid.uuid4().hex[:10]}"
-        token = secrets.token_hex(16)
-        self._tcp, self._server_thread = json_line_server(host, token, self._handle)
-        self._server_thread.start()
+        secret = new_secret()
+        self._server = RequestServer(host, secret, self._handle, name="feed coordinator").start()
         self.spec = FeedSpec(features=source.features, labels=source.labels, dtypes=source.dtypes(),
                              num_workers=num_workers, batch_size=batch_size,
-                             coordinator=f"{host}:{self._tcp.server_address[1]}", token=token,
+                             coordinator=self._server.address, secret=secret,
                              max_batches_in_flight=source.max_batches_in_flight,
                              stall_timeout_s=source.stall_timeout_s)
         files = parquet_scan_files(source.df, self.spec.columns) if source.read_parquet_directly else None
@@ -100,13 +98,15 @@ class FeedDriver:
         self._thread = threading.Thread(target=self._run, name="tfos-feed", daemon=True)
 
     def _handle(self, msg):
-        op = msg.get("op")
+        op = check_message(msg, "op", COORDINATOR_OPS, "feed coordinator")["op"]
+        if op != "status" and not 0 <= msg["worker"] < self.spec.num_workers:
+            raise BadMessage(f"feed coordinator: no worker {msg['worker']} in a feed of {self.spec.num_workers}")
         with self._registered:
             if op == "register":
-                self._addresses[int(msg["worker"])] = msg["address"]
+                self._addresses[msg["worker"]] = msg["address"]
                 self._registered.notify_all()
             elif op == "closed":
-                self._closed_workers.add(int(msg["worker"]))
+                self._closed_workers.add(msg["worker"])
             return {"ok": True, "error": self.error, "done": self.done.is_set(), "rows": self.stats["rows"],
                     "epochs_done": len(self.stats["epochs"])}
 
@@ -122,9 +122,7 @@ class FeedDriver:
         if self._thread.is_alive():
             self.sc.cancelJobGroup(self._group)
             self._thread.join(timeout=timeout)
-        self._tcp.shutdown()
-        self._tcp.server_close()
-        self._server_thread.join(timeout=5)
+        self._server.stop()
 
     def __enter__(self):
         return self.start()
@@ -231,7 +229,7 @@ class FeedDriver:
         return self.sc.parallelize(groups, len(groups)).mapPartitions(read_and_send).collect()
 
     def _tell(self, address, msg):
-        return request(address, dict(msg, token=self.spec.token), timeout=self.source.stall_timeout_s)
+        return request(address, self.spec.secret, msg, timeout=self.source.stall_timeout_s)
 
     def _fail(self, err):
         self.error = str(err) if isinstance(err, FeedError) else f"the DataFrame feed failed: {err!r}\n" + \
@@ -239,7 +237,7 @@ class FeedDriver:
         log.error("%s", self.error)
         for address in list(self._addresses.values()):
             with contextlib.suppress(OSError, ValueError, ConnectionError):
-                request(address, {"kind": "abort", "error": self.error, "token": self.spec.token}, timeout=5)
+                request(address, self.spec.secret, {"kind": "abort", "error": self.error}, timeout=5)
         if self.on_error:
             self.on_error(self.error)
 

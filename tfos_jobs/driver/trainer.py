@@ -1,7 +1,8 @@
 """The driver side of distributed training: ``fit`` is the runtime's one public entry point.
 
 One attempt = one TF cluster on Spark executors, formed by tensorflowonspark's reservation protocol
-(``TFSparkNode.run`` reserves ports and builds the cluster spec on each executor). The driver then
+(``TFSparkNode.run`` reserves ports and builds the cluster spec on each executor) against our own
+reservation server (``tfos_jobs.driver.reservation``: TFoS's unpickles network input). The driver then
 watches the control channel, not Spark's status tracker, so it reacts within a fraction of a second:
 
 * the chief reports ``done``  -> every ps/worker is told to stop; the attempt succeeds;
@@ -26,6 +27,7 @@ from typing import Any
 
 from tfos_jobs import compat
 from tfos_jobs.config import TrainConfig
+from tfos_jobs.driver.reservation import ReservationServer, spark_executor_ips
 from tfos_jobs.executor.node import node_main
 from tfos_jobs.node_spec import NodeSpec
 from tfos_jobs.sources import Source
@@ -71,7 +73,7 @@ def _attempt(sc, task, data, config, plan, control, attempt):
     wait_for_executors(sc, config.num_nodes, timeout_s=config.run.start_timeout_s)
     with data.open(sc, config, plan, control) as reader:
         spec = NodeSpec(config=config, task=task, reader=reader, control_address=control.address,
-                        control_token=control.token, attempt=attempt)
+                        control_secret=control.secret, attempt=attempt)
         return _run_attempt(sc, spec, control, attempt)
 
 
@@ -101,24 +103,25 @@ def wait_for_executors(sc, count: int, timeout_s: float) -> int:
 
 def _run_attempt(sc, spec, control, attempt):
     """Start one TF cluster and watch it; return {"result": ...} or {"lost": reason}."""
-    TFSparkNode, reservation = compat.import_tfos()
+    TFSparkNode = compat.import_tfos()
     config = spec.config
     n = config.num_nodes
     template = {"chief": [0]}
     if n > 1:
         template["worker"] = list(range(1, n))
-    server = reservation.Server(n)
+    server = ReservationServer(control.address.rsplit(":", 1)[0], template, lambda: spark_executor_ips(sc),
+                               deadline_s=config.run.start_timeout_s + 60).start()
     cluster_meta = {
         "id": random.getrandbits(64), "cluster_template": template, "num_executors": n,
-        "default_fs": "file://", "working_dir": os.getcwd(), "server_addr": server.start(),
+        "default_fs": "file://", "working_dir": os.getcwd(), "server_addr": server.host_port,
         "release_port": True,
     }
     group = f"tfos-{config.run.run_id}-{attempt}"
     spark_status = {}
     tf_args = argparse.Namespace(num_gpus=config.scaling.num_gpus) if config.scaling.num_gpus is not None \
         else argparse.Namespace()   # TFoS reads only num_gpus from it (``'num_gpus' in tf_args``)
-    map_fn = TFSparkNode.run(functools.partial(node_main, spec), tf_args, cluster_meta, False, None,
-                             ["control", "error"], background=False)
+    map_fn = _quiet_authkeys(TFSparkNode.run(functools.partial(node_main, spec), tf_args, cluster_meta, False,
+                                             None, ["control", "error"], background=False))
 
     def launch():
         sc.setJobGroup(group, f"TF cluster {config.run.run_id} attempt {attempt}", interruptOnCancel=True)
@@ -152,15 +155,23 @@ def _run_attempt(sc, spec, control, attempt):
     return outcome
 
 
+def _quiet_authkeys(map_fn):
+    """TFoS's map function, with its authkey log line redacted on the executor."""
+    def run_node(partition):
+        compat.hide_authkeys()
+        return map_fn(partition)
+    return run_node
+
+
 def _await_reservations(server, spark_status, timeout_s):
     """Wait for every node to reserve its port. (TFoS's own wait polls once a second and calls
     ``sc.stop()`` and ``sys.exit`` on any error.) Returns None, or a "lost" outcome."""
     deadline = time.monotonic() + timeout_s
-    while not server.reservations.done():
+    while not server.done():
         if spark_status.get("finished"):
             return {"lost": spark_status.get("error", "the Spark job ended before every node reserved")}
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{server.reservations.remaining()} TF node(s) did not start within {timeout_s:.0f} s: "
+            raise TimeoutError(f"{server.remaining()} TF node(s) did not start within {timeout_s:.0f} s: "
                                "are there enough free executors (one per node, one task slot each)?")
         time.sleep(0.02)
     return None

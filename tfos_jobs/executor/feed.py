@@ -9,19 +9,16 @@ memory. Split evenly, a sender blocked on a full worker means every worker has d
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import socket
-
 from typing import Any, Iterator
 
 import hdfs_io
-from tfos_jobs.wire.feed import CONNECT_TIMEOUT_S, FeedError, FeedSpec, recv_json, send_json
+from tfos_jobs.wire.auth import Session, json_line
+from tfos_jobs.wire.feed import CONNECT_TIMEOUT_S, FeedError, FeedSpec
 
 
 def make_sender(spec: FeedSpec, epoch: int, addresses: list):
     """The mapInArrow function of one epoch's feeding job (runs in Spark's Python workers)."""
-    token, n, size = spec.token, len(addresses), spec.batch_size
+    secret, n, size = spec.secret, len(addresses), spec.batch_size
     stall, schema_bytes = spec.stall_timeout_s, spec.arrow_schema().serialize().to_pybytes()
 
     def send_partition(batches):
@@ -34,7 +31,7 @@ def make_sender(spec: FeedSpec, epoch: int, addresses: list):
         links = []
         try:
             for worker, address in enumerate(addresses):
-                links.append(_Link(worker, address, token, epoch, partition, schema, stall))
+                links.append(_Link(worker, address, secret, epoch, partition, schema, stall))
             step = size * n
             for batch in batches:
                 batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
@@ -60,23 +57,21 @@ def make_sender(spec: FeedSpec, epoch: int, addresses: list):
 
 
 class _Link:
-    """One feeding task's Arrow stream to one receiver."""
+    """One feeding task's Arrow stream to one receiver, on an authenticated connection whose trailer
+    seals the stream with an HMAC."""
 
-    def __init__(self, worker, address, token, epoch, partition, schema, stall_timeout_s):
+    def __init__(self, worker, address, secret, epoch, partition, schema, stall_timeout_s):
         import pyarrow as pa
-        host, port = address.rsplit(":", 1)
         self.worker, self.address, self.rows, self.writer = worker, address, 0, None
-        self.sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
-        self.sock.settimeout(stall_timeout_s)
-        send_json(self.sock, {"token": token, "kind": "data", "epoch": epoch, "partition": partition})
-        self.rfile = self.sock.makefile("rb")
-        reply = recv_json(self.rfile)
+        self.session = Session(address, secret, timeout=stall_timeout_s, connect_timeout=CONNECT_TIMEOUT_S)
+        reply = self.session.request({"kind": "data", "epoch": epoch, "partition": partition})
         if "error" in reply:
             raise FeedError(reply["error"])
         self.dup = reply.get("dup")
         if self.dup is None:
-            self.wfile = self.sock.makefile("wb", buffering=1 << 20)
-            self.writer = pa.ipc.new_stream(self.wfile, schema)
+            self.mac = self.session.stream_mac()
+            self.wfile = self.session.sock.makefile("wb", buffering=1 << 20)
+            self.writer = pa.ipc.new_stream(self.mac.writer(self.wfile), schema)
 
     def write(self, batch: Any) -> None:   # pyarrow.RecordBatch
         if self.writer is not None:
@@ -89,20 +84,20 @@ class _Link:
     def end(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            self.wfile.write((json.dumps({"rows": self.rows}) + "\n").encode())   # the stream is whole
+            trailer = {"rows": self.rows, "mac": self.mac.seal(self.rows)}   # the stream is whole and ours
+            self.wfile.write(json_line(trailer))
             self.wfile.flush()
 
     def ack(self) -> int:
         if self.writer is None:
             return self.dup
-        ack = recv_json(self.rfile)
+        ack = self.session.read_reply()
         if ack.get("rows") != self.rows:
             raise FeedError(f"worker {self.worker} at {self.address} acknowledged {ack} after {self.rows} rows")
         return self.rows
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        self.session.close()
 
 
 def read_file(uri: str, columns: list, schema, batch_rows: int = 65536) -> Iterator:

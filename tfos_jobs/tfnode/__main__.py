@@ -35,7 +35,7 @@ def child_main(node_path: str) -> None:
     with open(node_path, "rb") as handle:
         node = pickle.load(handle)
     spec = node.spec
-    control = ControlClient(spec.control_address, spec.control_token, node.name, spec.attempt)
+    control = ControlClient(spec.control_address, spec.control_secret, node.name, spec.attempt)
     code = 0
     try:
         control.send("done", result=run_role(node, control))

@@ -9,13 +9,19 @@ re-batches to exactly ``batch_size`` rows within an epoch. It hands out a ``tf.d
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import queue
 import socket
 import threading
 from typing import Iterator
 
 from tfos_jobs.tfnode.datasets import split_labels
-from tfos_jobs.wire.feed import FeedClosed, FeedError, FeedSpec, recv_json, request, route_to, send_json
+from tfos_jobs.wire import auth
+from tfos_jobs.wire.feed import RECEIVER_KINDS, FeedClosed, FeedError, FeedSpec, check_message, request, route_to
+
+log = logging.getLogger("tfos_jobs")
+MAX_CONNECTIONS = 256   # senders are Spark tasks: a few per executor core
 
 
 class FeedReceiver:
@@ -30,6 +36,7 @@ class FeedReceiver:
         self._complete = {}                    # (epoch, partition) -> rows
         self._partial = set()                  # (epoch, partition) being received or broken
         self._conns = set()
+        self.rejected = 0                      # connections dropped: over the cap, unauthenticated, malformed
         self.in_flight = 0                     # data items queued, and their bytes
         self.in_flight_bytes = 0
         self.peak_in_flight = 0
@@ -49,8 +56,8 @@ class FeedReceiver:
         consumer that is still building its model does not hold Spark tasks blocked on a full queue."""
         if self._registered:
             return self
-        reply = request(self.spec.coordinator, {"op": "register", "token": self.spec.token,
-                                                 "worker": self.index, "address": self.address})
+        reply = request(self.spec.coordinator, self.spec.secret,
+                        {"op": "register", "worker": self.index, "address": self.address})
         if not reply.get("ok"):
             raise FeedError(f"feed coordinator refused worker {self.index}: {reply}")
         self._registered = True
@@ -65,8 +72,7 @@ class FeedReceiver:
             return
         if not self._finished:  # first tell the driver, then close the sockets
             with contextlib.suppress(OSError, ValueError, ConnectionError):
-                request(self.spec.coordinator, {"op": "closed", "token": self.spec.token, "worker": self.index},
-                         timeout=5)
+                request(self.spec.coordinator, self.spec.secret, {"op": "closed", "worker": self.index}, timeout=5)
         self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop now, not at its poll
@@ -96,29 +102,24 @@ class FeedReceiver:
                 continue
             except OSError:
                 return
+            with self._lock:
+                full = len(self._conns) >= MAX_CONNECTIONS
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                self.rejected += 1
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
-        with self._lock:
-            self._conns.add(conn)
         try:
-            conn.settimeout(self.spec.stall_timeout_s)
             with conn.makefile("rb", buffering=1 << 20) as rfile:
-                header = recv_json(rfile)
-                if header.get("token") != self.spec.token:
-                    return
-                kind = header.get("kind")
-                if kind == "data":
-                    self._receive(conn, rfile, header["epoch"], header["partition"])
-                elif kind == "end":
-                    send_json(conn, self._end_epoch(header["epoch"], header["expected"]))
-                elif kind == "finish":
-                    self._finished = True
-                    send_json(conn, {"ok": True})  # before the consumer can see it and close us
-                    self._queue.put(("finish",))
-                elif kind == "abort":
-                    self._queue.put(("error", f"the driver aborted the feed: {header.get('error')}"))
-                    send_json(conn, {"ok": True})
+                side = auth.ServerSide(conn, rfile, self.spec.secret)
+                header = self._authenticate(conn, side)
+                if header is not None:
+                    conn.settimeout(self.spec.stall_timeout_s)
+                    self._dispatch(conn, rfile, side, header)
         except (OSError, ValueError, ConnectionError, FeedClosed):
             pass  # a producer that lost its connection fails its own task; the driver sees that
         finally:
@@ -127,35 +128,69 @@ class FeedReceiver:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _receive(self, conn, rfile, epoch, partition):
+    def _authenticate(self, conn, side):
+        """The peer's first message, once it proved it holds the feed's secret, within the handshake
+        deadline (a timer cuts a peer that trickles bytes); None (logged) for anything else."""
+        conn.settimeout(auth.HANDSHAKE_TIMEOUT_S)
+        timer = threading.Timer(auth.HANDSHAKE_TIMEOUT_S, _cut, args=(conn,))
+        timer.start()
+        try:
+            return check_message(side.read_request(auth.LARGE_MESSAGE), "kind", RECEIVER_KINDS, "feed receiver")
+        except (auth.AuthError, auth.BadMessage) as err:
+            self.rejected += 1
+            log.warning("feed receiver %d: rejected a connection: %s", self.index, err)
+            return None
+        finally:
+            timer.cancel()
+
+    def _dispatch(self, conn, rfile, side, header):
+        kind = header["kind"]
+        if kind == "data":
+            self._receive(rfile, side, header["epoch"], header["partition"])
+        elif kind == "end":
+            side.reply(self._end_epoch(header["epoch"], header["expected"]))
+        elif kind == "finish":
+            self._finished = True
+            side.reply({"ok": True})  # before the consumer can see it and close us
+            self._queue.put(("finish",))
+        elif kind == "abort":
+            self._queue.put(("error", f"the driver aborted the feed: {header['error']}"))
+            side.reply({"ok": True})
+
+    def _receive(self, rfile, side, epoch, partition):
         import pyarrow as pa
         key = (epoch, partition)
         with self._lock:
             if key in self._complete:
-                send_json(conn, {"dup": self._complete[key]})   # e.g. a speculative task: nothing to send
+                side.reply({"dup": self._complete[key]})   # e.g. a speculative task: nothing to send
                 return
             if key in self._partial:
                 msg = (f"worker {self.index}: partition {partition} of epoch {epoch} was sent again after a "
                        "partial delivery (a Spark task retry): exactly-once delivery cannot hold")
                 self._queue.put(("error", msg))
-                send_json(conn, {"error": msg})
+                side.reply({"error": msg})
                 return
             self._partial.add(key)
-        send_json(conn, {"ok": True})
-        rows = 0
-        for batch in pa.ipc.open_stream(rfile):
+        side.reply({"ok": True})
+        mac, rows = side.stream_mac(), 0
+        for batch in pa.ipc.open_stream(mac.reader(rfile)):
             if batch.num_rows:
                 self._put_data(epoch, batch)
                 rows += batch.num_rows
         # An Arrow stream cut off between two batches (the feeding task died) reads like a complete one:
-        # only the sender's trailer, written after the end of the stream, says the partition is whole.
-        # Without it the partition stays partial, so a retry or the epoch's check fails the feed.
-        if recv_json(rfile).get("rows") != rows:
+        # only the sender's trailer, written after the end of the stream and sealed with the stream's
+        # HMAC, says the partition is whole and came from a holder of the secret. Without it the
+        # partition stays partial, so a retry or the epoch's check fails the feed.
+        trailer = auth.read_line(rfile, auth.HELLO_LIMIT)
+        trailer = json.loads(trailer)
+        if not isinstance(trailer, dict) or trailer.get("rows") != rows or not mac.check(rows, trailer.get("mac")):
+            log.warning("feed receiver %d: partition %d of epoch %d ended without a valid trailer", self.index,
+                        partition, epoch)
             return
         with self._lock:
             self._partial.discard(key)
             self._complete[key] = rows
-        send_json(conn, {"rows": rows})
+        side.reply({"rows": rows})
 
     def _put_data(self, epoch, batch):
         while not self._capacity.acquire(timeout=0.5):
@@ -171,7 +206,10 @@ class FeedReceiver:
         self._queue.put(("data", epoch, batch))
 
     def _end_epoch(self, epoch, expected):
-        expected = {int(p): int(r) for p, r in expected.items()}
+        try:
+            expected = {int(p): int(r) for p, r in expected.items()}
+        except (TypeError, ValueError):
+            return {"error": f"worker {self.index}: malformed expected counts for epoch {epoch}"}
         with self._lock:
             got = {p: r for (e, p), r in self._complete.items() if e == epoch}
             partial = sorted(p for (e, p) in self._partial if e == epoch)
@@ -277,3 +315,8 @@ def _signature(spec):
     import tensorflow as tf
     return split_labels(spec, {name: tf.TensorSpec([None], tf.dtypes.as_dtype(spec.dtypes[name]), name=name)
                                for name in spec.columns})
+
+
+def _cut(conn):
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)

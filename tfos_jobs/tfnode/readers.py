@@ -104,7 +104,7 @@ class FeedReader(_Reader):
 
     def staged_rows(self) -> int:
         """Rows the feed delivered in its one pass, asked from the driver once the workers have staged."""
-        reply = request(self.feed.coordinator, {"op": "status", "token": self.feed.token})
+        reply = request(self.feed.coordinator, self.feed.secret, {"op": "status"})
         if reply.get("error"):
             raise FeedError(reply["error"])
         return int(reply["rows"])

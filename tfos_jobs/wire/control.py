@@ -2,70 +2,68 @@
 
 TFoS's own lifecycle polls Spark's status tracker every 5 s and has no way to tell a parameter-server
 worker that the chief is done. Here each TF process talks to a small TCP server on the driver instead:
-it reports ``ready``/``progress``/``done``/``failed`` and polls for ``stop``. One short JSON request
-per connection, every socket with a timeout, so neither side can wait forever on the other: a node
-that cannot reach the driver for ``orphan_timeout_s`` exits on its own.
+it reports ``ready``/``progress``/``done``/``failed`` and polls for ``stop``. One short request per
+connection, authenticated both ways with the job's secret (``tfos_jobs.wire.auth``), schema-checked
+before it is acted on, every socket with a timeout, so neither side can wait forever on the other: a
+node that cannot reach the driver for ``orphan_timeout_s`` exits on its own.
 """
 from __future__ import annotations
 
-import json
 import queue
-import secrets
-import socket
-import socketserver
 import threading
 import time
-from typing import Callable
+
+from tfos_jobs.wire.auth import LARGE_MESSAGE, BadMessage, RequestServer, check_fields, new_secret, request
 
 REQUEST_TIMEOUT_S = 10.0
+MAX_ERROR_CHARS = 200_000     # a node's traceback, cut to fit a control message
+
+# The fields each operation must carry (beyond ``op``, ``node`` and ``attempt``), with their types.
+NUMBER = (int, float)
+OPS = {
+    "ready": {}, "poll": {}, "finishing": {},
+    "progress": {"step": int, "loss": NUMBER},
+    "done": {"result": dict},
+    "failed": {"error": str, "peer_lost": bool},
+}
+OPTIONAL = {"examples_per_s": NUMBER, "elapsed_s": NUMBER, "total_steps": (int, type(None)), "result": dict,
+            "error": str, "peer_lost": bool}
 
 
 class DriverUnreachable(ConnectionError):
     """A TF node could not reach the driver's control server."""
 
 
-def json_line_server(host: str, token: str, handle: Callable[[dict], dict]) -> tuple:
-    """A threaded TCP server on an ephemeral port: one JSON request line per connection, answered with
-    ``handle(msg)`` as one JSON line; requests without ``token`` are dropped. Returns the server and
-    the (not yet started) thread that serves it."""
-
-    class Handler(socketserver.StreamRequestHandler):
-        timeout = REQUEST_TIMEOUT_S
-
-        def handle(self):
-            try:
-                msg = json.loads(self.rfile.readline())
-            except (ValueError, OSError):
-                return
-            if msg.pop("token", None) != token:
-                return
-            self.wfile.write((json.dumps(handle(msg)) + "\n").encode())
-
-    tcp = socketserver.ThreadingTCPServer((host, 0), Handler, bind_and_activate=False)
-    tcp.daemon_threads = True
-    tcp.allow_reuse_address = True
-    tcp.server_bind()
-    tcp.server_activate()
-    return tcp, threading.Thread(target=tcp.serve_forever, args=(0.2,), daemon=True)
+def check_event(msg: dict) -> dict:
+    """Reject (BadMessage) an unknown op, a missing field or a field of the wrong type."""
+    op = msg.get("op")
+    if op not in OPS:
+        raise BadMessage(f"control: unknown op {op!r}")
+    check_fields(msg, {"node": str, "attempt": (int, type(None))}, f"control {op}")
+    return check_fields(msg, OPS[op], f"control {op}", OPTIONAL)
 
 
 class ControlServer:
     """Driver side: collects node events, answers polls. Thread-safe; use as a context manager."""
 
     def __init__(self, host: str = "127.0.0.1"):
-        self.token = secrets.token_hex(16)
+        self.secret = new_secret()
         self.events = queue.Queue()
         self._ready = set()
         self._stop = False
         self._lock = threading.Lock()
         self._expected_ready = None
         self.attempt = None
-        self._tcp, self._thread = json_line_server(host, self.token, self._handle)
+        self._server = RequestServer(host, self.secret, self._handle, name="control", limit=LARGE_MESSAGE)
 
     @property
     def address(self) -> str:
-        host, port = self._tcp.server_address[:2]
-        return f"{host}:{port}"
+        return self._server.address
+
+    @property
+    def rejected(self) -> int:
+        """Requests dropped so far: unauthenticated, oversized or malformed."""
+        return self._server.rejected
 
     def expect_ready(self, count: int) -> None:
         """Number of ``ready`` reports after which polls answer ``all_ready``."""
@@ -87,12 +85,12 @@ class ControlServer:
             self.events.get_nowait()
 
     def _handle(self, msg):
-        op = msg.get("op")
+        op = check_event(msg)["op"]
         if self.attempt is not None and msg.get("attempt") != self.attempt:
             return {"stop": True, "all_ready": False}
         if op == "ready":
             with self._lock:
-                self._ready.add(msg.get("node"))
+                self._ready.add(msg["node"])
         if op != "poll":
             self.events.put(dict(msg, received=time.time()))
         with self._lock:
@@ -100,37 +98,30 @@ class ControlServer:
             return {"stop": self._stop, "all_ready": all_ready}
 
     def __enter__(self):
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc):
-        self._tcp.shutdown()
-        self._tcp.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 class ControlClient:
     """Node side: sends events to the driver; every call is bounded by a timeout."""
 
-    def __init__(self, address: str, token: str, node: str, attempt: int | None = None):
-        host, port = address.rsplit(":", 1)
-        self.address = (host, int(port))
-        self.token = token
-        self.node = node
-        self.attempt = attempt
+    def __init__(self, address: str, secret: str, node: str, attempt: int | None = None):
+        self.address, self.secret, self.node, self.attempt = address, secret, node, attempt
 
     def send(self, op: str, timeout: float = REQUEST_TIMEOUT_S, **fields) -> dict:
-        msg = dict(fields, op=op, node=self.node, token=self.token, attempt=self.attempt)
+        if isinstance(fields.get("error"), str) and len(fields["error"]) > MAX_ERROR_CHARS:
+            fields["error"] = "...\n" + fields["error"][-MAX_ERROR_CHARS:]
+        msg = dict(fields, op=op, node=self.node, attempt=self.attempt)
         try:
-            with socket.create_connection(self.address, timeout=timeout) as sock:
-                sock.settimeout(timeout)
-                sock.sendall((json.dumps(msg, default=float) + "\n").encode())
-                data = sock.makefile("rb").readline()
-        except OSError as err:
-            raise DriverUnreachable(f"driver control server {self.address[0]}:{self.address[1]}: {err}") from err
-        if not data:
-            raise DriverUnreachable(f"driver control server {self.address[0]}:{self.address[1]} closed the connection")
-        return json.loads(data)
+            reply = request(self.address, self.secret, msg, timeout=timeout)
+        except (OSError, ValueError) as err:   # AuthError is an OSError; BadMessage a ValueError
+            raise DriverUnreachable(f"driver control server {self.address}: {err}") from err
+        if "error" in reply:
+            raise ValueError(f"the driver rejected {op!r}: {reply['error']}")
+        return reply
 
     def wait_for(self, key: str, poll_s: float = 0.2, orphan_timeout_s: float = 60.0,
                  deadline_s: float | None = None) -> bool:

@@ -9,14 +9,18 @@
 * the coordinator tells each **receiver** (TF process, ``tfos_jobs.tfnode.feed``) ``end`` (the
   partitions and rows it must have got in an epoch), ``finish`` or ``abort``.
 
-Every message carries the feed's token; every socket has a timeout.
+Every connection is authenticated both ways with the feed's secret (``tfos_jobs.wire.auth``); a data
+stream's trailer carries an HMAC of the whole stream, so a partition counts as delivered only when it
+came whole from a holder of the secret. Every message is schema-checked; every socket has a timeout.
 """
 from __future__ import annotations
 
-import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from tfos_jobs.wire import auth
+from tfos_jobs.wire.auth import BadMessage, check_fields
 
 CONNECT_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
@@ -39,7 +43,7 @@ class FeedSpec:
     num_workers: int
     batch_size: int
     coordinator: str            # host:port of the driver's coordinator
-    token: str
+    secret: str = field(repr=False)   # reaches executors only in the Spark task closure
     max_batches_in_flight: int = 8
     stall_timeout_s: float = 300.0
 
@@ -53,25 +57,23 @@ class FeedSpec:
         return pa.schema([pa.field(c, pa.from_numpy_dtype(np.dtype(self.dtypes[c]))) for c in self.columns])
 
 
-def send_json(sock: socket.socket, obj: Any) -> None:
-    sock.sendall((json.dumps(obj) + "\n").encode())
+# The fields of each message, by the end that receives it.
+COORDINATOR_OPS = {"register": {"worker": int, "address": str}, "closed": {"worker": int}, "status": {}}
+RECEIVER_KINDS = {"data": {"epoch": int, "partition": int}, "end": {"epoch": int, "expected": dict},
+                  "finish": {}, "abort": {"error": str}}
 
 
-def recv_json(rfile) -> Any:
-    line = rfile.readline()
-    if not line:
-        raise ConnectionError("peer closed the connection")
-    return json.loads(line)
+def check_message(msg: dict, key: str, schema: dict, what: str) -> dict:
+    """Reject (BadMessage) an unknown op/kind, a missing field or a field of the wrong type."""
+    name = msg.get(key)
+    if name not in schema:
+        raise BadMessage(f"{what}: unknown {key} {name!r}")
+    return check_fields(msg, schema[name], f"{what} {name}")
 
 
-def request(address: str, msg: dict, timeout: float = REQUEST_TIMEOUT_S) -> Any:
-    """One request, one reply line, on a fresh connection bounded by ``timeout``."""
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=min(timeout, CONNECT_TIMEOUT_S)) as sock:
-        sock.settimeout(timeout)
-        send_json(sock, msg)
-        with sock.makefile("rb") as rfile:
-            return recv_json(rfile)
+def request(address: str, secret: str, msg: dict, timeout: float = REQUEST_TIMEOUT_S) -> Any:
+    """One authenticated request, one verified reply, on a fresh connection bounded by ``timeout``."""
+    return auth.request(address, secret, msg, timeout=timeout)
 
 
 def route_to(address: str) -> str:
