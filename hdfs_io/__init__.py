@@ -15,6 +15,7 @@ from .backends import reset
 from .config import timeout_s
 from .errors import (
     CorruptFileError,
+    CredentialsInURIError,
     NotPublishedError,
     SchemaMismatchError,
     StorageError,
@@ -48,6 +49,7 @@ from .tfrecord import read_tfrecords, write_tfrecords
 __all__ = [
     "AtomicWriter",
     "CorruptFileError",
+    "CredentialsInURIError",
     "FileInfo",
     "NotPublishedError",
     "SUCCESS",

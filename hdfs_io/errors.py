@@ -77,6 +77,20 @@ class NotPublishedError(StorageError, FileNotFoundError):
         return self.args[0]
 
 
+class CredentialsInURIError(ValueError):
+    """A URI carries a password or access key in its authority (``s3://KEY:SECRET@bucket/x``,
+    ``hdfs://user:pw@host/x``). URIs end up in logs, process listings and error messages, so they must
+    not hold secrets. The message names the scheme and host/bucket only, never the credentials."""
+
+    def __init__(self, scheme: str, host: str, where: str):
+        self.scheme, self.host, self.where = scheme, host, where
+        super().__init__(f"{scheme}://{host}: credentials in the URI are refused (they would leak into logs "
+                         f"and process listings); pass them through {where} instead")
+
+    def __reduce__(self):  # crosses process boundaries (Spark tasks): rebuild from the parts
+        return type(self), (self.scheme, self.host, self.where)
+
+
 def not_found(uri: str) -> FileNotFoundError:
     """``FileNotFoundError`` naming ``uri`` (``str()`` reads "[Errno 2] No such file or directory: 'uri'")."""
     return FileNotFoundError(errno.ENOENT, "No such file or directory", uri)

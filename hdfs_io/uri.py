@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import re
 from urllib.parse import urlsplit
 
-from .stores import Store, store_class
+from .errors import CredentialsInURIError
+from .stores import REGISTRY, Store, store_class
 
 @dataclasses.dataclass(frozen=True)
 class Location:
@@ -90,11 +92,49 @@ def _join_path(base: str, *parts: str) -> str:
     return out or "/"
 
 
+def userinfo_span(uri: str) -> tuple[int, int] | None:
+    """Where the userinfo (``user`` or ``user:password``, before ``@`` in the authority) of ``uri`` is,
+    as ``(start, end)`` offsets, or None when it has none. A password with a ``/`` in it (AWS secret keys
+    often have one) cuts the authority short, ``s3://KEY:sec/ret@bucket/x``: that counts as userinfo
+    too (a port is digits), where ``hdfs://host:8020/dir/a@b`` does not."""
+    head, sep, rest = uri.partition("://")
+    if not sep:
+        return None
+    start = len(head) + len(sep)
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        return start, start + netloc.rindex("@")
+    port = re.sub(r"^\[[^\]]*\]", "", netloc).rpartition(":")[2] if ":" in netloc else ""
+    if port and not port.isdigit() and "@" in rest:
+        return start, start + rest.index("@")
+    return None
+
+
+def reject_credentials(uri: str) -> None:
+    """:class:`~hdfs_io.errors.CredentialsInURIError` when ``uri`` carries a password, or (in a bucket
+    namespace, where a bucket name has no ``@``) an access key. A user name alone (``hdfs://user@nn/``)
+    passes."""
+    span = userinfo_span(uri)
+    if span is None:
+        return
+    scheme = uri[:uri.index("://")].lower()
+    cls = REGISTRY.get(scheme)
+    in_buckets = cls is not None and cls.caps.bucket_namespace
+    if ":" in uri[span[0]:span[1]] or in_buckets:
+        raise CredentialsInURIError(
+            scheme, re.split(r"[/?#]", uri[span[1] + 1:], maxsplit=1)[0],
+            "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or the Hadoop "
+            "configuration (fs.s3a.* in core-site.xml, a credential provider)" if in_buckets else
+            "the environment (HADOOP_USER_NAME, a Kerberos ticket from kinit) or the Hadoop configuration")
+
+
 def parse(uri: str | os.PathLike) -> Location:
-    """Parse ``uri`` into a :class:`Location`; ``ValueError`` for an unsupported scheme."""
+    """Parse ``uri`` into a :class:`Location`; ``ValueError`` for an unsupported scheme, and
+    :class:`~hdfs_io.errors.CredentialsInURIError` for one with credentials in it."""
     uri = os.fspath(uri)
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"not a URI or path: {uri!r}")
+    reject_credentials(uri)
     if "://" not in uri:
         shown, netloc, raw_path = ("file", "", uri[5:]) if uri.startswith("file:") else ("", "", uri)
     else:

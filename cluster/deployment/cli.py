@@ -15,9 +15,10 @@ import uuid
 
 from tfos_jobs.cli import JobParser, bounded_number, positive_int
 
+from ..redaction import redact, redact_argv, redact_text, sensitive
 from . import emr
 from .package import REPO, build_code_and_entry, package, read_manifest, upload
-from .resources import DeployError, Resources
+from .resources import DeployError, Resources, refuse_credentials
 from .submit import spark_submit_path, submit, submit_argv
 from .yarn import loopback_conf
 
@@ -30,8 +31,18 @@ def _conf_pair(text: str) -> tuple[str, str]:
     """``--conf KEY=VALUE`` as spark-submit takes it; a pair without ``=`` is a typo, caught before any work."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        shown = "an argument without '='" if sensitive(text) else repr(text)   # a secret typed without its key
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {shown}")
     return key.strip(), value
+
+
+def _storage_uri(text: str) -> str:
+    """A storage URI flag: one with credentials in it is refused before it is used or shown."""
+    try:
+        refuse_credentials([text])
+    except DeployError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _res_args(p: argparse.ArgumentParser) -> None:
@@ -56,14 +67,15 @@ def build_parser() -> JobParser:
                    % sys.version_info.minor)
     p.add_argument("--compression", choices=["none", "gzip"], default="none")
     p.add_argument("--force", action="store_true", help="rebuild the environment even if cached")
-    p.add_argument("--upload", metavar="URI", help="copy the files under this hdfs:// or s3:// directory")
+    p.add_argument("--upload", metavar="URI", type=_storage_uri,
+                   help="copy the files under this hdfs:// or s3:// directory")
 
     p = sub.add_parser("submit", help="spark-submit a job module with the package, watched")
     p.add_argument("--master", default="yarn")
     p.add_argument("--deploy-mode", choices=["client", "cluster"],
                    help="default: cluster on YARN, client on other masters (Python needs it there)")
-    p.add_argument("--package-dir", default=None, help="where the package files are (a local dir or an "
-                   "uploaded URI); default: build/reuse under work/deploy")
+    p.add_argument("--package-dir", default=None, type=_storage_uri, help="where the package files are (a local "
+                   "dir or an uploaded URI); default: build/reuse under work/deploy")
     p.add_argument("--accept-timeout", type=_positive_seconds, default=120)
     p.add_argument("--timeout", type=_positive_seconds, default=3600)
     p.add_argument("--conf", type=_conf_pair, action="append", default=[], metavar="KEY=VALUE")
@@ -100,23 +112,25 @@ def _package(args: argparse.Namespace) -> int:
     if args.upload:
         result["uploaded"] = upload(pkg, args.upload)
     result["total_s"] = round(time.monotonic() - t0, 1)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(redact(result), indent=1))
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
+    job_args = [a for a in args.args if a != "--"]
+    refuse_credentials(job_args, "job argument")   # they would show in YARN and in process listings
     on_yarn = args.master.startswith("yarn")
     uris = _package_uris(args.package_dir, with_env=on_yarn)
     res = _res(args)
     extra = loopback_conf() if on_yarn else {}
     extra.update(args.conf)
     tag = f"tfos-{uuid.uuid4().hex[:12]}"
-    cmd = submit_argv(args.module, [a for a in args.args if a != "--"], env_uri=uris["env_archive"],
+    cmd = submit_argv(args.module, job_args, env_uri=uris["env_archive"],
                       code_uri=uris["code_zip"], entry_uri=uris["entry"], master=args.master,
                       deploy_mode=args.deploy_mode or ("cluster" if on_yarn else "client"),
                       res=res, tag=tag, extra_conf=extra, spark_submit=spark_submit_path())
     if args.dry_run:
-        print(shlex.join(cmd))
+        print(shlex.join(redact_argv(cmd)))   # what runs keeps the real values
         return 0
     sub = submit(cmd, timeout=args.timeout, accept_timeout=args.accept_timeout, res=res, check=False)
     sys.stdout.write(sub.output)
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except DeployError as exc:
         # worded like argparse's own errors, exit 2 like them: bad input or a cluster that cannot run it
-        print(f"tfos-deploy: error: {exc}", file=sys.stderr)
+        print(f"tfos-deploy: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -10,7 +10,7 @@ Config (YAML or JSON)::
     deploy_mode: cluster                  # EMR steps: cluster (the driver runs in YARN)
     action_on_failure: CANCEL_AND_WAIT
     resources: {tf_nodes: 2, executor_memory: 1g, executor_memory_overhead: 2g}
-    spark_conf: {}                        # extra --conf for every step
+    spark_conf: {}                        # extra --conf for every step (no secrets: they would be in steps.json)
     yarn_site: {}                         # extra yarn-site properties
     steps:
       - {name: prep, args: [prep, --input, s3://..., --output, s3://...], tf_nodes: 2}
@@ -38,9 +38,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..redaction import redact, redact_argv, redact_text, sensitive
 from . import package as packaging
 from .package import Package, bounded, node_python_default, upload as upload_package, write_text
-from .resources import DeployError, Resources, tf_conf
+from .resources import DeployError, Resources, refuse_credentials, tf_conf
 from .submit import spark_submit_path, submit, submit_argv
 
 STEP_TYPES = {"CUSTOM_JAR", "STREAMING", "HIVE", "PIG", "IMPALA", "SPARK"}
@@ -166,7 +167,25 @@ def check_config(cfg: object, where: str = "config") -> dict:
         if not isinstance(s, dict) or not s.get("name") or set(s) - {"name", "args", "tf_nodes"}:
             _fail(f"{where}: steps[{i}]", "must be {name, args[, tf_nodes]}")
         _str_list(s.get("args", []), f"{where}: steps[{i}].args")
+        refuse_credentials(s.get("args", []), f"{where}: steps[{i}].args")
+    refuse_credentials([str(cfg["code_uri"])], f"{where}: code_uri")
+    for key in ("spark_conf", "yarn_site"):
+        _refuse_secrets(cfg.get(key) or {}, f"{where}: {key}")
     return cfg
+
+
+def _refuse_secrets(conf: dict, where: str) -> None:
+    """steps.json and configurations.json are handed to EMR as they are, and EMR shows a step's
+    arguments and a cluster's configurations to anyone allowed to describe them: a secret cannot be
+    redacted there (the step would run with the placeholder), so it must not be in the config at all.
+    A reference that the cluster resolves (``${env.NAME}``, Hadoop's variable syntax) may be, and so may
+    what is plainly no secret under such a key (``...token.enable: true``, ``...token.max-lifetime: 7d``)."""
+    for key, value in conf.items():
+        if sensitive(str(key)) and not re.fullmatch(r"\$\{[^}]+\}|true|false|\d+[a-z]{0,2}", str(value).lower()):
+            _fail(where, f"{key} holds a secret, which would be written into the EMR artefacts as it is "
+                  "(value not shown); leave S3 credentials to the cluster's instance profile, keep the secret in "
+                  "a Hadoop credential store (spark.hadoop.hadoop.security.credential.provider.path=jceks://...), "
+                  "or reference an environment variable (${env.NAME})")
 
 
 def resources(cfg: dict, step: dict | None = None) -> Resources:
@@ -312,7 +331,7 @@ def run_steps(steps_json: str | os.PathLike | list, env: dict | None = None, tim
         argv = list(step["Args"])
         if argv and argv[0] == "spark-submit":
             argv[0] = spark_submit_path()
-        log(f"step {step['Name']}: {shlex.join(argv)[:300]} ...")
+        log(f"step {step['Name']}: {shlex.join(redact_argv(argv))[:300]} ...")
         t0 = time.monotonic()
         try:
             sub = submit(argv, env=env, timeout=timeout, accept_timeout=accept_timeout,
@@ -320,7 +339,7 @@ def run_steps(steps_json: str | os.PathLike | list, env: dict | None = None, tim
             results.append({"name": step["Name"], "ok": True, "app_id": sub.app_id,
                             "final_status": sub.final_status, "wall_s": sub.wall_s, "output": sub.output})
         except DeployError as exc:
-            results.append({"name": step["Name"], "ok": False, "error": str(exc),
+            results.append({"name": step["Name"], "ok": False, "error": redact_text(str(exc)),
                             "wall_s": round(time.monotonic() - t0, 1)})
             if step.get("ActionOnFailure", "CONTINUE") != "CONTINUE":
                 break
@@ -337,6 +356,6 @@ def main_emr(args: argparse.Namespace) -> int:
         results = run_steps(paths["steps.json"], log=lambda m: print(m, file=sys.stderr))
         for r in results:
             r.pop("output", None)
-        print(json.dumps(results, indent=1))
+        print(json.dumps(redact(results), indent=1))
         return 0 if all(r["ok"] for r in results) and len(results) == len(cfg["steps"]) else 1
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Iterable
 
 
 class DeployError(RuntimeError):
@@ -55,3 +56,19 @@ def tf_conf(res: Resources) -> dict:
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.yarn.appMasterEnv.TF_CPP_MIN_LOG_LEVEL": "2",
     }
+
+
+def refuse_credentials(values: Iterable[str], what: str = "") -> None:
+    """DeployError when a URI in ``values`` carries credentials (``s3://KEY:SECRET@bucket``). The
+    storage layer refuses them too, but only once the job reads them: by then they would have shown in
+    steps.json, YARN and process listings. The message names the host, never the secret."""
+    from ..redaction import URI
+    for value in values:
+        if "@" not in value:
+            continue
+        from hdfs_io.uri import reject_credentials
+        for uri in URI.findall(value):
+            try:
+                reject_credentials(uri)
+            except ValueError as exc:
+                raise DeployError(f"{what}: {exc}" if what else str(exc)) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from ..processes import STOP_TIMEOUT, terminate, with_descendants
+from ..redaction import redact_argv
 from . import config, jars
 from .config import HOST, Layout, Options, Service
 from .errors import ClusterError
@@ -144,7 +145,7 @@ def _launch(lay: Layout, argv: list[str], env: dict, name: str) -> subprocess.Po
     cwd.mkdir(parents=True, exist_ok=True)
     with open(lay.log(name), "ab") as log:
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} tfos-cluster starts {name}: "
-                  f"{' '.join(argv)}\n".encode())
+                  f"{' '.join(redact_argv(argv))}\n".encode())
         log.flush()
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=cwd, env=env,

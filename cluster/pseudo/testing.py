@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import pytest
 
 from ..processes import is_running, terminate
+from ..redaction import redact_argv, redact_text
 from . import manager
 from .errors import ClusterError
 
@@ -144,7 +145,9 @@ def tail(text: str | bytes | None, lines: int = 60) -> str:
 def describe(proc: subprocess.CompletedProcess, lines: int = 60) -> str:
     """A finished command for an assertion message: its argv, exit code and the tails of stdout and
     stderr (``run_process`` merges them into stdout), so a failure can be read from the test log."""
-    parts = [f"command: {' '.join(map(str, proc.args)) if isinstance(proc.args, (list, tuple)) else proc.args}",
+    args = proc.args
+    command = " ".join(redact_argv([str(a) for a in args])) if isinstance(args, (list, tuple)) else redact_text(args)
+    parts = [f"command: {command}",
              f"exit code: {proc.returncode}"]
     for name in ("stdout", "stderr"):
         text = getattr(proc, name, None)
