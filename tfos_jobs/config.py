@@ -124,7 +124,10 @@ class RunConfig(_Checked):
     # The chief reports every log_every steps: keep that well below stall_timeout_s.
     stall_timeout_s: float = param(600.0, POSITIVE_FLOAT, "training without a progress report this long "
                                                           "loses the attempt")
-    local_root: str = param("/tmp/tfos_jobs", TEXT, "node-local scratch: staged data, checkpoints, events")
+    # "": the user's private root on each node, $TMPDIR/tfos-<uid> (tfos_jobs.localdirs); a given root is
+    # checked the same way. A node's scratch is removed when the node ends.
+    local_root: str = param("", TEXT, "node-local scratch: staged data, checkpoints, events "
+                                      "(default: a private per-user directory under $TMPDIR)")
     run_id: str = param("", TEXT, "names the run's scratch directories and Spark job groups (default: random)")
 
 

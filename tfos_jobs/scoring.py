@@ -1,7 +1,9 @@
 """Generic batch scoring on Spark with an exported model (``tfos_jobs.export`` layout).
 
 Each executor's Python worker loads the SavedModel once (downloaded to a local cache shared by the
-workers on a host, keyed by the export's content so a re-published export is fetched again) and
+user's workers on a host, keyed by the export's content so a re-published export is fetched again;
+the cache is private to the user and every cached file is checked against the sha256 manifest written
+at download before TensorFlow loads it) and
 scores its partitions in Arrow record batches through ``mapInArrow``: no row-by-row Python, no
 pickling. The predictions (kept columns + ``prediction``) are written as Parquet atomically: they
 appear complete, with ``_SUCCESS``, or not at all.
@@ -10,17 +12,22 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import logging
 import os
 import shutil
+import stat
 import time
 from typing import Any, Sequence
 
 import hdfs_io
-from tfos_jobs import sparkprep
+from tfos_jobs import localdirs, sparkprep
 from tfos_jobs.export import METRICS_FILE, SAVED_MODEL
 
 # TensorFlow and pyspark (heavy) are imported inside the functions that load models and build DataFrames.
-DEFAULT_CACHE = "/tmp/tfos_scoring"
+DEFAULT_CACHE = ""   # "": <the user's private root>/scoring (tfos_jobs.localdirs), resolved on each executor
+MANIFEST = "_MANIFEST.json"   # {"export_key": key, "files": {relative path: sha256}}; written last
+log = logging.getLogger("tfos_jobs")
 _LOADED = {}   # per Python worker process: cache key -> serving function
 
 
@@ -40,23 +47,105 @@ def export_key(export_uri: str) -> str:
 
 def load_model(export_uri: str, key: str, cache_root: str = DEFAULT_CACHE) -> Any:
     """The export's ``serving_default`` function, loaded at most once per process; the download is
-    shared by the processes of a host (file lock + completion marker)."""
+    shared by the processes of a host (file lock + verified manifest)."""
     if key in _LOADED:
         return _LOADED[key]
     import tensorflow as tf
     if os.path.isdir(export_uri) or export_uri.startswith("file://"):
         local = export_uri[len("file://"):] if export_uri.startswith("file://") else export_uri
     else:
-        local = os.path.join(cache_root, key)
-        os.makedirs(cache_root, exist_ok=True)
-        with open(os.path.join(cache_root, f"{key}.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.exists(os.path.join(local, "_COMPLETE")):
-                shutil.rmtree(local, ignore_errors=True)
-                hdfs_io.download(export_uri, local)
-                open(os.path.join(local, "_COMPLETE"), "w").close()
+        local = cached_export(export_uri, key, cache_root)
     _LOADED[key] = tf.saved_model.load(os.path.join(local, SAVED_MODEL)).signatures["serving_default"]
     return _LOADED[key]
+
+
+def cached_export(export_uri: str, key: str, cache_root: str = DEFAULT_CACHE) -> str:
+    """The local copy of the export ``key`` in the private cache: reused only when every file matches
+    the manifest written at its download, else downloaded again."""
+    if cache_root:
+        localdirs.ensure_dirs(cache_root, user_given=True)
+        localdirs.check_dir(cache_root)   # the cache itself: ours, 0700
+    else:
+        cache_root = localdirs.ensure_dirs(localdirs.user_root(), "scoring")
+    local = os.path.join(cache_root, key)
+    with open(os.path.join(cache_root, f"{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        problem = _unverified(local, key)
+        if problem:
+            if os.path.lexists(local):
+                log.warning("scoring cache %s is not trusted (%s): downloading %s again", local, problem, export_uri)
+            _remove(local)
+            localdirs.ensure_dir(local)
+            hdfs_io.download(export_uri, local)
+            os.chmod(local, 0o700)   # whatever mode a copy carried over
+            _write_manifest(local, key)
+    return local
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _file_hashes(local):
+    """{relative path: sha256} of the regular files under ``local`` (the manifest excluded); a symlink
+    or other special file raises ValueError."""
+    hashes = {}
+    for top, dirs, files in os.walk(local):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode) and name in dirs:
+                continue
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"{path} is not a regular file")
+            rel = os.path.relpath(path, local)
+            if rel != MANIFEST:
+                hashes[rel] = _sha256(path)
+    return hashes
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(local, key):
+    files = _file_hashes(local)
+    tmp = os.path.join(local, f".{MANIFEST}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        json.dump({"export_key": key, "files": files}, handle, sort_keys=True)
+    os.replace(tmp, os.path.join(local, MANIFEST))
+
+
+def _unverified(local, key):
+    """None when ``local`` is a private directory of ours whose files are exactly those of its
+    manifest, with the same sha256; else what is wrong."""
+    if not os.path.lexists(local):
+        return "not cached"
+    try:
+        localdirs.check_dir(local)
+        manifest = os.path.join(local, MANIFEST)
+        info = os.lstat(manifest)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return f"{MANIFEST} is not a regular file of ours that only we can write"
+        with open(manifest) as handle:
+            expected = json.load(handle)
+        if not isinstance(expected, dict) or expected.get("export_key") != key:
+            return f"{MANIFEST} is not the manifest of export key {key}"
+        actual = _file_hashes(local)
+    except (OSError, ValueError) as err:   # a missing manifest, bad JSON, a symlink, a foreign directory
+        return str(err)
+    files = expected.get("files")
+    if not isinstance(files, dict):
+        return f"{MANIFEST} lists no files"
+    changed = sorted(p for p in set(actual) | set(files) if actual.get(p) != files.get(p))
+    return f"files differ from {MANIFEST}: {changed[:5]}" if changed else None
 
 
 def _serve_parts(serve, batches, features, batch_size):

@@ -13,8 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 
+from tfos_jobs import localdirs
 from tfos_jobs.node_spec import Node, NodeSpec
 
 STDERR_TAIL = 8000
@@ -47,24 +47,26 @@ def node_main(spec: NodeSpec, tf_args, ctx) -> None:
     cluster = tf_roles(scaling.strategy, scaling.num_ps, ctx.cluster_spec)
     node = Node(spec=spec, role=role, index=index,
                 tf_config={"cluster": cluster, "task": {"type": role, "index": index}})
-    workdir = tempfile.mkdtemp(prefix=f"tfos-{role}{index}-")
-    node_path = os.path.join(workdir, "node.pkl")
-    from pyspark import cloudpickle   # the task (a user's class) may be defined in __main__
-    with open(node_path, "wb") as handle:
-        cloudpickle.dump(node, handle)
-    log_path = os.path.join(workdir, "node.log")
-    env = dict(os.environ, TF_CONFIG=json.dumps(node.tf_config), TF_CPP_MIN_LOG_LEVEL="2")
-    with open(log_path, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "tfos_jobs.tfnode", node_path], env=env,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        code = child.wait()
-    finally:
-        _kill_group(child)
-        _stop_tfos_manager()
-    if code != 0:
-        raise RuntimeError(f"TF node {node.name} exited with code {code}; its log ({log_path}) ends:\n"
-                           + _tail(log_path))
+    # A private (0700) per-node directory, removed with the node's scratch when it ends: node.pkl is
+    # code the TF process loads, so nobody else may read or replace it.
+    with localdirs.node_dirs(node) as workdir:
+        node_path = os.path.join(workdir, "node.pkl")
+        from pyspark import cloudpickle   # the task (a user's class) may be defined in __main__
+        with open(node_path, "wb") as handle:
+            cloudpickle.dump(node, handle)
+        log_path = os.path.join(workdir, "node.log")
+        env = dict(os.environ, TF_CONFIG=json.dumps(node.tf_config), TF_CPP_MIN_LOG_LEVEL="2")
+        with open(log_path, "wb") as log:
+            child = subprocess.Popen([sys.executable, "-m", "tfos_jobs.tfnode", node_path], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = child.wait()
+        finally:
+            _kill_group(child)
+            _stop_tfos_manager()
+        if code != 0:
+            raise RuntimeError(f"TF node {node.name} exited with code {code}; its log ({log_path}) ends:\n"
+                               + _tail(log_path))
 
 
 def _kill_group(child):
