@@ -10,7 +10,7 @@ format stays. TFoS's server, though, listens on every interface, unpickles whate
 without a timeout. This server speaks the same protocol with none of that:
 
 * it binds the driver's address only, on an asyncio loop (``tfos_jobs.wire.server``): connections are
-  capped, each has a deadline and a per-message idle timeout;
+  capped (idle ones evicted first), each has a deadline and a per-message idle timeout;
 * a message over :data:`MAX_MESSAGE` bytes is refused from its length prefix, before it is read;
 * messages are unpickled by :class:`PlainUnpickler`, which builds dicts, lists, tuples, strings,
   bytes, numbers, booleans and None only: any global (class, function) aborts the load;
@@ -114,6 +114,7 @@ class ReservationServer(LoopServer):
             if size > MAX_MESSAGE:
                 raise BadMessage(f"a reservation message of {size} bytes (at most {MAX_MESSAGE})")
             msg = loads_plain(await asyncio.wait_for(reader.readexactly(size), IDLE_TIMEOUT_S))
+            self.prove(writer)
             reply = self._answer(msg, peer, peer_of(writer))
             data = pickle.dumps(reply, protocol=4)
             writer.write(struct.pack(">I", len(data)) + data)

@@ -265,6 +265,7 @@ class RequestServer(LoopServer):
         if not line.endswith(b"\n"):
             raise PeerClosed("peer closed the connection")
         msg, client_nonce = open_request(self.secret, server_nonce, line)
+        self.prove(writer)
         try:
             reply = self._handle(msg)
         except BadMessage as err:

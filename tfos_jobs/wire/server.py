@@ -1,7 +1,10 @@
 """The driver's small TCP servers (control channel, feed coordinator, cluster formation), on one asyncio
 loop thread each: an idle or slow connection costs a few kilobytes, not a thread, so hundreds of them
 cannot crowd the real nodes out. Every connection has a deadline in all, lines and messages are
-read with a size bound, and at most ``max_connections`` are open at once (more are closed at accept).
+read with a size bound, and at most ``max_connections`` are open at once. When they are, a new
+connection evicts the oldest one that has not yet proved itself (sent an authenticated or valid first
+message), so a flood of idle connections delays no real peer; only when every open connection is
+proven is the new one refused.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class LoopServer:
     def __init__(self, host: str, *, name: str, limit: int, max_connections: int, deadline_s: float):
         self.name, self._limit, self._max, self._deadline = name, limit, max_connections, deadline_s
         self._open = 0
+        self._unproven = {}     # writer -> None, oldest first
         self.rejected = 0
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(
@@ -59,12 +63,21 @@ class LoopServer:
     def __exit__(self, *exc):
         self.stop()
 
+    def prove(self, writer: asyncio.StreamWriter) -> None:
+        """Mark a connection as a real peer's (no longer evicted by newcomers)."""
+        self._unproven.pop(writer, None)
+
     async def _serve(self, reader, writer):
         if self._open >= self._max:
             self.rejected += 1
-            writer.close()
-            return
+            if not self._unproven:
+                writer.close()
+                return
+            oldest = next(iter(self._unproven))
+            self._unproven.pop(oldest)
+            oldest.transport.abort()
         self._open += 1
+        self._unproven[writer] = None
         try:
             await asyncio.wait_for(self.exchange(reader, writer), self._deadline)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.CancelledError, PeerClosed,
@@ -75,6 +88,7 @@ class LoopServer:
             log.warning("%s: rejected a connection from %s: %s", self.name, peer_of(writer), err)
         finally:
             self._open -= 1
+            self._unproven.pop(writer, None)
             writer.close()
 
 
