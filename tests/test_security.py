@@ -254,7 +254,7 @@ def test_a_json_list_is_rejected():
         rfile = sock.makefile("rb")
         hello = json.loads(rfile.readline())
         body = "[1, 2]"
-        mac = auth._mac(server.secret, b"req", hello["nonce"].encode(), b"c" * 32, body.encode())
+        mac = auth._mac(server.secret, b"request", hello["nonce"].encode(), b"c" * 32, body.encode())
         sock.sendall(json.dumps({"nonce": "c" * 32, "body": body, "mac": mac}).encode() + b"\n")
         assert rfile.readline() == b""
         assert server.rejected == 1

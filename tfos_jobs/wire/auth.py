@@ -5,8 +5,8 @@ it never crosses our sockets. Every connection starts with an HMAC challenge-res
 directions, as ``multiprocessing``'s authkey handshake does:
 
 1. server -> client  ``{"nonce": S}``                           (fresh per connection)
-2. client -> server  ``{"nonce": C, "body": B, "mac": HMAC(secret, "req", S, C, B)}``
-3. server -> client  ``{"body": R, "mac": HMAC(secret, "rep", S, C, R)}``
+2. client -> server  ``{"nonce": C, "body": B, "mac": HMAC(secret, "request", S, C, B)}``
+3. server -> client  ``{"body": R, "mac": HMAC(secret, "reply", S, C, R)}``
 
 A message without the secret is dropped before its body is parsed; a sniffed request or reply is
 useless on another connection (its MAC covers both fresh nonces); lines are read with a size bound,
@@ -101,38 +101,36 @@ def request_line(secret: str, hello: bytes, msg: dict) -> tuple[bytes, str, str]
     server_nonce = _field(_json_object(hello, "hello"), "nonce", "hello")
     client_nonce = _nonce()
     body = json.dumps(msg, default=float)
-    mac = _mac(secret, b"req", server_nonce.encode(), client_nonce.encode(), body.encode())
+    mac = _mac(secret, b"request", server_nonce.encode(), client_nonce.encode(), body.encode())
     return json_line({"nonce": client_nonce, "body": body, "mac": mac}), server_nonce, client_nonce
+
+
+def _open(secret: str, kind: bytes, envelope: dict, server_nonce: str, client_nonce: str, sender: str) -> dict:
+    """The body of a signed ``envelope`` once its MAC is checked (constant time), parsed only then."""
+    body, mac = envelope.get("body"), envelope.get("mac")
+    if not isinstance(body, str) or not isinstance(mac, str):
+        raise AuthError(f"{sender} sent no body or MAC")
+    expected = _mac(secret, kind, server_nonce.encode(), client_nonce.encode(), body.encode())
+    if not hmac.compare_digest(mac, expected):
+        raise AuthError(f"{kind.decode()} MAC does not match: the {sender} does not hold the job's secret")
+    return _json_object(body, f"{kind.decode()} body")
 
 
 def open_request(secret: str, server_nonce: str, line: bytes) -> tuple[dict, str]:
     """Check a request line's MAC, then parse its body. Returns (message, client nonce)."""
     envelope = _json_object(line, "request")
     client_nonce = _field(envelope, "nonce", "request")
-    body, mac = envelope.get("body"), envelope.get("mac")
-    if not isinstance(body, str) or not isinstance(mac, str):
-        raise AuthError("request without body or MAC")
-    expected = _mac(secret, b"req", server_nonce.encode(), client_nonce.encode(), body.encode())
-    if not hmac.compare_digest(mac, expected):
-        raise AuthError("request MAC does not match: the peer does not hold the job's secret")
-    return _json_object(body, "request body"), client_nonce
+    return _open(secret, b"request", envelope, server_nonce, client_nonce, "peer"), client_nonce
 
 
 def reply_line(secret: str, server_nonce: str, client_nonce: str, reply: dict) -> bytes:
     body = json.dumps(reply, default=float)
-    mac = _mac(secret, b"rep", server_nonce.encode(), client_nonce.encode(), body.encode())
+    mac = _mac(secret, b"reply", server_nonce.encode(), client_nonce.encode(), body.encode())
     return json_line({"body": body, "mac": mac})
 
 
 def open_reply(secret: str, server_nonce: str, client_nonce: str, line: bytes) -> dict:
-    envelope = _json_object(line, "reply")
-    body, mac = envelope.get("body"), envelope.get("mac")
-    if not isinstance(body, str) or not isinstance(mac, str):
-        raise AuthError("reply without body or MAC")
-    expected = _mac(secret, b"rep", server_nonce.encode(), client_nonce.encode(), body.encode())
-    if not hmac.compare_digest(mac, expected):
-        raise AuthError("reply MAC does not match: the server does not hold the job's secret")
-    return _json_object(body, "reply body")
+    return _open(secret, b"reply", _json_object(line, "reply"), server_nonce, client_nonce, "server")
 
 
 class Session:
