@@ -63,7 +63,9 @@ def _node_meta(executor_id, job, index, host="127.0.0.1"):
 
 @contextlib.contextmanager
 def formation(hosts=("127.0.0.1",)):
-    server = ReservationServer("127.0.0.1", {"chief": [0], "worker": [1]}, lambda: set(hosts), deadline_s=30).start()
+    claims = {0: 4000, 1: 4001}     # the ports the nodes claimed over the control channel
+    server = ReservationServer("127.0.0.1", {"chief": [0], "worker": [1]}, lambda: set(hosts), claims.get,
+                               deadline_s=30).start()
     try:
         yield server
     finally:
@@ -107,8 +109,9 @@ def test_tfos_client_forms_the_cluster_and_no_authkey_leaves_the_driver():
     (_node_meta(5, "worker", 4), "not a node of this cluster"),
     (_node_meta(1, "chief", 0), "not a node of this cluster"),
     (dict(_node_meta(0, "chief", 0), port="80"), "'port' is str"),
+    (dict(_node_meta(0, "chief", 0), port=4999), "not the one its node claimed"),   # a racing impostor
 ])
-def test_registrations_are_checked_against_the_cluster_template(meta, why):
+def test_registrations_are_checked_against_the_cluster_template(meta, why, caplog):
     from tensorflowonspark import reservation
     with formation() as server:
         client = reservation.Client(server.host_port)
@@ -118,6 +121,7 @@ def test_registrations_are_checked_against_the_cluster_template(meta, why):
             assert reply == "OK" and len(server.nodes()) == 1
         else:
             assert reply == "ERR" and server.nodes() == [], (reply, server.nodes())
+            assert why in caplog.text, caplog.text
 
 
 def test_registration_from_a_host_without_executors_is_refused_and_stop_is_ignored(caplog):

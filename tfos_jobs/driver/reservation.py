@@ -15,8 +15,10 @@ without a timeout. This server speaks the same protocol with none of that:
 * messages are unpickled by :class:`PlainUnpickler`, which builds dicts, lists, tuples, strings,
   bytes, numbers, booleans and None only: any global (class, function) aborts the load;
 * a registration is accepted only from a host that runs one of this Spark application's executors,
-  only for a node of this cluster's template that has not registered yet, and only until the expected
-  count is reached; it is stored without its ``authkey`` (TFoS uses that key on the executor only);
+  only for a node of this cluster's template that has not registered yet, only with the TF port that
+  node claimed beforehand over the authenticated control channel
+  (:func:`tfos_jobs.executor.node.claim_and_reserve`), and only until the expected count is reached;
+  it is stored without its ``authkey`` (TFoS uses that key on the executor only);
 * ``STOP`` is refused (our trainer stops nodes through the authenticated control channel).
 """
 from __future__ import annotations
@@ -75,10 +77,13 @@ def loads_plain(data: bytes):
 class ReservationServer(LoopServer):
     """The driver's end of one TF cluster's formation. ``template`` maps TFoS job names to executor
     ids (``{"chief": [0], "worker": [1, 2]}``); ``executor_hosts()`` returns the IP addresses of this
-    application's executors (asked again when a peer is not among the last answer)."""
+    application's executors (asked again when a peer is not among the last answer);
+    ``claimed_port(executor_id)`` the port that executor's node claimed (``ControlServer.claimed_port``)."""
 
-    def __init__(self, host: str, template: dict, executor_hosts: Callable[[], set], *,
-                 deadline_s: float = 600.0, max_connections: int = 256):
+    def __init__(self, host: str, template: dict, executor_hosts: Callable[[], set],
+                 claimed_port: Callable[[int], int | None], *, deadline_s: float = 600.0,
+                 max_connections: int = 256):
+        self._claimed_port = claimed_port
         self._roles = {eid: (job, index) for job, ids in template.items() for index, eid in enumerate(ids)}
         self._executor_hosts, self._known_hosts = executor_hosts, set()
         self._nodes = {}
@@ -148,8 +153,8 @@ class ReservationServer(LoopServer):
         if self._roles.get(eid) != (data["job_name"], data["task_index"]):
             raise BadMessage(f"executor id {eid} as {data['job_name']}:{data['task_index']} is not a node "
                              "of this cluster")
-        if not 0 < data["port"] < 65536:
-            raise BadMessage(f"port {data['port']} out of range")
+        if data["port"] != self._claimed_port(eid):
+            raise BadMessage(f"executor id {eid} registered port {data['port']}, not the one its node claimed")
         with self._lock:
             if eid in self._nodes:
                 raise BadMessage(f"executor id {eid} registered already")

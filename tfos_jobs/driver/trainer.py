@@ -28,7 +28,7 @@ from typing import Any
 from tfos_jobs import compat
 from tfos_jobs.config import TrainConfig
 from tfos_jobs.driver.reservation import ReservationServer, spark_executor_ips
-from tfos_jobs.executor.node import node_main
+from tfos_jobs.executor.node import claim_and_reserve, node_main
 from tfos_jobs.node_spec import NodeSpec
 from tfos_jobs.sources import Source
 from tfos_jobs.task import TrainingTask, TrainResult
@@ -110,7 +110,7 @@ def _run_attempt(sc, spec, control, attempt):
     if n > 1:
         template["worker"] = list(range(1, n))
     server = ReservationServer(control.address.rsplit(":", 1)[0], template, lambda: spark_executor_ips(sc),
-                               deadline_s=config.run.start_timeout_s + 60).start()
+                               control.claimed_port, deadline_s=config.run.start_timeout_s + 60).start()
     cluster_meta = {
         "id": random.getrandbits(64), "cluster_template": template, "num_executors": n,
         "default_fs": "file://", "working_dir": os.getcwd(), "server_addr": server.host_port,
@@ -120,8 +120,10 @@ def _run_attempt(sc, spec, control, attempt):
     spark_status = {}
     tf_args = argparse.Namespace(num_gpus=config.scaling.num_gpus) if config.scaling.num_gpus is not None \
         else argparse.Namespace()   # TFoS reads only num_gpus from it (``'num_gpus' in tf_args``)
-    map_fn = _quiet_authkeys(TFSparkNode.run(functools.partial(node_main, spec), tf_args, cluster_meta, False,
-                                             None, ["control", "error"], background=False))
+    map_fn = functools.partial(
+        claim_and_reserve, TFSparkNode.run(functools.partial(node_main, spec), tf_args, cluster_meta, False, None,
+                                           ["control", "error"], background=False),
+        control.address, control.secret, attempt)
 
     def launch():
         sc.setJobGroup(group, f"TF cluster {config.run.run_id} attempt {attempt}", interruptOnCancel=True)
@@ -153,14 +155,6 @@ def _run_attempt(sc, spec, control, attempt):
         "total_s": timings["ended"] - timings["launched"],
     }
     return outcome
-
-
-def _quiet_authkeys(map_fn):
-    """TFoS's map function, with its authkey log line redacted on the executor."""
-    def run_node(partition):
-        compat.hide_authkeys()
-        return map_fn(partition)
-    return run_node
 
 
 def _await_reservations(server, spark_status, timeout_s):

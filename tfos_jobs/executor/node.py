@@ -11,13 +11,43 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from typing import Callable, Iterator
 
-from tfos_jobs import localdirs
+from tfos_jobs import compat, localdirs
 from tfos_jobs.node_spec import Node, NodeSpec
+from tfos_jobs.wire.control import ControlClient
 
 STDERR_TAIL = 8000
+
+
+def claim_and_reserve(tfos_map_fn: Callable, control_address: str, control_secret: str, attempt: int,
+                      partition: Iterator) -> None:
+    """The Spark task of one TF node: claim a TF port over the authenticated control channel, then run
+    TFoS's map function, which registers that port with the driver's cluster formation.
+
+    TFoS's registration is unauthenticated (its client is TFoS code); the driver accepts it only for the
+    port claimed here by a holder of the job's secret, so a process that races the real node to
+    register an executor id is refused. TFoS takes the port from ``TENSORFLOW_PORT``.
+    """
+    compat.hide_authkeys()
+    (executor_id,) = list(partition)        # TFoS's partition holds the node's executor id
+    with socket.socket() as probe:          # a free port, released at once as TFoS itself does
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    ControlClient(control_address, control_secret, f"executor:{executor_id}", attempt).send(
+        "claim", executor_id=executor_id, port=port)
+    saved = os.environ.get("TENSORFLOW_PORT")
+    os.environ["TENSORFLOW_PORT"] = str(port)
+    try:
+        return tfos_map_fn(iter([executor_id]))
+    finally:   # Spark reuses this Python worker for other tasks
+        if saved is None:
+            os.environ.pop("TENSORFLOW_PORT", None)
+        else:
+            os.environ["TENSORFLOW_PORT"] = saved
 
 
 def tf_roles(strategy: str, num_ps: int, tfos_cluster_spec: dict) -> dict:

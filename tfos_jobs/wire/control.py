@@ -25,6 +25,7 @@ OPS = {
     "progress": {"step": int, "loss": NUMBER},
     "done": {"result": dict},
     "failed": {"error": str, "peer_lost": bool},
+    "claim": {"executor_id": int, "port": int},     # an executor's TF port, before TFoS registers it
 }
 OPTIONAL = {"examples_per_s": NUMBER, "elapsed_s": NUMBER, "total_steps": (int, type(None)), "result": dict,
             "error": str, "peer_lost": bool}
@@ -53,6 +54,7 @@ class ControlServer:
         self._stop = False
         self._lock = threading.Lock()
         self._expected_ready = None
+        self._claims = {}
         self.attempt = None
         self._server = RequestServer(host, self.secret, self._handle, name="control", limit=LARGE_MESSAGE)
 
@@ -64,6 +66,11 @@ class ControlServer:
     def rejected(self) -> int:
         """Requests dropped so far: unauthenticated, oversized or malformed."""
         return self._server.rejected
+
+    def claimed_port(self, executor_id: int) -> int | None:
+        """The TF port the node of ``executor_id`` claimed in this attempt (None before it did)."""
+        with self._lock:
+            return self._claims.get(executor_id)
 
     def expect_ready(self, count: int) -> None:
         """Number of ``ready`` reports after which polls answer ``all_ready``."""
@@ -81,6 +88,7 @@ class ControlServer:
             self.attempt = attempt
             self._stop = False
             self._ready.clear()
+            self._claims.clear()
         while not self.events.empty():
             self.events.get_nowait()
 
@@ -88,6 +96,10 @@ class ControlServer:
         op = check_event(msg)["op"]
         if self.attempt is not None and msg.get("attempt") != self.attempt:
             return {"stop": True, "all_ready": False}
+        if op == "claim":
+            with self._lock:
+                self._claims.setdefault(msg["executor_id"], msg["port"])   # the first claim holds
+                return {"stop": self._stop, "all_ready": False}
         if op == "ready":
             with self._lock:
                 self._ready.add(msg["node"])
