@@ -112,3 +112,42 @@ def test_evaluation_after_the_last_step_is_not_a_stall():
         threading.Timer(1.5, lambda: (client.send("done", result={"steps": 10}), status.update(finished=True))).start()
         outcome = _watch(_Spec(stall_timeout_s=0.5), server, status, {"reserved": time.monotonic()})
     assert outcome == {"result": {"steps": 10, "nodes": ["chief:0"]}}
+
+
+def test_a_slow_first_step_is_not_failed_by_the_start_timeout():
+    """The start watch ends when every node has started its TF process, not at the first progress report."""
+    status = {}
+    with ControlServer() as server:
+        client = ControlClient(server.address, server.secret, "chief:0")
+        client.send("started")
+
+        def slow_first_steps():
+            client.send("progress", step=1, loss=0.5)
+            client.send("finishing")
+            client.send("done", result={"steps": 1})
+            status.update(finished=True)
+        threading.Timer(1.5, slow_first_steps).start()
+        outcome = _watch(_Spec(num_workers=1, start_timeout_s=0.5, stall_timeout_s=5), server, status,
+                         {"reserved": time.monotonic()})
+    assert outcome == {"result": {"steps": 1, "nodes": ["chief:0"]}}, outcome
+
+
+def test_a_node_that_never_starts_times_out_naming_who_started():
+    with ControlServer() as server:
+        ControlClient(server.address, server.secret, "chief:0").send("started")
+        with pytest.raises(TimeoutError, match=r"1 of 2 TF node\(s\) did not start within 0 s \(started: \['chief:0'\]\)"):
+            _watch(_Spec(num_workers=2, start_timeout_s=0.3), server, {}, {"reserved": time.monotonic()})
+
+
+def test_a_stall_before_the_first_step_loses_the_attempt():
+    outcome = _watch_events([("started", {})], stall_timeout_s=0.5, num_workers=1)
+    assert "before the first step" in outcome["lost"], outcome
+
+
+def test_an_export_that_never_ends_is_bounded():
+    with ControlServer() as server:
+        client = ControlClient(server.address, server.secret, "chief:0")
+        for op in ("started", "finishing"):
+            client.send(op)
+        with pytest.raises(TimeoutError, match="evaluation and export did not end within 0 s"):
+            _watch(_Spec(num_workers=1, finish_timeout_s=0.4), server, {}, {"reserved": time.monotonic()})

@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 import hdfs_io
-from tfos_jobs.trainer import fit
+from tfos_jobs.trainer import TrainingFailed, fit
 
 from conftest import own_tf_node_processes
 from test_training_e2e import DemoCTRTask, assert_export_learned, ctr_data, source  # noqa: F401
@@ -26,6 +26,26 @@ def test_rerun_resumes_from_the_last_checkpoint(local_spark, ctr_data, tmp_path)
     assert second.resumed_from == 20, "the second run must start from the first run's final checkpoint"
     assert second.steps == 40
     assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
+
+
+def test_a_rerun_with_nothing_new_to_train_is_refused_unless_allowed(local_spark, ctr_data, tmp_path, capfd):
+    """Resume is explicit: the run says it resumes, and a checkpoint already at the last step is not
+    exported again as if it were a new model."""
+    train, valid = ctr_data
+    options = dict(strategy="mwms", num_workers=2, model_dir=str(tmp_path / "model"), batch_size=64,
+                   checkpoint_every=1000, log_every=10, steps=10)
+    fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), **options)
+    capfd.readouterr()
+    with pytest.raises(TrainingFailed, match="nothing new would be trained") as refused:
+        fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), export_uri=str(tmp_path / "export"), **options)
+    err = capfd.readouterr().err
+    first = next(line for line in err.splitlines() if line.startswith("[tfos]"))
+    assert first.startswith("[tfos] resuming: ") and "at step 10" in first, err[-3000:]
+    assert not hdfs_io.exists(str(tmp_path / "export")), f"a refused run published: {refused.value}"
+    again = fit(local_spark.sparkContext, DemoCTRTask(valid), source(train), export_uri=str(tmp_path / "export"),
+                allow_no_new_steps=True, **options)
+    assert again.resumed_from == 10 and again.steps == 10, again
+    assert again.metrics["resumed_from_step"] == 10, again.metrics
 
 
 def _executor_of(pattern):

@@ -70,6 +70,18 @@ POSITIVE_FLOAT = Kind("a positive finite number", float, lambda v: v > 0)
 NON_NEGATIVE_FLOAT = Kind("a non-negative finite number", float, lambda v: v >= 0)
 FRACTION = Kind("between 0 and 1", float, lambda v: 0 <= v <= 1)
 DROPOUT_RATE = Kind("in [0, 1)", float, lambda v: 0 <= v < 1)
+class Switch(Kind):
+    """An on/off option: a flag without a value on the command line."""
+
+    def __init__(self):
+        super().__init__("True or False", bool, lambda v: True, number=bool)
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
+
+
+SWITCH = Switch()
 STRATEGY = Choice("mwms", "ps")
 GPUS = Kind("None or >= 0", int, lambda v: v >= 0, numbers.Integral, optional=True)
 TEXT = Choice()   # any string: a URI, a path or a name (checked where it is used)
@@ -119,11 +131,17 @@ class RunConfig(_Checked):
     export_uri: str = param("", TEXT, "storage URI the chief publishes the model to")
     max_attempts: int = param(2, POSITIVE_INT, "TF clusters started in all (an executor loss restarts one)",
                               "--max-attempts")
-    start_timeout_s: float = param(300.0, POSITIVE_FLOAT, "for every node to reserve its port and report ready")
+    start_timeout_s: float = param(300.0, POSITIVE_FLOAT, "for every node to reserve its port and start its "
+                                                            "TF process")
     orphan_timeout_s: float = param(30.0, POSITIVE_FLOAT, "a node exits if the driver is unreachable this long")
     # The chief reports every log_every steps: keep that well below stall_timeout_s.
     stall_timeout_s: float = param(600.0, POSITIVE_FLOAT, "training without a progress report this long "
                                                           "loses the attempt")
+    finish_timeout_s: float = param(1800.0, POSITIVE_FLOAT, "for the chief's evaluation and export after the "
+                                                            "last step")
+    allow_no_new_steps: bool = param(False, SWITCH, "export even when the checkpoint in the model dir is "
+                                                    "already at the last step (nothing new trained)",
+                                     "--allow-no-new-steps")
     # "": the user's private root on each node, $TMPDIR/tfos-<uid> (tfos_jobs.localdirs); a given root is
     # checked the same way. A node's scratch is removed when the node ends.
     local_root: str = param("", TEXT, "node-local scratch: staged data, checkpoints, events "
@@ -213,7 +231,9 @@ def add_flags(parser: argparse.ArgumentParser, config_cls: type, **defaults: Any
         default = defaults.get(f.name, f.default)
         options = {"default": default, "help": f"{f.metadata['help']} (default: %(default)s)", "dest": f.name,
                    "metavar": flag.lstrip("-").upper().replace("-", "_")}
-        if isinstance(kind, Choice):
+        if isinstance(kind, Switch):
+            options = {"default": default, "help": f.metadata["help"], "dest": f.name, "action": "store_true"}
+        elif isinstance(kind, Choice):
             options["choices"] = kind.choices
         else:
             options["type"] = kind

@@ -32,9 +32,11 @@ from tfos_jobs.executor.node import claim_and_reserve, node_main
 from tfos_jobs.node_spec import NodeSpec
 from tfos_jobs.sources import Source
 from tfos_jobs.task import TrainingTask, TrainResult
+from tfos_jobs.tfnode.checkpoint import checkpoint_step
 from tfos_jobs.wire.control import ControlServer
 
 log = logging.getLogger("tfos_jobs")
+STOP_GRACE_S = 60.0   # after the chief's done, for the other nodes' Spark tasks to end
 
 
 class TrainingFailed(RuntimeError):
@@ -56,6 +58,7 @@ def fit(sc: Any, task: TrainingTask, data: Source, config: TrainConfig | None = 
     """
     config = (config or TrainConfig()).replace(**options)
     config = config.replace(run_id=config.run.run_id or uuid.uuid4().hex[:12])
+    _announce_resume(config.run.model_dir)
     plan = data.plan(config)   # bad data fails here, before any TF node starts
     with ControlServer(host=_driver_host(sc)) as control:
         for attempt in range(1, config.run.max_attempts + 1):
@@ -64,6 +67,14 @@ def fit(sc: Any, task: TrainingTask, data: Source, config: TrainConfig | None = 
                 return _train_result(outcome, attempt)
             log.warning("attempt %d/%d lost the TF cluster: %s", attempt, config.run.max_attempts, outcome["lost"])
         raise ClusterLost(f"TF cluster lost on all {config.run.max_attempts} attempts; last: {outcome['lost']}")
+
+
+def _announce_resume(model_dir):
+    """A run that continues an earlier one says so first (the user may have meant a fresh model dir)."""
+    step = checkpoint_step(model_dir) if model_dir else None
+    if step is not None:
+        print(f"[tfos] resuming: {model_dir} holds a checkpoint at step {step}; training continues from there",
+              file=sys.stderr, flush=True)
 
 
 def _attempt(sc, task, data, config, plan, control, attempt):
@@ -172,27 +183,19 @@ def _await_reservations(server, spark_status, timeout_s):
 
 
 def _watch(spec, control, spark_status, timings):
-    """Follow the nodes' events until the chief is done (or the cluster is lost).
-
-    A node can hang without failing: under MultiWorkerMirrored, a collective whose peer died inside a
-    still-running Spark task waits forever. So from the chief's first progress report until it starts
-    evaluating, a gap of ``stall_timeout_s`` between reports counts as a lost cluster: the attempt is
-    cancelled and the next one resumes from the last checkpoint."""
-    config = spec.config
-    result, seen, done = None, set(), []
-    last_progress = None   # (monotonic time, step) while training; None before and after
+    """Follow the nodes' events until the chief is done (or the cluster is lost); every phase of the
+    attempt has a bound (:class:`_Phases`)."""
+    result, done = None, []
+    phases = _Phases(spec.config, timings["reserved"])
     while True:
         try:
             event = control.events.get(timeout=0.2)
         except queue.Empty:
             event = None
         if event:
-            seen.add(event["node"])
+            phases.saw(event)
             if event["op"] == "progress":
                 _print_progress(event)
-                last_progress = (time.monotonic(), event["step"])
-            elif event["op"] == "finishing":
-                last_progress = None
             elif event["op"] == "failed" and event.get("peer_lost"):
                 return {"lost": f"TF node {event['node']} lost a peer: {event['error'].strip().splitlines()[-1]}"}
             elif event["op"] == "failed":
@@ -204,15 +207,63 @@ def _watch(spec, control, spark_status, timings):
                     result = event["result"]
                     control.request_stop()
             continue
-        if spark_status.get("finished"):
+        if spark_status.get("finished") or phases.expired() == "stopped":
             if result is not None:
                 return {"result": dict(result, nodes=sorted(done))}
             return {"lost": spark_status.get("error", "the Spark job ended before the chief finished")}
-        if last_progress and time.monotonic() - last_progress[0] > config.run.stall_timeout_s:
-            return {"lost": f"no progress for {config.run.stall_timeout_s:.0f} s after step {last_progress[1]}: "
-                            "a TF node or collective is stuck"}
-        if not seen and time.monotonic() - timings["reserved"] > config.run.start_timeout_s:
-            raise TimeoutError(f"no TF node reported within {config.run.start_timeout_s:.0f} s of starting")
+        if phases.expired() == "stalled":
+            return {"lost": phases.stall_reason()}
+
+
+class _Phases:
+    """An attempt's phases and their bounds:
+
+    * starting  -- until every node reported ``started`` (its TF process runs): ``start_timeout_s``,
+      then TimeoutError (an environment problem a retry would not fix);
+    * training  -- from then until the chief's ``finishing``: a gap of ``stall_timeout_s`` between
+      progress reports (or before the first, which may come after slow first steps) loses the attempt:
+      under MultiWorkerMirrored a collective whose peer died inside a still-running Spark task can
+      wait forever, and the next attempt resumes from the last checkpoint;
+    * finishing -- the chief's evaluation and export: ``finish_timeout_s``, then TimeoutError;
+    * stopping  -- after the chief's ``done``, the other nodes get :data:`STOP_GRACE_S` to end their
+      Spark tasks before the attempt returns (and cancels what is left).
+    """
+
+    def __init__(self, config: TrainConfig, reserved: float):
+        self.run, self.nodes = config.run, config.num_nodes
+        self.phase, self.since, self.step, self.started = "starting", reserved, None, set()
+
+    def saw(self, event: dict) -> None:
+        now, op = time.monotonic(), event["op"]
+        if op == "started":
+            self.started.add(event["node"])
+        if self.phase == "starting" and (len(self.started) >= self.nodes or op == "progress"):
+            self.phase, self.since = "training", now
+        if op == "progress" and self.phase == "training":
+            self.since, self.step = now, event["step"]
+        elif op == "finishing":
+            self.phase, self.since = "finishing", now
+        elif op == "done" and event["node"] == "chief:0":
+            self.phase, self.since = "stopping", now
+
+    def expired(self) -> str | None:
+        """None, "stalled" (lose the attempt) or "stopped" (return the result); raises TimeoutError."""
+        waited = time.monotonic() - self.since
+        if self.phase == "starting" and waited > self.run.start_timeout_s:
+            raise TimeoutError(f"{self.nodes - len(self.started)} of {self.nodes} TF node(s) did not start within "
+                               f"{self.run.start_timeout_s:.0f} s (started: {sorted(self.started) or 'none'})")
+        if self.phase == "training" and waited > self.run.stall_timeout_s:
+            return "stalled"
+        if self.phase == "finishing" and waited > self.run.finish_timeout_s:
+            raise TimeoutError(f"the chief's evaluation and export did not end within "
+                               f"{self.run.finish_timeout_s:.0f} s of the last step")
+        if self.phase == "stopping" and waited > STOP_GRACE_S:
+            return "stopped"
+        return None
+
+    def stall_reason(self) -> str:
+        where = f"after step {self.step}" if self.step is not None else "before the first step"
+        return (f"no progress for {self.run.stall_timeout_s:.0f} s {where}: a TF node or collective is stuck")
 
 
 def _print_progress(event):

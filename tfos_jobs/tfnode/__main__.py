@@ -38,6 +38,7 @@ def child_main(node_path: str) -> None:
     control = ControlClient(spec.control_address, spec.control_secret, node.name, spec.attempt)
     code = 0
     try:
+        control.send("started")   # ends the driver's start watch: what follows is bounded by the stall watch
         control.send("done", result=run_role(node, control))
     except BaseException as err:  # report everything, including KeyboardInterrupt, then exit non-zero
         code = 1

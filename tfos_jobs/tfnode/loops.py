@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import hdfs_io
-from tfos_jobs.tfnode.checkpoint import StorageCheckpoints
+from tfos_jobs.tfnode.checkpoint import StorageCheckpoints, require_new_steps
 from tfos_jobs.tfnode.datasets import staged_dataset
 from tfos_jobs.tfnode.progress import Progress, finish_on_chief
 
@@ -97,6 +97,7 @@ def train_multi_worker(node, control) -> dict:
     with node.spec.reader.worker_input(node) as data:
         total = config.loop.steps if data.finite else config.loop.total_steps(node.spec.reader.rows(),
                                                                               config.scaling)
+        require_new_steps(node, int(step.numpy()), total)
         iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
         train_steps = _mwms_step_function(node, strategy, model, optimizer, step, last_loss, data.finite)
         outcome = _run_mwms(node, control, checkpoints, train_steps, iterator, int(step.numpy()), total)
@@ -190,6 +191,7 @@ def train_parameter_server(node, control) -> dict:
     model, optimizer, step, checkpoint = _model_state(node, strategy)
     checkpoints = _checkpoints(node, checkpoint, writer=True)
     checkpoints.restore_latest()
+    require_new_steps(node, int(step.numpy()), total)
     stage_pattern = os.path.join(node.stage_root, "worker-{}", "*.tfrecord")
 
     def dataset_fn():

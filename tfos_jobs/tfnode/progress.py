@@ -62,8 +62,8 @@ def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate
     plain = spec.task.build_model()
     plain.set_weights(model.get_weights())
     progress.publish()
-    metrics = {"final_loss": float(last_loss), "steps": steps, "examples_per_s": rate,
-               "strategy": spec.config.scaling.strategy}
+    metrics = {"final_loss": float(last_loss), "steps": steps, "resumed_from_step": progress.start_step,
+               "examples_per_s": rate, "strategy": spec.config.scaling.strategy}
     metrics.update({k: float(v) for k, v in spec.task.evaluate(plain, spec.config).items()})
     export_uri = spec.config.run.export_uri
     if export_uri:

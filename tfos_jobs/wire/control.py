@@ -21,7 +21,7 @@ MAX_ERROR_CHARS = 200_000     # a node's traceback, cut to fit a control message
 # The fields each operation must carry (beyond ``op``, ``node`` and ``attempt``), with their types.
 NUMBER = (int, float)
 OPS = {
-    "ready": {}, "poll": {}, "finishing": {},
+    "started": {}, "ready": {}, "poll": {}, "finishing": {},
     "progress": {"step": int, "loss": NUMBER},
     "done": {"result": dict},
     "failed": {"error": str, "peer_lost": bool},
