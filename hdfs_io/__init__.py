@@ -21,6 +21,7 @@ from .errors import (
     StorageError,
     StorageTimeoutError,
     StorageUnavailableError,
+    WrongKindError,
 )
 from .fs import (
     AtomicWriter,
@@ -42,7 +43,18 @@ from .fs import (
     walk_files,
 )
 from .parquet import iter_record_batches, list_data_files, read_parquet, shard_files, write_parquet
-from .publishing import SUCCESS, is_published, publish, publish_dir, require_published, staged_output
+from .publishing import (
+    SUCCESS,
+    PublishedInfo,
+    is_published,
+    publish,
+    publish_dir,
+    published_info,
+    published_kind,
+    require_published,
+    resolve,
+    staged_output,
+)
 from .adapters.tensorflow import rebatch, tf_dataset
 from .tfrecord import read_tfrecords, write_tfrecords
 
@@ -52,6 +64,7 @@ __all__ = [
     "CredentialsInURIError",
     "FileInfo",
     "NotPublishedError",
+    "PublishedInfo",
     "SUCCESS",
     "SchemaMismatchError",
     "StorageError",
@@ -73,11 +86,14 @@ __all__ = [
     "open",
     "publish",
     "publish_dir",
+    "published_info",
+    "published_kind",
     "read_parquet",
     "read_tfrecords",
     "rebatch",
     "require_published",
     "reset",
+    "resolve",
     "rename",
     "shard_files",
     "size",
@@ -88,4 +104,5 @@ __all__ = [
     "walk_files",
     "write_parquet",
     "write_tfrecords",
+    "WrongKindError",
 ]

@@ -67,14 +67,37 @@ class SchemaMismatchError(StorageError, ValueError):
 
 
 class NotPublishedError(StorageError, FileNotFoundError):
-    """A data set / export directory exists but has no ``_SUCCESS`` marker (incomplete or in progress)."""
+    """A data set / export directory exists but nothing complete is published there: no ``_CURRENT``
+    pointer and no ``_SUCCESS`` marker (incomplete, still being published, or not an output)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, detail: str = ""):
         self.uri = uri
-        super().__init__(f"{uri} has no _SUCCESS marker: it is incomplete or still being published")
+        self.detail = detail
+        super().__init__(f"{uri} is not published: " + (detail or "it has neither a _CURRENT pointer nor a "
+                                                                   "_SUCCESS marker (incomplete, still being "
+                                                                   "published, or not an output)"))
 
     def __str__(self) -> str:
         return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.uri, self.detail)
+
+
+class WrongKindError(StorageError, FileExistsError):
+    """Publishing an output of one kind over a published output of another kind (an export over a
+    prep, ...); refused even with ``overwrite=True``."""
+
+    def __init__(self, uri: str, existing: str, new: str):
+        self.uri, self.existing, self.new = uri, existing, new
+        super().__init__(f"{uri} holds a published {existing!r} output; refusing to replace it with a "
+                         f"{new!r} output (wrong target? delete it first if you really mean it)")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.uri, self.existing, self.new)
 
 
 class CredentialsInURIError(ValueError):

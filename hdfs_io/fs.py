@@ -97,9 +97,22 @@ def _existing(store: Store, loc: Location) -> pafs.FileInfo:
 
 
 def info(uri: str) -> FileInfo:
-    """Size and type of one file or directory; ``FileNotFoundError`` if it does not exist."""
+    """Size and type of one file or directory; ``FileNotFoundError`` if it does not exist. A path
+    inside a published URI (``U/x``) that is not there gives ``x`` of ``U``'s current version."""
     store, loc = backends.resolve(uri)
-    return _to_info(loc, _existing(store, loc))
+    fi = store.stat(loc)
+    if fi.type == pafs.FileType.NotFound:
+        inside = _follow_published(uri)
+        if inside is None:
+            raise not_found(loc.uri)
+        return info(inside)
+    return _to_info(loc, fi)
+
+
+def _follow_published(uri: str) -> str | None:
+    from .publishing import follow  # publishing builds on this module
+
+    return follow(uri)
 
 
 def exists(uri: str) -> bool:
@@ -271,9 +284,20 @@ def _copy_one(sstore: Store, spath: str, dstore: Store, dloc: Location) -> None:
             fout.write(chunk)
 
 
-def copy(src: str, dst: str, threads: int = COPY_THREADS) -> list[str]:
+def copy(src: str, dst: str, threads: int = COPY_THREADS, follow_published: bool = True) -> list[str]:
     """Copy a file to ``dst``, or a directory tree into ``dst`` (created as needed), between any two
-    schemes. Files of the same name are overwritten. Returns the URIs written."""
+    schemes. Files of the same name are overwritten. Returns the URIs written. A published source
+    directory (see :mod:`hdfs_io.publishing`) gives its current version (``follow_published=False``:
+    the raw layout, every version)."""
+    if follow_published:
+        from .publishing import POINTER, resolve
+
+        try:
+            pointed = exists(join(src, POINTER))
+        except (NotADirectoryError, FileNotFoundError):
+            pointed = False
+        if pointed:
+            src = resolve(src)
     sstore, sloc = backends.resolve(src)
     dstore, dloc = backends.resolve(dst)
     entries = _walk(sstore, sloc, dirs=True)
@@ -460,5 +484,11 @@ def open(uri: str, mode: str = "rb", encoding: str = "utf-8") -> IO[Any]:  # noq
         if not store.caps.appendable:
             raise ValueError(f"{store.label} objects cannot be appended to: {uri}")
         return store.open_append(loc)
-    f = store.open_read(loc)
+    try:
+        f = store.open_read(loc)
+    except FileNotFoundError:
+        inside = _follow_published(uri)
+        if inside is None:
+            raise
+        return open(inside, mode, encoding)
     return f if mode == "rb" else io.TextIOWrapper(f, encoding=encoding)

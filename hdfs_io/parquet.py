@@ -23,7 +23,7 @@ from . import backends
 from . import fs as _fs
 from .errors import CorruptFileError, SchemaMismatchError, not_found
 from .fs import FileInfo
-from .publishing import require_published, staged_output
+from .publishing import data_location, staged_output
 from .stores import Store
 
 if TYPE_CHECKING:
@@ -54,13 +54,14 @@ def _is_data(rel: str) -> bool:
 
 def list_data_files(uri: str, require_success: bool = False) -> list[FileInfo]:
     """The data files of a data set directory (recursively, sorted by URI), or ``[file]`` for a file.
-    With ``require_success=True`` a directory must hold ``_SUCCESS`` (see :mod:`hdfs_io.publishing`)."""
+    A published directory (see :mod:`hdfs_io.publishing`) gives the files of its current version.
+    With ``require_success=True`` a directory must be published (either layout)."""
     top = _fs.info(uri)
     if not top.is_dir:
         return [top]
-    if require_success:
-        require_published(uri)
-    return sorted((fi for rel, fi in _fs.walk_files(uri) if _is_data(rel)), key=lambda f: f.uri)
+    store, loc = backends.resolve(uri)
+    data = data_location(store, loc, require_success)
+    return sorted((fi for rel, fi in _fs.walk_files(data.uri) if _is_data(rel)), key=lambda f: f.uri)
 
 
 def _as_infos(files: Files) -> list[FileInfo]:
@@ -227,10 +228,12 @@ def write_parquet(
     row_group_size: int = 65536,
     compression: str = "snappy",
     overwrite: bool = False,
+    kind: str | None = None,
 ) -> list[str]:
-    """Write ``table`` (a ``pyarrow.Table``, ``RecordBatch`` or pandas DataFrame) as a data set
-    directory of ``part-NNNNN.parquet`` files plus ``_SUCCESS``, published atomically (see
-    :mod:`hdfs_io.publishing`). Returns the final URIs of the part files."""
+    """Write ``table`` (a ``pyarrow.Table``, ``RecordBatch`` or pandas DataFrame) as a new version of
+    the data set ``uri`` (``part-NNNNN.parquet`` files plus ``_SUCCESS``) and publish it (see
+    :mod:`hdfs_io.publishing`; ``kind`` is stored in its pointer). Returns the URIs of the part files
+    (inside the published version, immutable)."""
     if not isinstance(table, pa.Table):
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
@@ -241,7 +244,7 @@ def write_parquet(
     n = table.num_rows
     step = rows_per_file if rows_per_file and rows_per_file > 0 else max(n, 1)
     names = []
-    with staged_output(uri, overwrite=overwrite) as tmp:
+    with staged_output(uri, overwrite=overwrite, kind=kind) as tmp:
         store, tmp_loc = backends.resolve(tmp)
         for i, start in enumerate(range(0, max(n, 1), step)):
             name = f"part-{i:05d}.parquet"
@@ -250,6 +253,5 @@ def write_parquet(
             with store.fs.open_output_stream(path, compression=None) as out:
                 pq.write_table(part, out, row_group_size=row_group_size, compression=compression)
             names.append(name)
-    final = backends.resolve(uri)[1].uri
-    return [_fs.join(final, name) for name in names]
+    return [_fs.join(tmp, name) for name in names]
 
