@@ -307,14 +307,16 @@ def _check_after_fault(uri: str, before: dict[str, bytes], new_bytes_src: str, p
 
 
 def _next_publish_cleans(tmp_path, uri: str) -> None:
-    before = versions(uri)
     hdfs_io.publish_dir(local_dataset(tmp_path, 3), uri, overwrite=True, kind="test-data")
-    assert read_version(uri) == 3
+    assert read_version(uri) == 3 and hdfs_io.published_kind(uri) == "test-data"
+    _only_current_and_previous(uri)
+
+
+def _only_current_and_previous(uri: str) -> None:
     info = hdfs_io.published_info(uri)
     kept = versions(uri)
-    assert kept == sorted([info.version, info.previous]), f"versions before {before}, after {kept}, pointer {info}"
+    assert kept == sorted([info.version, info.previous]), f"versions left {kept}, pointer {info}"
     assert entries(uri) == sorted(["_CURRENT", *kept]), f"leftovers in {uri}: {entries(uri)}"
-    assert hdfs_io.published_kind(uri) == "test-data"
 
 
 NAMED = ["data-first", "data-mid", "success", "pointer", "pointer-lost-reply", "cleanup"]
@@ -350,7 +352,7 @@ def test_fault_at_each_step_keeps_a_complete_version(root, tmp_path, monkeypatch
 def _sweep(root, tmp_path, monkeypatch, kind_of_fault: str, upto: int) -> list[str]:
     """Fail the n-th write (or delete) of a publish, for every n, each time over a fresh two-version
     output; returns what each fault hit."""
-    hits = []
+    hits, uris = [], []
     for n in range(1, upto + 1):
         uri = f"{root}/sweep-{n}"
         before = _publish_two(tmp_path, uri)
@@ -364,7 +366,11 @@ def _sweep(root, tmp_path, monkeypatch, kind_of_fault: str, upto: int) -> list[s
                 raised = exc
         hits.append(faults.fired or "-")
         _check_after_fault(uri, before, src, (kind_of_fault, n), raised)
-        _next_publish_cleans(tmp_path, uri)
+        hdfs_io.publish_dir(local_dataset(tmp_path, 3), uri, overwrite=True, kind="test-data")
+        assert read_version(uri) == 3, f"the publish after fault {(kind_of_fault, n)} did not take"
+        uris.append(uri)
+    for uri in uris:  # the layout last: the checks above also hold for the old protocol
+        _only_current_and_previous(uri)
     return hits
 
 
@@ -523,6 +529,74 @@ while True:
 """
 
 
+STEPPER = r"""
+import sys, time
+sys.path.insert(0, {root!r})
+import hdfs_io
+from hdfs_io import backends
+src, uri = {src!r}, {uri!r}
+store = backends.resolve(uri)[0]
+
+def step(name, fn):
+    def run(*args, **kwargs):
+        print("step", name, args[-1] if args else "", flush=True)
+        time.sleep(0.03)  # the parent kills here, before the call
+        return fn(*args, **kwargs)
+    return run
+
+class Fs:
+    def __init__(self, real):
+        self.real = real
+    def __getattr__(self, name):
+        attr = getattr(self.real, name)
+        return step(name, attr) if name in ("copy_file", "move", "create_dir", "delete_dir", "delete_file",
+                                            "open_output_stream") else attr
+
+store.fs = Fs(store.fs)
+for name in ("replace", "delete_tree", "delete_file", "delete_paths"):
+    setattr(store, name, step(name, getattr(store, name)))
+hdfs_io.publish_dir(src, uri, overwrite=True)
+print("done", flush=True)
+"""
+
+
+def test_sigkill_before_every_store_call_keeps_a_complete_version(tmp_path):
+    """A child publishes version 2 over version 1 and is SIGKILLed just before its k-th store call,
+    for every k: after each kill a reader sees version 1 or 2, complete."""
+    uri = f"file://{tmp_path}/out"
+    srcs = [local_dataset(tmp_path, v) for v in (1, 2)]
+    hdfs_io.publish_dir(srcs[0], uri)
+    seen, k = [], 0
+    while True:
+        k += 1
+        child = subprocess.Popen([sys.executable, "-c", STEPPER.format(root=ROOT, src=srcs[k % 2], uri=uri)],
+                                 stdout=subprocess.PIPE, text=True)
+        steps, finished = [], False
+        try:
+            for line in child.stdout:
+                if line.startswith("done"):
+                    finished = True
+                    break
+                if not line.startswith("step "):
+                    continue
+                steps.append(line.split()[1])
+                if len(steps) == k:
+                    break
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+            child.stdout.close()
+        if finished:
+            break
+        assert hdfs_io.is_published(uri), f"SIGKILL before {steps[-1]} (call {k}) left nothing published"
+        seen.append((k, steps[-1], read_version(uri)))
+        assert k < 40, f"a publish made more than 40 store calls: {steps}"
+    assert len(seen) >= 4, seen
+    hdfs_io.publish_dir(srcs[0], uri, overwrite=True)
+    assert read_version(uri) == 1
+    _only_current_and_previous(uri)
+
+
 def test_sigkill_at_random_points_keeps_a_complete_version(tmp_path):
     uri = f"file://{tmp_path}/out"
     srcs = [local_dataset(tmp_path, v, files=24, rows=24 * 20_000) for v in (1, 2)]
@@ -530,7 +604,6 @@ def test_sigkill_at_random_points_keeps_a_complete_version(tmp_path):
     hdfs_io.publish_dir(srcs[0], uri)
     rng = random.Random(18)
     script = CHILD.format(root=ROOT, srcs=srcs, uri=uri)
-    leftovers = []
     for _ in range(5):
         child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         try:
@@ -544,8 +617,6 @@ def test_sigkill_at_random_points_keeps_a_complete_version(tmp_path):
         got = hdfs_io.read_parquet(uri).sort_by("id")
         v = got.column("v")[0].as_py()
         assert got.equals(expect[v]), f"after a SIGKILL a reader sees {got.num_rows} rows (v{v})"
-        leftovers.append(len(entries(uri)))
     hdfs_io.publish_dir(srcs[0], uri, overwrite=True)
-    info = hdfs_io.published_info(uri)
-    assert entries(uri) == sorted(["_CURRENT", info.version, info.previous]), entries(uri)
-    print("entries after each kill:", leftovers)
+    assert hdfs_io.read_parquet(uri).sort_by("id").equals(expect[1])
+    _only_current_and_previous(uri)
