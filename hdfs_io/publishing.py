@@ -104,18 +104,20 @@ class PublishedInfo:
 def _read_pointer(store: Store, loc: Location) -> dict | None:
     """The pointer of ``loc`` (None when there is none)."""
     ploc = loc.child(POINTER)
-    try:
-        with store.open_read(ploc) as f:  # the store's own read: no following of pointers here
-            raw = f.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    try:
-        ptr = json.loads(raw.decode("utf-8"))
-        if not isinstance(ptr, dict) or not str(ptr.get("version", "")).startswith(VERSION_PREFIX):
-            raise ValueError(f"no {VERSION_PREFIX}* version in {ptr!r:.200}")
-    except ValueError as exc:
-        raise CorruptFileError(ploc.uri, f"not a publish pointer: {exc}") from None
-    return ptr
+    for attempt in range(3):  # a read racing a replacement may fail (HDFS: the old file's blocks go)
+        try:
+            raw = store.read_snapshot(ploc)  # one version of it; the store's own read, no following here
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        try:
+            ptr = json.loads(raw.decode("utf-8"))
+            if not isinstance(ptr, dict) or not str(ptr.get("version", "")).startswith(VERSION_PREFIX):
+                raise ValueError(f"no {VERSION_PREFIX}* version in {ptr!r:.200}")
+            return ptr
+        except ValueError as exc:
+            if attempt == 2:
+                raise CorruptFileError(ploc.uri, f"not a publish pointer: {exc}") from None
+    return None
 
 
 def _info_of(store: Store, loc: Location) -> PublishedInfo:

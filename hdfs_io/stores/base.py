@@ -167,6 +167,12 @@ class Store:
         with self.fs.open_input_stream(loc.path, compression=None) as f:
             return f.read()
 
+    def read_snapshot(self, loc: Location) -> bytes:
+        """A small file's whole content as it was at one instant (one version of it, even while it is
+        being replaced): for the publish pointer. ``FileNotFoundError`` naming the URI if missing."""
+        with self.open_read(loc) as f:  # local and HDFS: the open handle keeps reading one file
+            return f.read()
+
     def open_temp_writer(self, loc: Location, tmp: Location) -> IO[bytes]:
         """A raw writer to ``tmp``, the hidden sibling that :meth:`replace` will move onto ``loc``
         (stores with ``atomic_rename``)."""
