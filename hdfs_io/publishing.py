@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SUCCESS",
+    "publish_once",
     "POINTER",
     "PublishedInfo",
     "publish",
@@ -349,3 +350,40 @@ def publish(final_uri: str, overwrite: bool = False, kind: str | None = None,
         publish_dir(local, final_uri, overwrite=overwrite, kind=kind, metadata=metadata)
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def publish_once(local_dir: str, final_uri: str, last: tuple[str, ...] = ()) -> str:
+    """Publish the local directory ``local_dir`` as the write-once directory ``final_uri`` (a numbered
+    model version, TF Serving's layout), with ``_SUCCESS``; never replaces anything: raises
+    ``FileExistsError`` if ``final_uri`` exists.
+
+    With an atomic rename (HDFS, local disk) the files go to a hidden sibling that is renamed onto
+    ``final_uri`` in one step. On S3 the objects are written to their final keys in an order that
+    keeps the directory unusable until it is whole: every other file, then the ``last`` names (e.g.
+    ``saved_model.pb``, whose presence makes TF Serving load a version), then ``_SUCCESS``, which our
+    readers require. A crash leaves a directory without ``_SUCCESS``: readers skip it, and a new
+    version number passes over it.
+    """
+    store, final = backends.resolve(final_uri)
+    if store.exists(final):
+        raise FileExistsError(f"{final.uri} already exists: versions are write-once")
+    files = sorted(os.path.relpath(os.path.join(d, f), local_dir) for d, _, fs_ in os.walk(local_dir) for f in fs_)
+    if store.caps.atomic_rename:
+        tmp = _fs.temp_sibling(final)
+        try:
+            _fs.upload(local_dir, tmp.uri)
+            _write_success(tmp)
+            if store.exists(final):
+                raise FileExistsError(f"{final.uri} appeared while it was being published")
+            store.fs.move(tmp.path, final.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _fs.delete(tmp.uri, recursive=True, missing_ok=True)
+            raise
+        return final.uri
+    ordered = [f for f in files if f not in last] + [f for f in files if f in last]
+    for rel in ordered:
+        with open(os.path.join(local_dir, rel), "rb") as src, _fs.open(final.child(rel).uri, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    _write_success(final)
+    return final.uri

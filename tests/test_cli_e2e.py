@@ -19,6 +19,7 @@ import pytest
 
 import cluster
 from cluster.testing import describe, run_process
+from tfos_jobs.export import export_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -68,7 +69,8 @@ def test_ctr_generate_prep_train_evaluate_score(pseudo_cluster, tmp_path):
                             "--batch-size", "128", "--epochs", "2", "--embedding-dim", "8", "--hidden", "32,16",
                             "--cross-layers", "1", *master))
     assert trained["attempts"] == 1 and trained["nodes"] == ["chief:0", "worker:0"], trained
-    assert (export / "saved_model" / "saved_model.pb").exists() and (export / "ctr.json").exists(), sorted(os.listdir(export))
+    unit = Path(export_dir(str(export)))
+    assert (unit / "saved_model" / "saved_model.pb").exists() and (unit / "ctr.json").exists(), sorted(os.listdir(unit))
 
     evaluated = last_json(cli(pseudo_cluster, "tfos-ctr", "evaluate", "--export", str(export),
                               "--data", str(prep / "valid")))
@@ -121,7 +123,8 @@ def test_ctr_demo(tmp_path):
     exported = re.search(r"^exported model: (\S+)$", proc.stdout, re.M)
     auc = re.search(r"^validation AUC: (0\.\d{4})", proc.stdout, re.M)
     assert exported and auc, describe(proc)
-    assert Path(exported.group(1).removeprefix("file://"), "saved_model", "saved_model.pb").exists(), describe(proc)
+    assert Path(export_dir(exported.group(1)).removeprefix("file://"), "saved_model", "saved_model.pb").exists(), \
+        describe(proc)
 
 
 def test_cluster_status_env_fetch(pseudo_cluster):

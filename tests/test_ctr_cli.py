@@ -34,7 +34,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "--hidden" in proc.stderr
     proc = run_cli("evaluate", "--export", str(tmp_path / "nope"), "--data", str(tmp_path / "d"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == f"tfos-ctr evaluate: error: export {tmp_path / 'nope'} does not exist"
+    nope = tmp_path / "nope"
+    assert proc.stderr.strip() == f"tfos-ctr evaluate: error: model export {nope} does not exist: train with --export {nope} first"
 
 
 def test_prep_missing_input_names_it(tmp_path):

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+import hdfs_io
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 NAMES = ["ctr_prototyping", "survey_prototyping"]
@@ -151,7 +153,7 @@ def test_ctr_notebook_runs(tmp_path, monkeypatch):
     assert "validation AUC" in text and "pseudo-cluster section skipped" in text, notebook_tail(nb)
     assert images(nb) == 1          # ROC, calibration and loss per step: one figure, three panels
     root = tmp_path / "root" / "ctr"
-    assert (root / "export" / "_SUCCESS").exists() and list((root / "model" / "tensorboard").iterdir())
+    assert hdfs_io.is_published(str(root / "export")) and list((root / "model" / "tensorboard").iterdir())
 
 
 @pytest.mark.slow
@@ -163,7 +165,7 @@ def test_survey_notebook_runs(tmp_path, monkeypatch):
     assert "acc majority" in text and "logloss LR" in text, notebook_tail(nb)
     assert images(nb) == 2          # accuracy vs baselines; answer distributions of a few respondents
     root = tmp_path / "root" / "survey"
-    assert (root / "export" / "_SUCCESS").exists() and (root / "predictions" / "_SUCCESS").exists()
+    assert hdfs_io.is_published(str(root / "export")) and hdfs_io.is_published(str(root / "predictions"))
 
 
 @pytest.mark.cluster

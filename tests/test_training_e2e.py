@@ -7,6 +7,7 @@ import pytest
 
 import hdfs_io
 from tfos_jobs import metrics
+from tfos_jobs.export import export_dir, saved_model_path
 from tfos_jobs.toy import CATEGORICAL, NUMERIC, DemoCTRTask, synthetic_ctr
 from tfos_jobs.task import ParquetSource
 from tfos_jobs.trainer import TrainingFailed, fit
@@ -73,8 +74,8 @@ def untrained_predictions(task, features):
 def export_predictions(export_uri, valid_uri):
     """Labels and the export's serving predictions for every validation row, read here."""
     import tensorflow as tf
-    assert hdfs_io.exists(hdfs_io.join(export_uri, "_SUCCESS"))
-    serve = tf.saved_model.load(os.path.join(export_uri, "saved_model")).signatures["serving_default"]
+    assert hdfs_io.is_published(export_uri)
+    serve = tf.saved_model.load(saved_model_path(export_dir(export_uri))).signatures["serving_default"]
     table = hdfs_io.read_parquet(valid_uri)
     out = serve(**{n: tf.constant(table.column(n).to_numpy()) for n in NUMERIC + CATEGORICAL})["prediction"]
     return table.column("label").to_numpy(), out.numpy().ravel()

@@ -35,7 +35,7 @@ def test_training_reads_and_writes_hdfs(local_spark, hdfs_root, tmp_path, strate
                  checkpoint_every=20, log_every=20,
                  model_dir=hdfs_io.join(run, "model"), export_uri=hdfs_io.join(run, "export"))
     assert result.export_uri.startswith("hdfs://")
-    assert hdfs_io.exists(hdfs_io.join(run, "export", "_SUCCESS"))
+    assert hdfs_io.is_published(hdfs_io.join(run, "export"))
     assert hdfs_io.exists(hdfs_io.join(run, "model", "checkpoints", "checkpoint"))
     assert hdfs_io.glob(hdfs_io.join(run, "model", "tensorboard", "*tfevents*"))
     # the export read back from HDFS predicts every validation row better than chance and than the

@@ -25,7 +25,7 @@ def test_rerun_resumes_from_the_last_checkpoint(local_spark, ctr_data, tmp_path)
                  export_uri=str(tmp_path / "export"), **options)
     assert second.resumed_from == 20, "the second run must start from the first run's final checkpoint"
     assert second.steps == 40
-    assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
+    assert hdfs_io.is_published(str(tmp_path / "export"))
 
 
 def test_a_rerun_with_nothing_new_to_train_is_refused_unless_allowed(local_spark, ctr_data, tmp_path, capfd):
@@ -97,6 +97,6 @@ def test_lost_executor_restarts_the_cluster_from_the_checkpoint(local_spark, ctr
     assert result.attempts in (2, 3)
     assert result.resumed_from >= 20, "the second TF cluster must resume from a checkpoint, not step 0"
     assert result.steps == 1500
-    assert hdfs_io.exists(str(tmp_path / "export" / "_SUCCESS"))
+    assert hdfs_io.is_published(str(tmp_path / "export"))
     # the model put together from checkpoints across attempts still learned
     assert_export_learned(result.export_uri, valid, result.metrics)

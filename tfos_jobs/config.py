@@ -82,6 +82,19 @@ class Switch(Kind):
 
 
 SWITCH = Switch()
+
+
+class ExportVersion(Kind):
+    """How an export is published: "" (one replaceable export) or "auto" (the next numbered version)."""
+
+    def __init__(self):
+        super().__init__("'auto' (the next numbered version) or empty", str, lambda v: v in ("", "auto"), number=str)
+
+    def _in_range(self, value: Any) -> bool:
+        return value in ("", "auto")
+
+
+EXPORT_VERSION = ExportVersion()
 STRATEGY = Choice("mwms", "ps")
 GPUS = Kind("None or >= 0", int, lambda v: v >= 0, numbers.Integral, optional=True)
 TEXT = Choice()   # any string: a URI, a path or a name (checked where it is used)
@@ -129,6 +142,10 @@ class RunConfig(_Checked):
     """Where a run keeps its state and how long its parts may take."""
     model_dir: str = param("", TEXT, "storage URI for checkpoints and TensorBoard events (resumed if present)")
     export_uri: str = param("", TEXT, "storage URI the chief publishes the model to")
+    export_version: str = param("", EXPORT_VERSION, "'auto': publish the export as <export>/<next number>/ "
+                                                    "(TF Serving's layout, write-once)", "--version")
+    overwrite_export: bool = param(False, SWITCH, "replace an existing unversioned export of the same job",
+                                   "--overwrite")
     max_attempts: int = param(2, POSITIVE_INT, "TF clusters started in all (an executor loss restarts one)",
                               "--max-attempts")
     start_timeout_s: float = param(300.0, POSITIVE_FLOAT, "for every node to reserve its port and start its "

@@ -1,17 +1,37 @@
-"""Export a trained model: a SavedModel with a ``serving_default`` signature, a ``model.keras`` file and
-``metrics.json``, published atomically to storage (the directory appears complete or not at all).
+"""Export a trained model: a SavedModel with a ``serving_default`` signature, a ``model.keras`` file,
+``metrics.json`` and the job's own files (its config: how raw rows become features), published as one
+unit: they appear together or not at all, and a failed run leaves the previous export as it was.
 
-TFoS's ``compat.export_saved_model`` calls ``model.save(dir, save_format='tf')``, which Keras 3 rejects;
-this module replaces it.
+Two layouts, both read by :func:`export_dir` and :func:`saved_model_path`:
+
+* one replaceable export (``--export URI``): published with ``hdfs_io``'s protocol (a new version
+  directory and a pointer switched last), the SavedModel in ``saved_model/``; replacing it needs
+  ``--overwrite``, and only an export of the same job may be replaced;
+* numbered versions (``--export URI --version auto``): ``URI/<n>/`` in TF Serving's layout
+  (``saved_model.pb`` and ``variables/`` directly in ``<n>/``, the other files beside them,
+  ``_SUCCESS`` last), each written once; ``n`` is one more than the highest number present.
+
+Exports written before the publish protocol (files and ``_SUCCESS`` directly in ``URI``) still load.
+TFoS's ``compat.export_saved_model`` calls ``model.save(dir, save_format='tf')``, which Keras 3
+rejects; this module replaces it.
 """
+from __future__ import annotations
+
 import json
 import os
+import re
+from typing import Any
 
 import hdfs_io
 
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+SAVED_MODEL_PB = "saved_model.pb"
+
+
+class NotAnExport(FileNotFoundError):
+    """The URI holds no complete model export."""
 
 
 def serving_module(model, feature_dtypes: dict):  # -> tf.Module
@@ -33,28 +53,117 @@ def serving_module(model, feature_dtypes: dict):  # -> tf.Module
     return Serving()
 
 
-def write_export(local_dir: str, model, feature_dtypes: dict, metrics: dict) -> None:
-    """Write SavedModel, Keras file and metrics into a local directory."""
+def write_export(local_dir: str, model, feature_dtypes: dict, metrics: dict, files: dict | None = None,
+                 saved_model_dir: str = SAVED_MODEL) -> None:
+    """Write SavedModel (into ``saved_model_dir``, "" for the directory itself), Keras file, metrics
+    and the job's ``files`` (name -> JSON-able object) into a local directory."""
     import tensorflow as tf
     module = serving_module(model, feature_dtypes)
-    tf.saved_model.save(module, os.path.join(local_dir, SAVED_MODEL),
-                        signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, os.path.join(local_dir, saved_model_dir), signatures={"serving_default": module.serve})
     model.save(os.path.join(local_dir, KERAS_FILE))
-    with open(os.path.join(local_dir, METRICS_FILE), "w") as handle:
-        json.dump(metrics, handle, indent=2, sort_keys=True)
+    for name, content in {METRICS_FILE: metrics, **(files or {})}.items():
+        with open(os.path.join(local_dir, name), "w") as handle:
+            json.dump(content, handle, indent=2, sort_keys=True)
 
 
-def publish_export(export_uri: str, model, feature_dtypes: dict, metrics: dict) -> str:
-    # A new training run replaces the previous export as a whole.
-    with hdfs_io.publish(export_uri, overwrite=True) as local_dir:
-        write_export(local_dir, model, feature_dtypes, metrics)
+def check_export_target(export_uri: str, kind: str | None, version: str = "", overwrite: bool = False) -> None:
+    """Before training: fail now, not after it, if the export could not be published (driver side)."""
+    if version == "auto":
+        if hdfs_io.exists(export_uri) and (hdfs_io.is_published(export_uri) or hdfs_io.published_kind(export_uri)):
+            raise FileExistsError(f"{export_uri} is a published {hdfs_io.published_kind(export_uri) or 'output'}, "
+                                  "not a directory of numbered model versions: choose another --export")
+        return
+    if not hdfs_io.exists(export_uri):
+        return
+    existing = hdfs_io.published_kind(export_uri)
+    if kind and existing and existing != kind:
+        raise hdfs_io.WrongKindError(export_uri, existing, kind)
+    if not overwrite:
+        raise FileExistsError(f"export {export_uri} already exists: pass --overwrite to replace it, or "
+                              "--version auto to publish a new numbered version beside it")
+
+
+def publish_export(export_uri: str, model, feature_dtypes: dict, metrics: dict, *, kind: str | None = None,
+                   files: dict | None = None, version: str = "", overwrite: bool = False) -> str:
+    """Publish the model and its files as one unit (see module doc); returns the export's URI
+    (``URI/<n>`` for a numbered version)."""
+    if version == "auto":
+        return _publish_version(export_uri, model, feature_dtypes, metrics, files)
+    with hdfs_io.publish(export_uri, overwrite=overwrite, kind=kind) as local_dir:
+        write_export(local_dir, model, feature_dtypes, metrics, files)
     return export_uri
 
 
-def load_serving(export_uri: str, local_cache: str):  # -> the serving_default signature
+def _publish_version(base_uri, model, feature_dtypes, metrics, files, tries=5):
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="tfos-export-") as local_dir:
+        write_export(local_dir, model, feature_dtypes, metrics, files, saved_model_dir="")
+        for _ in range(tries):   # another run may take the same number between listing and publishing
+            target = hdfs_io.join(base_uri, str(next_version(base_uri)))
+            try:
+                return hdfs_io.publish_once(local_dir, target, last=(SAVED_MODEL_PB,))
+            except FileExistsError:
+                continue
+    raise FileExistsError(f"could not allocate a new version under {base_uri} in {tries} tries")
+
+
+def versions(base_uri: str) -> dict[int, bool]:
+    """The numbered version directories under ``base_uri``: number -> complete (has ``_SUCCESS``)."""
+    if not hdfs_io.exists(base_uri):
+        return {}
+    found = {}
+    for info in hdfs_io.ls(base_uri):
+        name = info.uri.rstrip("/").rsplit("/", 1)[-1]
+        if info.is_dir and re.fullmatch(r"\d+", name):
+            found[int(name)] = hdfs_io.exists(hdfs_io.join(info.uri, hdfs_io.SUCCESS))
+    return found
+
+
+def next_version(base_uri: str) -> int:
+    """One more than every number present, complete or not (a crashed version is never reused)."""
+    return max(versions(base_uri), default=0) + 1
+
+
+def export_dir(export_uri: str) -> str:
+    """The directory holding an export's files: the current version of a published export, a legacy
+    export itself, a numbered version given directly, or the highest complete version under a base."""
+    if not hdfs_io.exists(export_uri):
+        raise NotAnExport(f"model export {export_uri} does not exist: train with --export {export_uri} first")
+    if hdfs_io.is_published(export_uri):
+        return hdfs_io.resolve(export_uri)
+    complete = [n for n, done in versions(export_uri).items() if done]
+    if complete:
+        return hdfs_io.join(export_uri, str(max(complete)))
+    raise NotAnExport(f"{export_uri} is not a complete model export (no _CURRENT, no _SUCCESS, no complete "
+                      "numbered version): re-create it with `train --export`")
+
+
+def saved_model_path(directory: str) -> str:
+    """Where the SavedModel of an export directory is: the directory itself (TF Serving's layout) or
+    its ``saved_model/`` (a replaceable or legacy export)."""
+    if hdfs_io.exists(hdfs_io.join(directory, SAVED_MODEL_PB)):
+        return directory
+    if hdfs_io.exists(hdfs_io.join(directory, SAVED_MODEL, SAVED_MODEL_PB)):
+        return hdfs_io.join(directory, SAVED_MODEL)
+    raise NotAnExport(f"{directory} holds no SavedModel ({SAVED_MODEL_PB} or {SAVED_MODEL}/{SAVED_MODEL_PB}): "
+                      "re-create the export with `train --export`")
+
+
+def read_export_file(export_uri: str, name: str, what: str = "model export") -> Any:
+    """A JSON file of the export (``metrics.json``, a job's config), from the directory :func:`export_dir` picks."""
+    uri = hdfs_io.join(export_dir(export_uri), name)
+    if not hdfs_io.exists(uri):
+        raise NotAnExport(f"{export_uri} is not a {what}: {name} is missing")
+    with hdfs_io.open(uri, "r") as handle:
+        return json.load(handle)
+
+
+def load_serving(export_uri: str, local_cache: str | None):  # -> the serving_default signature
     """Load an export's serving function (downloading it first when it is remote)."""
     import tensorflow as tf
-    local = export_uri if os.path.isdir(export_uri) else local_cache
-    if local is local_cache:
-        hdfs_io.download(export_uri, local_cache)
-    return tf.saved_model.load(os.path.join(local, SAVED_MODEL)).signatures["serving_default"]
+    directory = export_dir(export_uri)
+    local = directory[len("file://"):] if directory.startswith("file://") else directory
+    if not os.path.isdir(local):
+        hdfs_io.download(directory, local_cache)
+        local = local_cache
+    return tf.saved_model.load(saved_model_path(local)).signatures["serving_default"]

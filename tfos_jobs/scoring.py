@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import hdfs_io
 from tfos_jobs import localdirs, sparkprep
-from tfos_jobs.export import METRICS_FILE, SAVED_MODEL
+from tfos_jobs.export import METRICS_FILE, SAVED_MODEL, SAVED_MODEL_PB, export_dir, saved_model_path
 
 # TensorFlow and pyspark (heavy) are imported inside the functions that load models and build DataFrames.
 DEFAULT_CACHE = ""   # "": <the user's private root>/scoring (tfos_jobs.localdirs), resolved on each executor
@@ -31,16 +31,16 @@ log = logging.getLogger("tfos_jobs")
 _LOADED = {}   # per Python worker process: cache key -> serving function
 
 
-def export_key(export_uri: str) -> str:
-    """A key that changes whenever the export at ``export_uri`` is replaced (driver side)."""
-    hdfs_io.require_published(export_uri)
-    digest = hashlib.sha1(export_uri.encode())
-    for name in (f"{SAVED_MODEL}/saved_model.pb", METRICS_FILE):
-        uri = hdfs_io.join(export_uri, name)
-        if not hdfs_io.exists(uri):
-            raise FileNotFoundError(f"{export_uri} is not a model export: {uri} is missing")
-    digest.update(str(hdfs_io.size(hdfs_io.join(export_uri, f"{SAVED_MODEL}/saved_model.pb"))).encode())
-    with hdfs_io.open(hdfs_io.join(export_uri, METRICS_FILE), "rb") as handle:
+def export_key(directory: str) -> str:
+    """A key that changes whenever the export directory's content may differ (driver side): its URI
+    (a new publish is a new version directory), the SavedModel's size and the metrics."""
+    digest = hashlib.sha1(directory.encode())
+    saved_model = hdfs_io.join(saved_model_path(directory), SAVED_MODEL_PB)
+    metrics = hdfs_io.join(directory, METRICS_FILE)
+    if not hdfs_io.exists(metrics):
+        raise FileNotFoundError(f"{directory} is not a model export: {metrics} is missing")
+    digest.update(str(hdfs_io.size(saved_model)).encode())
+    with hdfs_io.open(metrics, "rb") as handle:
         digest.update(handle.read())
     return digest.hexdigest()[:16]
 
@@ -55,7 +55,7 @@ def load_model(export_uri: str, key: str, cache_root: str = DEFAULT_CACHE) -> An
         local = export_uri[len("file://"):] if export_uri.startswith("file://") else export_uri
     else:
         local = cached_export(export_uri, key, cache_root)
-    _LOADED[key] = tf.saved_model.load(os.path.join(local, SAVED_MODEL)).signatures["serving_default"]
+    _LOADED[key] = tf.saved_model.load(saved_model_path(local)).signatures["serving_default"]
     return _LOADED[key]
 
 
@@ -192,10 +192,11 @@ def score_dataframe(df: Any, export_uri: str, features: list[str], keep: Sequenc
         raise ValueError(f"--keep must not include the output column {prediction_column!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    key = export_key(export_uri)
+    directory = export_dir(export_uri)   # one version for the whole job, even if a new one is published
+    key = export_key(directory)
     fields = [df.schema[name] for name in keep] + [StructField(prediction_column, FloatType(), False)]
     columns = list(dict.fromkeys(features + keep))
-    fn = _scorer(export_uri, key, features, keep, prediction_column, batch_size, cache_root, output_name)
+    fn = _scorer(directory, key, features, keep, prediction_column, batch_size, cache_root, output_name)
     return df.select(*columns).mapInArrow(fn, StructType(fields))
 
 
@@ -265,9 +266,10 @@ def score_dataframe_vectors(df: Any, export_uri: str, features: list[str], outpu
         raise ValueError(f"kept column(s) {sorted(clash)} clash with output columns")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    key = export_key(export_uri)
+    directory = export_dir(export_uri)   # one version for the whole job, even if a new one is published
+    key = export_key(directory)
     fields = [df.schema[name] for name in keep] + [
         StructField(column, ArrayType(FloatType(), True), True) for column in outputs.values()]
     columns = list(dict.fromkeys(features + keep))
-    fn = _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_root)
+    fn = _vector_scorer(directory, key, features, keep, outputs, batch_size, cache_root)
     return df.select(*columns).mapInArrow(fn, StructType(fields))

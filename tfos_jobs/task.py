@@ -16,6 +16,7 @@ class TrainingTask:
     """
 
     learning_rate = 1e-3
+    export_kind: str | None = None   # e.g. "ctr-export": an export is only ever replaced by one of the same kind
 
     def build_model(self) -> Any:   # keras.Model
         """Return an uncompiled Keras model taking a dict of feature tensors."""
@@ -36,6 +37,11 @@ class TrainingTask:
 
         ``context`` is the run's :class:`tfos_jobs.config.TrainConfig`; return a dict of floats.
         """
+        return {}
+
+    def export_files(self) -> dict[str, Any]:
+        """Optional: files published with the model, as ``{name: JSON-able object}`` (a job's config,
+        how raw rows become features), so the export is usable on its own."""
         return {}
 
 

@@ -93,6 +93,7 @@ def build_model(config: ModelConfig) -> Any:
 
 class CTRTask(TrainingTask):
     """The CTR job's :class:`~tfos_jobs.task.TrainingTask`; evaluates on the validation Parquet."""
+    export_kind = "ctr-export"
 
     def __init__(self, config: ModelConfig = ModelConfig(), valid_uri: str | None = None, eval_batch_size: int = 8192,
                  max_eval_rows: int = 2_000_000):
@@ -101,6 +102,7 @@ class CTRTask(TrainingTask):
         self.valid_uri = valid_uri
         self.eval_batch_size = eval_batch_size
         self.max_eval_rows = max_eval_rows
+        self.job_config: dict = {}     # published with the model as ctr.json (set by ctr.steps.train)
 
     def build_model(self) -> Any:
         return build_model(self.config)
@@ -109,6 +111,9 @@ class CTRTask(TrainingTask):
         if not self.valid_uri:
             return {}
         return evaluate_keras(model, self.valid_uri, self.eval_batch_size, self.max_eval_rows)
+
+    def export_files(self) -> dict[str, Any]:
+        return {"ctr.json": self.job_config} if self.job_config else {}
 
     def describe(self) -> dict[str, Any]:
         return dict(asdict(self.config), hidden=list(self.config.hidden))

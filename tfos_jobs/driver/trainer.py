@@ -28,6 +28,7 @@ from typing import Any
 from tfos_jobs import compat
 from tfos_jobs.config import TrainConfig
 from tfos_jobs.driver.reservation import ReservationServer, spark_executor_ips
+from tfos_jobs.export import check_export_target
 from tfos_jobs.executor.node import claim_and_reserve, node_main
 from tfos_jobs.node_spec import NodeSpec
 from tfos_jobs.sources import Source
@@ -59,6 +60,9 @@ def fit(sc: Any, task: TrainingTask, data: Source, config: TrainConfig | None = 
     config = (config or TrainConfig()).replace(**options)
     config = config.replace(run_id=config.run.run_id or uuid.uuid4().hex[:12])
     _announce_resume(config.run.model_dir)
+    if config.run.export_uri:   # a target the chief could not publish to fails now, not after training
+        check_export_target(config.run.export_uri, task.export_kind, config.run.export_version,
+                            config.run.overwrite_export)
     plan = data.plan(config)   # bad data fails here, before any TF node starts
     with ControlServer(host=_driver_host(sc)) as control:
         for attempt in range(1, config.run.max_attempts + 1):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 import hdfs_io
-from tfos_jobs.survey.prep import plan_id
+from tfos_jobs.survey.prep import PLAN_FILE, plan_id
 from tfos_jobs.task import TrainingTask
 
 # Keras and TensorFlow (heavy; survey.layers imports Keras) load inside the functions that build or run a model.
@@ -85,6 +85,7 @@ def target_metrics(labels: Any, probabilities: Any, eps: float = 1e-7) -> dict[s
 
 class SurveyTask(TrainingTask):
     """A :class:`~tfos_jobs.task.TrainingTask` over a prep plan (``prep.json``); small to pickle."""
+    export_kind = "survey-export"
 
     def __init__(self, plan: dict, valid_uri: str | None = None, **model_options: Any):
         options = dict(DEFAULTS)
@@ -98,6 +99,10 @@ class SurveyTask(TrainingTask):
         self.learning_rate = float(options["learning_rate"])
         self.valid_uri = valid_uri
         self.plan_id = plan_id(plan)
+        self.full_plan = plan   # published with the model: the export encodes raw answers without --prep
+
+    def export_files(self) -> dict[str, Any]:
+        return {PLAN_FILE: self.full_plan}
 
     def build_model(self) -> Any:
         return build_survey_model(self.plan, hidden=self.options["hidden"],

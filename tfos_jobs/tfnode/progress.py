@@ -65,8 +65,11 @@ def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate
     metrics = {"final_loss": float(last_loss), "steps": steps, "resumed_from_step": progress.start_step,
                "examples_per_s": rate, "strategy": spec.config.scaling.strategy}
     metrics.update({k: float(v) for k, v in spec.task.evaluate(plain, spec.config).items()})
-    export_uri = spec.config.run.export_uri
+    run = spec.config.run
+    export_uri = run.export_uri
     if export_uri:
         features = {name: spec.reader.dtypes[name] for name in spec.reader.features}
-        publish_export(export_uri, plain, features, metrics)
+        export_uri = publish_export(export_uri, plain, features, metrics, kind=spec.task.export_kind,
+                                    files=spec.task.export_files(), version=run.export_version,
+                                    overwrite=run.overwrite_export)
     return {"metrics": metrics, "export_uri": export_uri, "steps": steps, "resumed_from": progress.start_step}
