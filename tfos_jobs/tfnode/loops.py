@@ -85,7 +85,8 @@ def train_multi_worker(node, control) -> dict:
     one (the feed) trains until it ends on every worker, or until ``steps`` when that is set."""
     import tensorflow as tf
     config = node.spec.config
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=config.run.collective_timeout_s)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     model, optimizer, step, checkpoint = _model_state(node, strategy)
     with strategy.scope():
         # The last step's loss, summed over the workers only when read: one collective per call of
