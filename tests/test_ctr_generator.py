@@ -13,7 +13,7 @@ from tfos_jobs.ctr import synthetic as generator
 
 def read_lines(uri):
     lines = []
-    for info in sorted(hdfs_io.ls(uri), key=lambda i: i.uri):
+    for info in sorted(hdfs_io.ls(hdfs_io.resolve(uri)), key=lambda i: i.uri):   # the published version
         if info.name.startswith("part-"):
             with hdfs_io.open(info.uri, "rb") as handle:
                 data = handle.read()
@@ -38,7 +38,8 @@ def test_rows_are_criteo_format_and_reproducible(tmp_path):
     assert all(len(v) == 8 and int(v, 16) >= 0 for v in cats)
     empty = sum(v == "" for f in fields for v in f[1:])
     assert 0.02 < empty / (len(fields) * 39) < 0.4, "some values are missing, most are not"
-    assert hdfs_io.exists(str(tmp_path / "a" / "_SUCCESS"))
+    assert hdfs_io.exists(hdfs_io.join(hdfs_io.resolve(str(tmp_path / "a")), "_SUCCESS"))
+    assert hdfs_io.published_kind(str(tmp_path / "a")) == generator.KIND
     assert generator.read_report(str(tmp_path / "a"))["rows"] == 3000
 
 
@@ -64,7 +65,7 @@ def test_malformed_lines_counted_by_kind(tmp_path):
 
 def test_gzip_output(tmp_path):
     generator.generate(str(tmp_path / "g"), 1000, files=2, compression="gzip")
-    names = sorted(i.name for i in hdfs_io.ls(str(tmp_path / "g")))
+    names = sorted(i.name for i in hdfs_io.ls(hdfs_io.resolve(str(tmp_path / "g"))))
     assert names == ["_SUCCESS", "_generator.json", "part-00000.tsv.gz", "part-00001.tsv.gz"]
     assert len(read_lines(str(tmp_path / "g"))) == 1000
 

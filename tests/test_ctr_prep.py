@@ -5,7 +5,7 @@ import hdfs_io
 from tfos_jobs import sparkprep as gprep
 from tfos_jobs.ctr import schema
 from tfos_jobs.ctr import synthetic as generator
-from tfos_jobs.ctr.prep import prep
+from tfos_jobs.ctr.prep import prep, read_report, rejected_uri
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,10 @@ def test_malformed_lines_quarantined_and_counted(local_spark, raw, tmp_path):
     cats = train.column("C1").to_numpy()
     assert cats.min() >= 0 and cats.max() < 500
     assert abs(train.column(schema.LABEL).to_numpy().mean() - gen["ctr"]) < 0.05
-    assert hdfs_io.is_published(report["train"]) and hdfs_io.exists(hdfs_io.join(out, "prep.json"))
+    assert hdfs_io.is_published(report["train"]) and hdfs_io.published_kind(out) == "ctr-prep"
+    version = hdfs_io.resolve(out)   # one unit: every part and the report inside the published version
+    assert all(report[part] == hdfs_io.join(version, part) for part in ("train", "valid", "quarantine"))
+    assert hdfs_io.exists(hdfs_io.join(version, "prep.json")) and read_report(out) == report
 
 
 def test_split_is_deterministic(local_spark, raw, tmp_path):
@@ -66,9 +69,10 @@ def test_over_limit_fails_clearly_and_keeps_quarantine(local_spark, raw, tmp_pat
         prep(local_spark, uri, out, max_bad_fraction=0.01)
     message = str(err.value)
     assert f"{gen['malformed']} of 3000 rows" in message and "above the limit of 1.00%" in message
-    assert hdfs_io.join(out, "quarantine") in message and "field_count" in message
-    assert hdfs_io.read_parquet(hdfs_io.join(out, "quarantine")).num_rows == gen["malformed"]
-    assert not hdfs_io.exists(hdfs_io.join(out, "train")), "no training data from over-limit input"
+    rejected = rejected_uri(out)   # beside the output: a failed prep never touches the output itself
+    assert rejected in message and "field_count" in message
+    assert hdfs_io.read_parquet(rejected).num_rows == gen["malformed"]
+    assert not hdfs_io.exists(out), "no output from over-limit input"
 
 
 def test_existing_output_and_missing_input(local_spark, raw, tmp_path):

@@ -3,6 +3,7 @@ unreachable-service behaviour against local sockets that refuse or never answer.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import socket
@@ -241,7 +242,11 @@ def test_publish_success_and_failure(tmp_path):
         os.makedirs(os.path.join(local, "assets"))
     assert not os.path.exists(local)  # local staging removed
     assert hdfs_io.is_published(final)
-    assert sorted(e.name for e in hdfs_io.ls(final)) == ["_SUCCESS", "assets", "saved_model.pb"]
+    first = hdfs_io.resolve(final)   # the pointer names one complete, immutable version directory
+    version = first.rsplit("/", 1)[1]
+    assert version.startswith("_v-") and sorted(e.name for e in hdfs_io.ls(final)) == ["_CURRENT", version]
+    assert sorted(e.name for e in hdfs_io.ls(first)) == ["_SUCCESS", "assets", "saved_model.pb"]
+    assert json.loads((tmp_path / "exports" / "model" / "_CURRENT").read_text())["version"] == version
     hdfs_io.require_published(final)
     with pytest.raises(FileExistsError):
         with hdfs_io.publish(final):
@@ -257,7 +262,15 @@ def test_publish_success_and_failure(tmp_path):
 
     with hdfs_io.publish(final, overwrite=True) as local:
         open(os.path.join(local, "v2.pb"), "wb").write(b"2")
-    assert sorted(e.name for e in hdfs_io.ls(final)) == ["_SUCCESS", "v2.pb"]
+    second = hdfs_io.resolve(final)
+    assert second != first and sorted(e.name for e in hdfs_io.ls(second)) == ["_SUCCESS", "v2.pb"]
+    pointer = json.loads((tmp_path / "exports" / "model" / "_CURRENT").read_text())
+    assert pointer["version"] == second.rsplit("/", 1)[1] and pointer["previous"] == version
+    # the previous version is kept (readers that resolved it just before the switch), unchanged
+    assert sorted(e.name for e in hdfs_io.ls(final)) == sorted(["_CURRENT", version, pointer["version"]])
+    assert sorted(e.name for e in hdfs_io.ls(first)) == ["_SUCCESS", "assets", "saved_model.pb"]
+    with hdfs_io.open(hdfs_io.join(final, "v2.pb"), "rb") as handle:   # a path inside follows the pointer
+        assert handle.read() == b"2"
     assert sorted(os.listdir(tmp_path / "exports")) == ["model"]
 
 
@@ -302,7 +315,9 @@ def test_write_and_read_parquet(tmp_path):
     uri = f"file://{tmp_path}/ds"
     t = table(1000)
     parts = hdfs_io.write_parquet(t, uri, rows_per_file=300)
-    assert parts == [hdfs_io.join(uri, f"part-{i:05d}.parquet") for i in range(4)]
+    version = hdfs_io.resolve(uri)   # the parts live in the published version, not beside the pointer
+    assert version.startswith(uri + "/_v-")
+    assert parts == [hdfs_io.join(version, f"part-{i:05d}.parquet") for i in range(4)]
     assert hdfs_io.is_published(uri)
     got = hdfs_io.read_parquet(uri)
     assert got.equals(t)
@@ -312,7 +327,8 @@ def test_write_and_read_parquet(tmp_path):
     with pytest.raises(FileExistsError):
         hdfs_io.write_parquet(t, uri)
     hdfs_io.write_parquet(table(10), uri, overwrite=True)
-    assert hdfs_io.read_parquet(uri).num_rows == 10
+    assert hdfs_io.read_parquet(uri).num_rows == 10 and hdfs_io.resolve(uri) != version
+    assert hdfs_io.read_parquet(parts[1]).num_rows == 300, "the previous version stays readable"
 
 
 def test_write_parquet_failure_leaves_nothing(tmp_path):

@@ -206,9 +206,7 @@ def score(spark: Any, export_uri: str, input_uri: str, output_uri: str, features
 
     Returns ``{"rows", "seconds", "rows_per_s", "output"}``.
     """
-    if not hdfs_io.exists(input_uri):
-        raise FileNotFoundError(f"input {input_uri} does not exist")
-    df = spark.read.parquet(sparkprep.spark_uri(input_uri))
+    df = spark.read.parquet(sparkprep.spark_uri(sparkprep.data_dir(input_uri)))   # one complete version
     return write_scores(score_dataframe(df, export_uri, features, keep, **options), output_uri,
                         overwrite=overwrite, partitions=partitions)
 

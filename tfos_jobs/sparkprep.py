@@ -12,6 +12,7 @@ import os
 from typing import Any, Sequence
 
 import hdfs_io
+from hdfs_io.publishing import POINTER
 
 # pyspark (heavy) is imported inside the functions that build Spark columns.
 SPLIT_BUCKETS = 1_000_000
@@ -29,6 +30,60 @@ def spark_uri(uri: str) -> str:
     if uri.startswith("s3://"):
         return "s3a://" + uri[len("s3://"):]
     return uri
+
+
+def data_dir(uri: str, what: str = "input") -> str:
+    """What a reader without the publish protocol (Spark, pyarrow) must be given for the data set or
+    file ``uri``: the current version of a published output (``hdfs_io.resolve``), the same path in
+    the current version for a path inside one (``<prep>/valid``), else ``uri`` itself (an output
+    written before the protocol, raw input). ``FileNotFoundError`` naming ``what`` if there is none."""
+    try:
+        found = hdfs_io.info(uri)   # follows a path inside a published output
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {uri} does not exist") from None
+    if found.is_dir and hdfs_io.exists(hdfs_io.join(found.uri, POINTER)):
+        return hdfs_io.resolve(found.uri)
+    return found.uri
+
+
+def prep_dir(prep_uri: str, marker: str, rerun: str) -> str:
+    """The one directory every part of the prep output ``prep_uri`` is read from (resolve it once, so
+    a reader never mixes two versions): its current version, or ``prep_uri`` itself for a prep written
+    before the publish protocol (its ``marker`` file, written last, present). Otherwise one line that
+    says to ``rerun`` the prep."""
+    try:
+        return hdfs_io.resolve(prep_uri)
+    except hdfs_io.NotPublishedError as exc:
+        legacy = hdfs_io.exists(hdfs_io.join(prep_uri, marker)) and \
+            not hdfs_io.exists(hdfs_io.join(prep_uri, POINTER))
+        if legacy:
+            return prep_uri
+        raise hdfs_io.NotPublishedError(prep_uri, f"{exc.detail or 'no complete prep output in it'}; {rerun}") \
+            from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{prep_uri} does not exist: {rerun}") from None
+
+
+def check_prep_target(uri: str, kind: str, marker: str, overwrite: bool) -> None:
+    """Before any work: may a prep of ``kind`` be published at ``uri``? Nothing there; or, with
+    ``overwrite``, a prep of the same kind (either layout: ``marker`` is its report/plan) or an empty
+    directory. Another kind of output is refused (:class:`hdfs_io.WrongKindError`), and so is a
+    directory that is not an output at all (a model dir, ...): publishing would delete its files."""
+    if not hdfs_io.exists(uri):
+        return
+    if not overwrite:
+        raise FileExistsError(f"output {uri} already exists (use --overwrite to replace it)")
+    if hdfs_io.exists(hdfs_io.join(uri, POINTER)):
+        info = hdfs_io.published_info(uri)
+        if info.kind not in (None, kind):
+            raise hdfs_io.WrongKindError(uri, info.kind, kind)
+        if info.kind == kind or hdfs_io.exists(hdfs_io.join(info.data_uri, marker)):
+            return
+    elif hdfs_io.exists(hdfs_io.join(uri, marker)) or \
+            all(e.name.startswith(("_v-", ".")) for e in hdfs_io.ls(uri)):  # a legacy prep, or empty
+        return
+    raise FileExistsError(f"{uri} is not a {kind} output (no {marker}): refusing to replace it with one "
+                          "(wrong --output? delete it first if you really mean it)")
 
 
 def first_failure(checks: list[tuple[Any, Any, Any]]) -> tuple[Any, Any]:
@@ -78,13 +133,26 @@ def count_by(df: Any, column: str) -> dict:
     return {row[0]: row[1] for row in df.groupBy(column).count().collect()}
 
 
-def write_parquet(df: Any, uri: str, overwrite: bool = False, partitions: int | None = None) -> str:
-    """Write a DataFrame as Parquet to ``uri`` atomically: Spark writes into a hidden sibling that is
-    committed (renamed, or copied on S3) only when every task succeeded; ``_SUCCESS`` marks it."""
+def write_parquet(df: Any, uri: str, overwrite: bool = False, partitions: int | None = None,
+                  kind: str | None = None) -> str:
+    """Publish a DataFrame as Parquet at ``uri`` (``hdfs_io.staged_output``): Spark writes a new
+    version directory, which readers see only once every task succeeded and the pointer switched."""
+    with hdfs_io.staged_output(uri, overwrite=overwrite, kind=kind) as version:
+        write_part(df, version, partitions, mode="overwrite")
+    return uri
+
+
+def write_part(df: Any, uri: str, partitions: int | None = None, mode: str = "errorifexists") -> str:
+    """Spark writes a DataFrame as Parquet into ``uri``, a directory inside a version being staged
+    (a prep's ``train``, ...: the version is invisible until published, so the part needs no staging of
+    its own), complete with ``_SUCCESS``."""
     if partitions:
         df = df.repartition(partitions)
-    with hdfs_io.staged_output(uri, overwrite=overwrite) as tmp:
-        df.write.mode("overwrite").parquet(spark_uri(tmp))
+    df.write.mode(mode).parquet(spark_uri(uri))
+    success = hdfs_io.join(uri, hdfs_io.SUCCESS)
+    if not hdfs_io.exists(success):   # Spark writes it unless told not to
+        with hdfs_io.open(success, "wb"):
+            pass
     return uri
 
 

@@ -70,7 +70,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_prep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="Spark: validate, quarantine, transform, split, write Parquet")
     p.add_argument("--input", required=True, help="Criteo text/gzip file, directory or glob URI")
-    p.add_argument("--output", required=True, help="directory URI: train/, valid/, quarantine/, prep.json")
+    p.add_argument("--output", required=True, help="directory URI: train/, valid/, quarantine/, prep.json, "
+                                                   "published together (see `hdfs_io.resolve`)")
     p.add_argument("--validation-fraction", type=fraction, default=0.1)
     p.add_argument("--hash-buckets", type=positive_int, default=10_000, help="per categorical field")
     p.add_argument("--max-bad-fraction", type=fraction, default=0.01,
@@ -157,6 +158,7 @@ def _prep(args: argparse.Namespace, spark) -> dict:
 
 def cmd_prep(args: argparse.Namespace) -> int:
     prep.check_input(args.input)          # before Spark starts: a wrong URI is the first and only error
+    prep.check_output(args.output, args.overwrite)   # and so is a target that is not a CTR prep
     spark = job_session(args, PROG, 2)
     try:
         report = _prep(args, spark)

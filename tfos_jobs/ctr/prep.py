@@ -6,8 +6,12 @@ fails (:class:`~tfos_jobs.sparkprep.BadInputError`) only when the malformed frac
 Good lines are transformed (signed ``log1p`` integers with missing flags, hashed categoricals),
 split deterministically by a hash of the line, and written as Parquet:
 
-``<out>/train``, ``<out>/valid``, ``<out>/quarantine``, ``<out>/prep.json`` (counts and the transform
-settings that training and scoring read back).
+``train/``, ``valid/``, ``quarantine/`` and ``prep.json`` (counts and the transform settings that
+training and scoring read back), published at ``<out>`` as one unit (:func:`hdfs_io.staged_output`,
+kind ``ctr-prep``): all written into a new version directory, the bad-fraction check passed, then
+switched to in one step. A failed run (too many bad lines, an exception) leaves the previous prep as it
+was; the quarantine of an over-limit input goes to ``<out>.rejected`` instead. Readers resolve ``<out>``
+once (:func:`prep_dir`, :func:`read_report`) and read every part from that version.
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from tfos_jobs.ctr import schema
 
 # pyspark (heavy) is imported inside the functions that build Spark columns.
 REPORT_FILE = "prep.json"
+KIND = "ctr-prep"
+PARTS = ("train", "valid", "quarantine")
+RERUN = "re-run `tfos-ctr prep` (with --overwrite) to re-create it"
 DEFAULT_BUCKETS = 10_000
 
 
@@ -75,20 +82,33 @@ def read_lines(spark: Any, input_uri: str) -> Any:
     a directory or a glob; ``.gz`` files are decompressed)."""
     from pyspark.sql import functions as F
     check_input(input_uri)
-    return spark.read.text(sparkprep.spark_uri(input_uri)).select("value", F.col("_metadata.file_path").alias("source"))
+    path = input_uri if any(ch in input_uri for ch in "*?[") else sparkprep.data_dir(input_uri)
+    return spark.read.text(sparkprep.spark_uri(path)).select("value", F.col("_metadata.file_path").alias("source"))
+
+
+def rejected_uri(output_uri: str) -> str:
+    """Where the quarantine of an over-limit input goes (beside ``output_uri``: a failed prep leaves
+    the output itself untouched)."""
+    return output_uri.rstrip("/") + ".rejected"
+
+
+def check_output(output_uri: str, overwrite: bool) -> None:
+    """Before any work: refuse an existing output without ``overwrite``, and any output that is not a
+    CTR prep (an export, a model dir, ...) even with it."""
+    sparkprep.check_prep_target(output_uri, KIND, REPORT_FILE, overwrite)
 
 
 def prep(spark: Any, input_uri: str, output_uri: str, *, validation_fraction: float = 0.1,
          hash_buckets: int = DEFAULT_BUCKETS, max_bad_fraction: float = 0.01, seed: int = 0,
          partitions: int | None = None, overwrite: bool = False) -> dict:
-    """Run the prep (see module doc); returns the report dict (also written to ``<out>/prep.json``)."""
+    """Run the prep (see module doc); returns the report dict (also written to ``prep.json``, its part
+    URIs inside the published version)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     started = time.monotonic()
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-    if hdfs_io.exists(output_uri) and not overwrite:
-        raise FileExistsError(f"output {output_uri} already exists (use --overwrite to replace it)")
+    check_output(output_uri, overwrite)
     raw = read_lines(spark, input_uri)
     parsed = parse(raw, hash_buckets=hash_buckets)
     parsed = parsed.withColumn("_valid", sparkprep.hash_split(["line"], validation_fraction, seed))
@@ -104,40 +124,46 @@ def prep(spark: Any, input_uri: str, output_uri: str, *, validation_fraction: fl
             if code is not None:
                 by_reason[code] = by_reason.get(code, 0) + n
         bad = sum(by_reason.values())
-        train_rows = counts.get((None, False), 0)
-        valid_rows = counts.get((None, True), 0)
-        quarantine_uri = hdfs_io.join(output_uri, "quarantine")
-        _remove(output_uri, overwrite)
-        sparkprep.write_parquet(parsed.where(F.col("reason_code").isNotNull())
-                            .select("source", "reason_code", "reason", "line").coalesce(1),
-                            quarantine_uri, overwrite=True)
-        sparkprep.check_bad_fraction(total, bad, max_bad_fraction, by_reason, quarantine_uri, what=input_uri)
+        quarantine = parsed.where(F.col("reason_code").isNotNull()) \
+            .select("source", "reason_code", "reason", "line").coalesce(1)
+        if bad / total > max_bad_fraction:   # fails below; the rows go beside the output, never into it
+            rejected = rejected_uri(output_uri)
+            sparkprep.write_parquet(quarantine, rejected, overwrite=True, kind="ctr-rejected")
+            sparkprep.check_bad_fraction(total, bad, max_bad_fraction, by_reason, rejected, what=input_uri)
         good = parsed.where(F.col("reason_code").isNull())
         columns = schema.FEATURES + [schema.LABEL]
-        train_uri, valid_uri = hdfs_io.join(output_uri, "train"), hdfs_io.join(output_uri, "valid")
-        sparkprep.write_parquet(good.where(~F.col("_valid")).select(*columns), train_uri, overwrite=True,
-                            partitions=partitions)
-        sparkprep.write_parquet(good.where(F.col("_valid")).select(*columns), valid_uri, overwrite=True,
-                            partitions=partitions)
+        with hdfs_io.staged_output(output_uri, overwrite=overwrite, kind=KIND) as version:
+            uris = {part: hdfs_io.join(version, part) for part in PARTS}
+            sparkprep.write_part(quarantine, uris["quarantine"])
+            sparkprep.write_part(good.where(~F.col("_valid")).select(*columns), uris["train"], partitions)
+            sparkprep.write_part(good.where(F.col("_valid")).select(*columns), uris["valid"], partitions)
+            report = {
+                "input": input_uri, "output": output_uri, "rows": total, "good": total - bad, "bad": bad,
+                "bad_fraction": bad / total, "bad_by_reason": by_reason, "max_bad_fraction": max_bad_fraction,
+                "train_rows": counts.get((None, False), 0), "valid_rows": counts.get((None, True), 0),
+                "validation_fraction": validation_fraction, "seed": seed, "hash_buckets": hash_buckets,
+                "features": schema.FEATURES, "label": schema.LABEL, **uris,
+                "seconds": round(time.monotonic() - started, 2),
+            }
+            report["rows_per_s"] = total / max(report["seconds"], 1e-9)
+            sparkprep.write_json(report, hdfs_io.join(version, REPORT_FILE))
     finally:
         parsed.unpersist()
-    report = {
-        "input": input_uri, "output": output_uri, "rows": total, "good": total - bad, "bad": bad,
-        "bad_fraction": bad / total, "bad_by_reason": by_reason, "max_bad_fraction": max_bad_fraction,
-        "train_rows": train_rows, "valid_rows": valid_rows, "validation_fraction": validation_fraction,
-        "seed": seed, "hash_buckets": hash_buckets, "features": schema.FEATURES, "label": schema.LABEL,
-        "train": train_uri, "valid": valid_uri, "quarantine": quarantine_uri,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    report["rows_per_s"] = total / max(report["seconds"], 1e-9)
-    sparkprep.write_json(report, hdfs_io.join(output_uri, REPORT_FILE))
     return report
 
 
+def prep_dir(prep_uri: str) -> str:
+    """The directory of the prep's current version (see :func:`sparkprep.prep_dir`)."""
+    return sparkprep.prep_dir(prep_uri, REPORT_FILE, RERUN)
+
+
 def read_report(prep_uri: str) -> dict:
-    uri = hdfs_io.join(prep_uri, REPORT_FILE)
-    return sparkprep.read_json(uri, missing=f"{prep_uri} is not a prep output: {uri} does not exist "
-                                            "(run `tfos-ctr prep`)")
+    """The prep's report, its ``train``/``valid``/``quarantine`` URIs in the version it was read from."""
+    directory = prep_dir(prep_uri)
+    uri = hdfs_io.join(directory, REPORT_FILE)
+    report = sparkprep.read_json(uri, missing=f"{prep_uri} is not a prep output: {uri} does not exist ({RERUN})")
+    report.update({part: hdfs_io.join(directory, part) for part in PARTS})
+    return report
 
 
 def check_input(input_uri: str) -> None:
@@ -147,8 +173,3 @@ def check_input(input_uri: str) -> None:
     elif not hdfs_io.exists(input_uri):
         raise FileNotFoundError(f"input {input_uri} does not exist")
 
-
-def _remove(output_uri: str, overwrite: bool) -> None:
-    if overwrite:
-        for name in ("train", "valid", REPORT_FILE):
-            hdfs_io.delete(hdfs_io.join(output_uri, name), recursive=True, missing_ok=True)

@@ -73,9 +73,7 @@ def evaluate(export_uri: str, data_uri: str, output_uri: str | None = None, batc
     if not hdfs_io.exists(export_uri):
         raise FileNotFoundError(f"export {export_uri} does not exist")
     hdfs_io.require_published(export_uri)
-    if not hdfs_io.exists(data_uri):
-        raise FileNotFoundError(f"data {data_uri} does not exist")
-    files = hdfs_io.list_data_files(data_uri)
+    files = hdfs_io.list_data_files(sparkprep.data_dir(data_uri, "data"))   # <prep>/valid: the current version's
     if not files:
         raise FileNotFoundError(f"no Parquet data files under {data_uri}")
     import tensorflow as tf
@@ -110,9 +108,7 @@ def score(spark: Any, export_uri: str, input_uri: str, output_uri: str, *, input
     config = read_config(export_uri)
     rejected = 0
     if input_format == "parquet":
-        if not hdfs_io.exists(input_uri):
-            raise FileNotFoundError(f"input {input_uri} does not exist")
-        df = spark.read.parquet(sparkprep.spark_uri(input_uri))
+        df = spark.read.parquet(sparkprep.spark_uri(sparkprep.data_dir(input_uri)))   # one complete version
         default_keep = [schema.LABEL] if schema.LABEL in df.columns else []
     else:
         parsed = ctr_prep.parse(ctr_prep.read_lines(spark, input_uri), int(config["hash_buckets"]), labeled=labeled)

@@ -35,6 +35,7 @@ from tfos_jobs import metrics
 from tfos_jobs.ctr import schema
 
 REPORT_FILE = "_generator.json"   # Hadoop/Spark input formats skip names starting with "_"
+KIND = "ctr-raw"                  # publish kind: generating over another kind of output is refused
 MALFORMED_KINDS = ("field_count", "label", "integer", "categorical", "empty")
 
 
@@ -203,7 +204,7 @@ def generate(uri: str, rows: int, *, files: int = 1, seed: int = 0, malformed_fr
     malformed = dict.fromkeys(MALFORMED_KINDS, 0)
     per_file = [rows // files + (1 if i < rows % files else 0) for i in range(files)]
     chunk_seed = 0
-    with hdfs_io.staged_output(uri, overwrite=overwrite) as tmp:
+    with hdfs_io.staged_output(uri, overwrite=overwrite, kind=KIND) as tmp:
         for index, count in enumerate(per_file):
             name = f"part-{index:05d}.tsv" + (".gz" if gz else "")
             with hdfs_io.open(hdfs_io.join(tmp, name), "wb") as raw:

@@ -136,8 +136,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 def cmd_prep(args: argparse.Namespace) -> int:
     parsed = schema.load_spec(args.spec)
     fmt, header = schema.preflight(parsed, args.data, args.format)
-    if hdfs_io.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    prep.check_output(args.out, args.overwrite)   # before Spark: an existing or foreign target
     spark = job_session(args, PROG, 2)
     try:
         plan = prep.run_prep(spark, parsed, args.data, args.out, fmt=fmt, header=header, files=args.files,
@@ -152,8 +151,9 @@ def cmd_prep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     configs = training_configs(args)
     scaling = configs["scaling"]
-    plan = prep.read_plan(args.prep)
-    files = hdfs_io.list_data_files(hdfs_io.join(args.prep, "train"))
+    directory = prep.prep_dir(args.prep)   # the plan and the splits from one version
+    plan = prep.read_plan(directory)
+    files = hdfs_io.list_data_files(hdfs_io.join(directory, "train"))
     if len(files) < scaling.num_workers:
         raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {scaling.num_workers} "
                          "each need one: prep again with --files >= workers")
@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
              "learning_rate": args.learning_rate}
     spark = job_session(args, PROG, scaling.num_nodes)
     try:
-        result = steps.train(spark.sparkContext, plan, args.prep, model, **configs)
+        result = steps.train(spark.sparkContext, plan, directory, model, **configs)
     finally:
         spark.stop()
     print_train_result(result)
@@ -169,11 +169,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    plan = prep.read_plan(args.prep)
+    directory = prep.prep_dir(args.prep)   # the plan and the splits from one version
+    plan = prep.read_plan(directory)
     steps.check_export(plan, args.export)
     spark = job_session(args, PROG, 2)
     try:
-        steps.evaluate(spark, plan, args.prep, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
+        steps.evaluate(spark, plan, directory, args.export, args.out, overwrite=args.overwrite, lr_reg=args.lr_reg,
                        lr_max_iter=args.lr_max_iter)
     finally:
         spark.stop()

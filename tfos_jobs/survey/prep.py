@@ -3,11 +3,13 @@
 One pass profiles every column of the training split at once (answers exploded to
 ``(column, answer, kind)`` and counted, so hundreds of question columns cost one shuffle), the
 treatments are resolved on the driver (spec first, inference for the rest), and one ``select``
-encodes every column. Output under ``<out>``:
+encodes every column. Output at ``<out>``, published as one unit (:func:`hdfs_io.staged_output`,
+kind ``survey-prep``; a failed run leaves the previous prep and its plan as they were):
 
 ``train/`` and ``valid/`` (Parquet: the id column if any, the encoded features, one ``y_*`` int64 label
 per target, -1 where the target was not answered), ``prep.json`` (the plan: every column's treatment,
-vocabularies, scaling, classes and counts; training, evaluation and prediction read it back).
+vocabularies, scaling, classes and counts; training, evaluation and prediction read it back). Readers
+resolve ``<out>`` once (:func:`prep_dir`) and read the plan and the splits from that version.
 
 Encodings (all scalar columns, no nulls, as the runtime requires):
 
@@ -31,6 +33,8 @@ from tfos_jobs.survey.schema import KINDS, Spec, SpecError
 
 # pyspark (heavy) is imported inside the functions that build Spark columns.
 PLAN_FILE = "prep.json"
+KIND = "survey-prep"
+RERUN = "run `tfos-survey prep` first (with --overwrite to re-create it)"
 RESERVED_IDS = {"other": 0, "missing": 1, "refused": 2, "not_asked": 3}
 FIRST_ANSWER_ID = 4
 PLAN_VERSION = 1
@@ -74,6 +78,7 @@ def kind_col(value: Any, codes: dict[str, list[str]]) -> Any:
 
 def read_table(spark: Any, uri: str, fmt: str) -> Any:
     reader = spark.read
+    uri = sparkprep.data_dir(uri)   # a published data set: its current version
     if fmt == "csv":
         # every column as text: answer codes ("refused", 98, "") are compared as written
         return reader.option("header", True).option("inferSchema", False).option("mode", "PERMISSIVE") \
@@ -305,8 +310,7 @@ def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "au
     started = time.monotonic()
     if header is None:
         fmt, header = schema.preflight(spec, data_uri, fmt)
-    if hdfs_io.exists(out_uri) and not overwrite:
-        raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
+    check_output(out_uri, overwrite)
     fraction = float(spec.split["validation_fraction"] if validation_fraction is None else validation_fraction)
     seed = int(spec.split["seed"] if seed is None else seed)
     df = read_table(spark, data_uri, fmt)
@@ -331,18 +335,24 @@ def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "au
             raise SpecError(f"the split left {counts['train']} training and {counts['valid']} validation rows: "
                             "need both (more data or another validation_fraction)")
         keep = [spec.id_column] if spec.id_column else []
-        for split, flag in (("train", False), ("valid", True)):
-            part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
-            sparkprep.write_parquet(part, hdfs_io.join(out_uri, split), overwrite=overwrite,
-                                partitions=max(int(files), 1))
+        with hdfs_io.staged_output(out_uri, overwrite=overwrite, kind=KIND) as version:
+            for split, flag in (("train", False), ("valid", True)):
+                part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
+                sparkprep.write_part(part, hdfs_io.join(version, split), max(int(files), 1))
+            plan["inputs"] = feature_inputs(plan)
+            plan["labels"] = label_columns(plan)
+            plan["prep_seconds"] = round(time.monotonic() - started, 1)
+            sparkprep.write_json(plan, hdfs_io.join(version, PLAN_FILE))
     finally:
         df.unpersist()
-    plan["inputs"] = feature_inputs(plan)
-    plan["labels"] = label_columns(plan)
-    plan["prep_seconds"] = round(time.monotonic() - started, 1)
-    sparkprep.write_json(plan, hdfs_io.join(out_uri, PLAN_FILE))
     log(summary(plan))
     return plan
+
+
+def check_output(out_uri: str, overwrite: bool) -> None:
+    """Before any work: refuse an existing output without ``overwrite``, and any output that is not a
+    survey prep (an export, a model dir, ...) even with it."""
+    sparkprep.check_prep_target(out_uri, KIND, PLAN_FILE, overwrite)
 
 
 def plan_id(plan: dict) -> float:
@@ -353,9 +363,16 @@ def plan_id(plan: dict) -> float:
     return float(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
 
 
+def prep_dir(prep_uri: str) -> str:
+    """The directory of the prep's current version (see :func:`sparkprep.prep_dir`): read the plan
+    and the splits from it, so they always belong together."""
+    return sparkprep.prep_dir(prep_uri, PLAN_FILE, RERUN)
+
+
 def read_plan(prep_uri: str) -> dict:
-    uri = hdfs_io.join(prep_uri, PLAN_FILE)
-    plan = sparkprep.read_json(uri, missing=f"{uri} not found: run `tfos-survey prep` first")
+    """The plan of the prep ``prep_uri`` (or of one of its version directories, :func:`prep_dir`)."""
+    uri = hdfs_io.join(prep_dir(prep_uri), PLAN_FILE)
+    plan = sparkprep.read_json(uri, missing=f"{uri} not found: {RERUN}")
     if plan.get("version") != PLAN_VERSION:
         raise ValueError(f"{uri} has plan version {plan.get('version')}, this code reads {PLAN_VERSION}")
     return plan

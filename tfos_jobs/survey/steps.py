@@ -54,8 +54,9 @@ def train(sc: Any, plan: dict, prep_uri: str, model: dict | None = None, *, scal
 
     ``model``: options over the spec's ``model`` section (``hidden``, ``embedding_dim``, ``dropout``,
     ``learning_rate``; None keeps the spec's)."""
-    task = SurveyTask(plan, valid_uri=hdfs_io.join(prep_uri, "valid"), **(model or {}))
-    data = ParquetSource(hdfs_io.join(prep_uri, "train"), features=list(plan["inputs"]), labels=plan["labels"])
+    directory = prep.prep_dir(prep_uri)   # callers pass the directory they read the plan from: one version
+    task = SurveyTask(plan, valid_uri=hdfs_io.join(directory, "valid"), **(model or {}))
+    data = ParquetSource(hdfs_io.join(directory, "train"), features=list(plan["inputs"]), labels=plan["labels"])
     return fit(sc, task, data, config=TrainConfig(scaling, run, loop))
 
 
@@ -153,8 +154,9 @@ def evaluate(spark: Any, plan: dict, prep_uri: str, export_uri: str, out_uri: st
     check_export(plan, export_uri)
     if hdfs_io.exists(out_uri) and not overwrite:
         raise FileExistsError(f"{out_uri} exists; pass --overwrite to replace it")
-    train_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(prep_uri, "train")))
-    valid_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(prep_uri, "valid")))
+    directory = prep.prep_dir(prep_uri)   # one complete version for both splits
+    train_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(directory, "train")))
+    valid_df = spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(directory, "valid")))
     outputs = {t["label"]: f"__p_{t['label']}" for t in plan["targets"]}
     scored = scoring.score_dataframe_vectors(valid_df, export_uri, list(plan["inputs"]), outputs,
                                              keep=plan["labels"]).cache()
