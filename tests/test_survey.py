@@ -228,9 +228,11 @@ def test_prep_infers_encodes_and_splits_deterministically(local_spark, synthetic
     ordinal = features[listed[0]]
     assert set(ordinal["indicators"]) == {"missing", "refused", "not_asked"}
 
-    train = hdfs_io.read_parquet(str(tmp_path / "prep" / "train"))
-    valid = hdfs_io.read_parquet(str(tmp_path / "prep" / "valid"))
-    assert len(hdfs_io.list_data_files(str(tmp_path / "prep" / "train"))) == 3
+    version = prep.prep_dir(str(tmp_path / "prep"))   # the splits and the plan: one published version
+    assert hdfs_io.published_kind(str(tmp_path / "prep")) == prep.KIND
+    train = hdfs_io.read_parquet(hdfs_io.join(version, "train"))
+    valid = hdfs_io.read_parquet(hdfs_io.join(version, "valid"))
+    assert len(hdfs_io.list_data_files(hdfs_io.join(version, "train"))) == 3
     assert train.num_rows + valid.num_rows == 600 and 60 < valid.num_rows < 180
     assert set(train.column_names) == {"rid", *plan["inputs"], *plan["labels"]}
     assert train.schema.field(ordinal["input"]).type == "float" and train.schema.field("y_t1").type == "int64"
@@ -260,9 +262,9 @@ def test_prep_infers_encodes_and_splits_deterministically(local_spark, synthetic
     parquet = str(tmp_path / "survey_pq")
     hdfs_io.write_parquet(table, parquet, rows_per_file=250)
     prep.run_prep(local_spark, parsed, parquet, str(tmp_path / "prep2"), files=2)
-    valid2 = hdfs_io.read_parquet(str(tmp_path / "prep2" / "valid"))
+    valid2 = hdfs_io.read_parquet(hdfs_io.join(prep.prep_dir(str(tmp_path / "prep2")), "valid"))
     assert sorted(valid2.column("rid").to_pylist()) == sorted(valid.column("rid").to_pylist())
-    with open(tmp_path / "prep" / "prep.json") as handle:
+    with hdfs_io.open(hdfs_io.join(version, "prep.json"), "r") as handle:
         assert json.load(handle)["rows"]["valid"] == valid.num_rows
 
 
@@ -286,8 +288,10 @@ def assert_survey_model_learned(plan, prep_uri, export_uri, reported, margin=0.0
     training answer frequencies (the best log loss of such a model); ``reported``: the chief's figures."""
     from tfos_jobs.export import load_serving
     from tfos_jobs.survey.model import predict_probabilities
-    train = hdfs_io.read_parquet(hdfs_io.join(prep_uri, "train"))
-    valid = hdfs_io.read_parquet(hdfs_io.join(prep_uri, "valid"))
+    from tfos_jobs.survey import prep
+    version = prep.prep_dir(prep_uri)
+    train = hdfs_io.read_parquet(hdfs_io.join(version, "train"))
+    valid = hdfs_io.read_parquet(hdfs_io.join(version, "valid"))
     probabilities = predict_probabilities(load_serving(export_uri, cache),
                                           {name: valid.column(name).to_numpy() for name in plan["inputs"]})
     out = {}
