@@ -364,7 +364,7 @@ def test_anes96_model_beats_majority_on_every_target(anes96_run):
         assert json.load(handle)["targets"]["vote"]["answers"] == 2
     text = (root / "eval" / "evaluation.txt").read_text()
     assert "acc majority" in text and "logloss LR" in text and "selfLR" in text
-    assert os.path.exists(root / "eval" / "_SUCCESS")
+    assert hdfs_io.is_published(str(root / "eval"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, TrainConfig
 from tfos_jobs.ctr import prep as ctr_prep
 from tfos_jobs.ctr import schema
 from tfos_jobs.ctr.model import CTRTask, ModelConfig, summarize
-from tfos_jobs.export import load_serving
+from tfos_jobs.export import export_dir, load_serving, read_export_file
 from tfos_jobs.feed import DataFrameSource
 from tfos_jobs.task import ParquetSource
 from tfos_jobs.trainer import fit
@@ -41,13 +41,13 @@ def train(sc: Any, prep_uri: str, model: ModelConfig = ModelConfig(), *, scaling
     model = dataclasses.replace(model, hash_buckets=int(report["hash_buckets"])).validate()
     source = _source(report, data)
     task = CTRTask(model, valid_uri=report["valid"] if report.get("valid_rows") else None)
+    # published with the model (one unit): how raw rows become this model's features
+    task.job_config = {"model": task.describe(), "hash_buckets": model.hash_buckets, "features": schema.FEATURES,
+                       "label": schema.LABEL, "prep": prep_uri, "strategy": scaling.strategy,
+                       "num_workers": scaling.num_workers, "batch_size": loop.batch_size}
     started = time.monotonic()
     result = fit(sc, task, source, config=TrainConfig(scaling, run, loop))
     result.metrics["train_seconds"] = round(time.monotonic() - started, 2)
-    config = {"model": task.describe(), "hash_buckets": model.hash_buckets, "features": schema.FEATURES,
-              "label": schema.LABEL, "prep": prep_uri, "strategy": scaling.strategy,
-              "num_workers": scaling.num_workers, "batch_size": loop.batch_size, "steps": result.steps}
-    sparkprep.write_json(config, hdfs_io.join(run.export_uri, CONFIG_FILE))
     return result
 
 
@@ -62,17 +62,14 @@ def _source(report: dict, data: Any) -> Any:
 
 
 def read_config(export_uri: str) -> dict:
-    uri = hdfs_io.join(export_uri, CONFIG_FILE)
-    return sparkprep.read_json(uri, missing=f"{export_uri} is not a CTR model export: {uri} does not exist")
+    return read_export_file(export_uri, CONFIG_FILE, "CTR model export")
 
 
 def evaluate(export_uri: str, data_uri: str, output_uri: str | None = None, batch_size: int = 8192,
              max_rows: int | None = None) -> dict:
     """AUC / log loss of the exported model (its serving signature) on a prepped Parquet data set;
-    written as JSON to ``output_uri`` (default ``<export_uri>/evaluation.json``)."""
-    if not hdfs_io.exists(export_uri):
-        raise FileNotFoundError(f"export {export_uri} does not exist")
-    hdfs_io.require_published(export_uri)
+    written as JSON to ``output_uri`` (default: ``evaluation.json`` beside the model files)."""
+    directory = export_dir(export_uri)
     files = hdfs_io.list_data_files(sparkprep.data_dir(data_uri, "data"))   # <prep>/valid: the current version's
     if not files:
         raise FileNotFoundError(f"no Parquet data files under {data_uri}")
@@ -93,7 +90,7 @@ def evaluate(export_uri: str, data_uri: str, output_uri: str | None = None, batc
         shutil.rmtree(cache, ignore_errors=True)
     result = summarize(np.concatenate(labels), np.concatenate(scores))
     result.update(export=export_uri, data=data_uri, seconds=round(time.monotonic() - started, 2))
-    sparkprep.write_json(result, output_uri or hdfs_io.join(export_uri, EVALUATION_FILE))
+    sparkprep.write_json(result, output_uri or hdfs_io.join(directory, EVALUATION_FILE))
     return result
 
 

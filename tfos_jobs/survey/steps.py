@@ -21,13 +21,13 @@ count as missing for every respondent (a warning names them); target columns, wh
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from typing import Any, Callable
 
 import hdfs_io
+from tfos_jobs.export import METRICS_FILE, read_export_file
 from tfos_jobs import scoring, sparkprep
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, TrainConfig
 from tfos_jobs.survey import prep, schema
@@ -65,11 +65,7 @@ def train(sc: Any, plan: dict, prep_uri: str, model: dict | None = None, *, scal
 
 def check_export(plan: dict, export_uri: str) -> dict:
     """The export exists, is complete and was trained on this plan's encoding; return its metrics."""
-    if not hdfs_io.exists(export_uri):
-        raise FileNotFoundError(f"model export {export_uri} does not exist: run `tfos-survey train` first")
-    hdfs_io.require_published(export_uri)
-    with hdfs_io.open(hdfs_io.join(export_uri, "metrics.json"), "r") as handle:
-        metrics = json.load(handle)
+    metrics = read_export_file(export_uri, METRICS_FILE, "survey model export")
     if metrics.get("survey_plan_id") != prep.plan_id(plan):
         raise ValueError(f"the model at {export_uri} was not trained on this prep output (its encoding differs): "
                          "train again on this prep, or pass the prep it was trained on")

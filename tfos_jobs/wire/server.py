@@ -29,17 +29,24 @@ class LoopServer:
         self._open = 0
         self._unproven = {}     # writer -> None, oldest first
         self.rejected = 0
+        # The loop runs in its own thread from the start and the server is made there: the caller's
+        # thread may run an event loop of its own (a Jupyter kernel), which forbids run_until_complete.
         self._loop = asyncio.new_event_loop()
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, host, 0, limit=limit + 1, backlog=128))
-        self.address = "%s:%d" % self._server.sockets[0].getsockname()[:2]
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"tfos-{name}", daemon=True)
+        self._thread.start()
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(
+                asyncio.start_server(self._serve, host, 0, limit=limit + 1, backlog=128), self._loop).result(10)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+        self.address = "%s:%d" % self._server.sockets[0].getsockname()[:2]
 
     async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
     def start(self):
-        self._thread.start()
+        """Kept for symmetry with ``stop``: the server serves from construction on."""
         return self
 
     def stop(self) -> None:
