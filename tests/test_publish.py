@@ -76,15 +76,7 @@ def moto_s3():
             proc.wait(10)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    for var in ("HADOOP_CONF_DIR", "HADOOP_HOME", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
-                "AWS_REGION", "AWS_DEFAULT_REGION", "HDFS_IO_TIMEOUT_S"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    hdfs_io.reset()
-    yield
-    hdfs_io.reset()
+from test_hdfs_io import _isolated_env  # noqa: E402,F401  (autouse: no cluster/AWS settings leak in)
 
 
 def _s3_root(request, monkeypatch) -> str:
