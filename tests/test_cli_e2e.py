@@ -19,6 +19,7 @@ import pytest
 
 import cluster
 from cluster.testing import describe, run_process
+import hdfs_io
 from tfos_jobs.export import export_dir
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -77,7 +78,7 @@ def test_ctr_generate_prep_train_evaluate_score(pseudo_cluster, tmp_path):
     # the same rows as the chief's own validation at the end of training: the same AUC
     assert evaluated["eval_rows"] == prepped["valid_rows"], (evaluated, prepped)
     assert evaluated["auc"] == pytest.approx(trained["metrics"]["auc"], abs=2e-3), (evaluated, trained)
-    assert json.loads((export / "evaluation.json").read_text())["auc"] == evaluated["auc"]
+    assert json.loads((unit / "evaluation.json").read_text())["auc"] == evaluated["auc"]
 
     scored = last_json(cli(pseudo_cluster, "tfos-ctr", "score", "--export", str(export), "--input",
                            str(prep / "valid"), "--output", str(scores), "--keep", "label", *master))
@@ -100,9 +101,10 @@ def test_survey_example_prep_train_evaluate_predict(pseudo_cluster, tmp_path):
 
     cli(pseudo_cluster, "tfos-survey", "evaluate", "--prep", str(prep), "--export", str(export),
         "--out", str(tmp_path / "evaluation"), *master)
-    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    evaluation = Path(hdfs_io.resolve(str(tmp_path / "evaluation")))   # a published unit: its current version
+    report = json.loads((evaluation / "evaluation.json").read_text())
     assert set(report["targets"]) == {"vote", "PID", "selfLR"}, report
-    assert (tmp_path / "evaluation" / "evaluation.txt").read_text().strip()
+    assert (evaluation / "evaluation.txt").read_text().strip()
 
     predicted = last_json(cli(pseudo_cluster, "tfos-survey", "predict", "--prep", str(prep), "--export",
                               str(export), "--data", example["data"], "--out", str(tmp_path / "predictions"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import hdfs_io
+from tfos_jobs.export import export_dir
 from cluster.testing import describe, run_process
 from tfos_jobs import metrics
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
@@ -85,7 +86,7 @@ def test_default_topology_trains_and_exports_with_validation_metrics(trained):
     assert job.read_config(result["export"])["hash_buckets"] == HASH_BUCKETS
     evaluation = job.evaluate(result["export"], hdfs_io.join(prepped, "valid"))
     assert evaluation["auc"] == pytest.approx(figures["auc"], abs=1e-4), "serving signature = Keras model"
-    assert hdfs_io.exists(hdfs_io.join(result["export"], "evaluation.json"))
+    assert hdfs_io.exists(hdfs_io.join(export_dir(result["export"]), "evaluation.json"))
 
 
 def test_scoring_parquet_matches_the_models_predictions(local_spark, trained, tmp_path):
