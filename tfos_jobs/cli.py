@@ -69,7 +69,12 @@ def training_configs(args: argparse.Namespace) -> dict[str, Any]:
     """``scaling``, ``loop`` and ``run`` for a job's ``steps.train`` from the flags ``add_flags`` made,
     plus ``--model-dir`` and ``--export``."""
     return {"scaling": from_flags(ScalingConfig, args), "loop": from_flags(LoopConfig, args),
-            "run": from_flags(RunConfig, args, model_dir=args.model_dir, export_uri=args.export)}
+            "run": from_flags(RunConfig, args, model_dir=absolute(args.model_dir), export_uri=absolute(args.export))}
+
+
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute here: the TF nodes that write to it run in other directories."""
+    return os.path.abspath(uri) if uri and "://" not in uri else uri
 
 
 def print_train_result(result: Any) -> None:
