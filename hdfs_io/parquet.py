@@ -59,7 +59,7 @@ def list_data_files(uri: str, require_success: bool = False) -> list[FileInfo]:
     top = _fs.info(uri)
     if not top.is_dir:
         return [top]
-    store, loc = backends.resolve(uri)
+    store, loc = backends.resolve(top.uri)   # info() followed a path inside a published output
     data = data_location(store, loc, require_success)
     return sorted((fi for rel, fi in _fs.walk_files(data.uri) if _is_data(rel)), key=lambda f: f.uri)
 
