@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import hdfs_io
+from tfos_jobs import sparkprep
 from tfos_jobs.export import export_dir
 from cluster.testing import describe, run_process
 from tfos_jobs import metrics
@@ -130,7 +131,7 @@ def test_scoring_raw_criteo_lines_matches_the_models_predictions(local_spark, tr
 
 def test_mwms_from_a_dataframe(local_spark, trained, tmp_path):
     _, _, prepped, gen, _ = trained
-    frame = local_spark.read.parquet("file://" + hdfs_io.join(prepped, "train"))
+    frame = local_spark.read.parquet("file://" + sparkprep.data_dir(hdfs_io.join(prepped, "train")))
     result = job.train(local_spark.sparkContext, prepped, SMALL, data=frame,
                        scaling=ScalingConfig(strategy="mwms", num_workers=2),
                        loop=LoopConfig(batch_size=64, steps=40, log_every=20, checkpoint_every=40),

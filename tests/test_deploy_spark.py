@@ -70,7 +70,7 @@ def prepped(pseudo_cluster):
     out = deploy_submit(pseudo_cluster, master, "tfos_jobs.ctr",
                         ["prep", "--input", f"{base}/ctr/raw", "--output", f"{base}/ctr/prep",
                          "--hash-buckets", "200", "--partitions", "2"])
-    assert bounded(lambda: hdfs_io.is_published(f"{base}/ctr/prep/train")), out
+    assert bounded(lambda: hdfs_io.is_published(f"{base}/ctr/prep")), out
     out = deploy_submit(pseudo_cluster, master, "tfos_jobs.survey",
                         ["prep", "--data", data_uri, "--spec", spec_uri, "--out", f"{base}/survey/prep",
                          "--files", "2"])
