@@ -81,7 +81,7 @@ APP = textwrap.dedent("""
         ids = np.arange(rows, dtype=np.int64)
         hdfs_io.write_parquet(pa.table({{"id": ids, "y": (ids % 3).astype(np.float64)}}), {hdfs_data!r},
                               rows_per_file=3_000, row_group_size=1_000)
-        on_hdfs = spark.read.parquet({hdfs_data!r})
+        on_hdfs = spark.read.parquet(hdfs_io.resolve({hdfs_data!r}))
         planned = FeedDriver(spark.sparkContext, DataFrameSource(on_hdfs, ["id"], "y"), num_workers=2, epochs=1,
                              batch_size=256)
         out["hdfs_groups"] = planned.file_groups

@@ -20,7 +20,7 @@ def ctr(local_spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("feed-ctr")
     hdfs_io.write_parquet(synthetic_ctr(ROWS, seed=3), str(root / "train"), rows_per_file=1_000)
     hdfs_io.write_parquet(synthetic_ctr(2_000, seed=4), str(root / "valid"))
-    return local_spark.read.parquet(str(root / "train")), str(root / "valid")
+    return local_spark.read.parquet(hdfs_io.resolve(str(root / "train"))), str(root / "valid")
 
 
 def test_mwms_trains_from_a_dataframe_for_n_epochs(local_spark, ctr, tmp_path):
@@ -93,7 +93,7 @@ spark = spark_session(local_cluster_master(4, 1, 1024), app_name="feed-ps")
 try:
     task = DemoCTRTask(root + "/valid")
     task.learning_rate = 0.01
-    df = spark.read.parquet(root + "/train")
+    df = spark.read.parquet(hdfs_io.resolve(root + "/train"))
     result = fit(spark.sparkContext, task, DataFrameSource(df, NUMERIC + CATEGORICAL, "label"), strategy="ps",
                  num_workers=1, num_ps=1, epochs=2, batch_size=128, log_every=10, checkpoint_every=20,
                  model_dir=root + "/model", export_uri=root + "/export")
