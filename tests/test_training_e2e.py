@@ -89,7 +89,7 @@ def assert_export_learned(export_uri, valid_uri, reported):
     untrained = untrained_predictions(DemoCTRTask(valid_uri),
                                       {n: table.column(n).to_numpy() for n in NUMERIC + CATEGORICAL})
     figures = assert_learned(labels, predictions, untrained)
-    reported = json.loads(open(os.path.join(export_uri, "metrics.json")).read())
+    reported = json.loads(open(os.path.join(export_dir(export_uri), "metrics.json")).read())
     assert reported["auc"] == pytest.approx(figures["auc"], abs=1e-4), (reported, figures)
     assert reported["auc"] == pytest.approx(figures["auc"], abs=1e-4), (reported, figures)
     return figures
