@@ -164,13 +164,18 @@ def test_publish_atomicity(remote, tmp_path):
         open(os.path.join(local, "saved_model.pb"), "wb").write(b"v1")
         open(os.path.join(local, "variables", "v.index"), "wb").write(b"i")
     assert hdfs_io.is_published(final)
-    assert {e.name for e in hdfs_io.ls(final)} == {"_SUCCESS", "saved_model.pb", "variables"}
+    first = hdfs_io.resolve(final)   # the publish protocol: a version directory named by _CURRENT
+    assert {e.name for e in hdfs_io.ls(first)} == {"_SUCCESS", "saved_model.pb", "variables"}
     with pytest.raises(FileExistsError):
         hdfs_io.publish_dir(str(tmp_path), final)
     with hdfs_io.publish(final, overwrite=True) as local:
         open(os.path.join(local, "saved_model.pb"), "wb").write(b"v2")
     assert hdfs_io.open(hdfs_io.join(final, "saved_model.pb")).read() == b"v2"
-    assert sorted(e.name for e in hdfs_io.ls(final, recursive=True)) == ["_SUCCESS", "saved_model.pb"]
+    second = hdfs_io.resolve(final)
+    assert sorted(e.name for e in hdfs_io.ls(second, recursive=True)) == ["_SUCCESS", "saved_model.pb"]
+    # the pointer, the new version and the previous one (kept for readers that resolved it) remain
+    assert sorted(e.uri.rstrip("/").rsplit("/", 1)[-1] for e in hdfs_io.ls(final)) == \
+        sorted(["_CURRENT", first.rstrip("/").rsplit("/", 1)[-1], second.rstrip("/").rsplit("/", 1)[-1]])
     # nothing but the final directory remains next to it (no temporary or old siblings)
     assert [e.uri for e in hdfs_io.ls(hdfs_io.join(remote, "exports"))] == [final]
 
@@ -196,32 +201,27 @@ def test_publish_dir_failing_upload_leaves_nothing(remote, tmp_path, monkeypatch
     assert not hdfs_io.exists(remote) or hdfs_io.ls(remote) == []
 
 
-def test_s3_commit_failure_removes_partial_copies(pseudo_cluster, env, tmp_path, monkeypatch, s3_keys):
+def test_s3_failed_publish_removes_its_partial_version(pseudo_cluster, env, tmp_path, monkeypatch, s3_keys):
     base = _base("s3", pseudo_cluster)
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
         (src / f"part-{i}").write_bytes(b"p" * 100)
     final = hdfs_io.join(base, "out")
-    from hdfs_io.stores import S3Store
+    real_copy, copies = hdfs_io.fs.copy, []
 
-    real_meta, copies = S3Store.meta, []
+    def failing_copy(source, target, *args, **kwargs):   # the upload of the new version fails midway
+        copies.append(target)
+        raise OSError("S3 PutObject failed")
 
-    def failing_meta(self, loc, op, fn, *args):
-        if op == "copy":
-            copies.append(args)
-            if len(copies) == 4:
-                raise OSError("S3 CopyObject failed")
-        return real_meta(self, loc, op, fn, *args)
-
-    monkeypatch.setattr(S3Store, "meta", failing_meta)
+    monkeypatch.setattr(hdfs_io.fs, "copy", failing_copy)
     try:
-        with pytest.raises(OSError, match="CopyObject failed"):
+        with pytest.raises(OSError, match="PutObject failed"):
             hdfs_io.publish_dir(str(src), final)
-        prefix = final.split("/", 3)[3]
-        assert s3_keys(prefix) == []
+        assert copies and s3_keys(final.split("/", 3)[3]) == []
         assert not hdfs_io.is_published(final)
-        assert s3_keys(base.split("/", 3)[3]) == []  # temporary prefix removed too
+        assert s3_keys(base.split("/", 3)[3]) == []  # no version prefix left behind
+        monkeypatch.setattr(hdfs_io.fs, "copy", real_copy)
     finally:
         hdfs_io.delete(base, recursive=True, missing_ok=True)
 
@@ -248,16 +248,17 @@ def test_parquet_errors_name_remote_files(remote):
     other = table(10).set_column(1, "y", pa.array([str(i) for i in range(10)]))
     buf = pa.BufferOutputStream()
     pq.write_table(other, buf)
-    with hdfs_io.open(hdfs_io.join(uri, "part-00009.parquet"), "wb") as f:
+    bad = hdfs_io.join(hdfs_io.resolve(uri), "part-00009.parquet")   # a file of the published version
+    with hdfs_io.open(bad, "wb") as f:
         f.write(buf.getvalue().to_pybytes())
     with pytest.raises(hdfs_io.SchemaMismatchError) as info:
         hdfs_io.read_parquet(uri)
-    assert hdfs_io.join(uri, "part-00009.parquet") in str(info.value)
-    with hdfs_io.open(hdfs_io.join(uri, "part-00009.parquet"), "wb") as f:
+    assert bad in str(info.value)
+    with hdfs_io.open(bad, "wb") as f:
         f.write(b"garbage, not parquet" * 20)
     with pytest.raises(hdfs_io.CorruptFileError) as info:
         list(hdfs_io.iter_record_batches(uri))
-    assert hdfs_io.join(uri, "part-00009.parquet") in str(info.value)
+    assert bad in str(info.value)
 
 
 def test_tf_dataset_from_remote_shard(remote):
