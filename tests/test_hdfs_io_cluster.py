@@ -298,10 +298,14 @@ def test_s3_leaves_no_directory_marker_objects(pseudo_cluster, env, tmp_path, s3
         hdfs_io.publish_dir(str(tmp_path / "m"), hdfs_io.join(base, "b", "m"))
         hdfs_io.publish_dir(str(tmp_path / "m"), hdfs_io.join(base, "b", "m"), overwrite=True)
         hdfs_io.rename(hdfs_io.join(base, "b", "m"), hdfs_io.join(base, "c", "m"))
-        hdfs_io.delete(hdfs_io.join(base, "a", "ds", "part-00000.parquet"))
+        ds = hdfs_io.resolve(hdfs_io.join(base, "a", "ds")).split("/", 3)[3]
+        hdfs_io.delete(hdfs_io.join(base, "a", "ds", "_CURRENT"))
+        hdfs_io.delete(f"s3://{base.split('/')[2]}/{ds}/part-00000.parquet")
         keys = s3_keys(prefix)
-        assert [k for k in keys if k.endswith("/")] == []
-        assert keys == [f"{prefix}/a/ds/_SUCCESS", f"{prefix}/c/m/_SUCCESS", f"{prefix}/c/m/sub/f"]
+        assert [k for k in keys if k.endswith("/")] == [], keys
+        moved = [k for k in keys if k.startswith(f"{prefix}/c/m/")]
+        assert [k for k in keys if k.startswith(f"{prefix}/a/")] == [f"{ds}/_SUCCESS"], keys
+        assert any(k.endswith("/_CURRENT") for k in moved) and any(k.endswith("/sub/f") for k in moved), keys
     finally:
         hdfs_io.delete(base, recursive=True, missing_ok=True)
     assert s3_keys(prefix) == []
@@ -335,8 +339,10 @@ def test_viewfs_mount_table(pseudo_cluster, env, tmp_path, monkeypatch):
     hdfs_io.reset()
     try:
         hdfs_io.write_parquet(table(20), "viewfs://clusterx/data/ds", rows_per_file=10)
+        version = hdfs_io.resolve("viewfs://clusterx/data/ds")   # the publish protocol's current version
+        assert version.startswith("viewfs://clusterx/data/ds/_v-"), version
         assert [f.uri for f in hdfs_io.list_data_files("viewfs://clusterx/data/ds")] == [
-            f"viewfs://clusterx/data/ds/part-0000{i}.parquet" for i in range(2)]
+            f"{version}/part-0000{i}.parquet" for i in range(2)]
         assert hdfs_io.read_parquet(f"{nn}{run}/ds").num_rows == 20  # the same files, via the NameNode
         assert hdfs_io.is_published("hdfs:///data/ds")  # no host: fs.defaultFS is the viewfs
     finally:
