@@ -13,6 +13,7 @@ cannot write (:class:`UnsafeLocalDir` otherwise, naming the path and what is wro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -130,3 +131,12 @@ def node_dirs(node) -> Iterator[str]:
             remove(path)
         if node.spec.config.run.run_id:
             remove_if_empty(node.stage_root, node.run_root)
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a local file, read in 8 MiB blocks (cache and checkpoint manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -103,16 +103,8 @@ def _file_hashes(local):
                 raise ValueError(f"{path} is not a regular file")
             rel = os.path.relpath(path, local)
             if rel != MANIFEST:
-                hashes[rel] = _sha256(path)
+                hashes[rel] = localdirs.file_sha256(path)
     return hashes
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_manifest(local, key):

@@ -8,12 +8,12 @@ same-named, same-sized file with other bytes replaces it, and a download checks 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 
 import hdfs_io
+from tfos_jobs.localdirs import file_sha256
 
 INDEX = "checkpoint"
 MANIFEST = "checkpoint.sha256.json"
@@ -80,7 +80,7 @@ def upload_checkpoint(local_dir: str, remote_uri: str) -> None:
     hdfs_io.mkdirs(remote_uri)
     remote_names = {os.path.basename(info.uri.rstrip("/")) for info in hdfs_io.ls(remote_uri)}
     remote = _read_manifest(remote_uri) if MANIFEST in remote_names else {}
-    local = {name: _sha256(os.path.join(local_dir, name)) for name in sorted(os.listdir(local_dir))
+    local = {name: file_sha256(os.path.join(local_dir, name)) for name in sorted(os.listdir(local_dir))
              if name not in (INDEX, MANIFEST)}
     for name, digest in local.items():
         if remote.get(name) != digest or name not in remote_names:
@@ -103,11 +103,11 @@ def download_checkpoint(remote_uri: str, local_dir: str) -> None:
             continue
         target = os.path.join(local_dir, name)
         want = manifest.get(name) if manifest is not None and name != INDEX else None
-        if os.path.exists(target) and (_sha256(target) == want if want else os.path.getsize(target) == info.size):
+        if os.path.exists(target) and (file_sha256(target) == want if want else os.path.getsize(target) == info.size):
             continue
         with hdfs_io.open(info.uri, "rb") as src, open(target, "wb") as dst:
             _copy(src, dst)
-        if want and _sha256(target) != want:
+        if want and file_sha256(target) != want:
             raise IOError(f"checkpoint file {info.uri} does not match its digest in {MANIFEST}: the mirror "
                           "is damaged or was written concurrently")
 
@@ -117,12 +117,6 @@ def _read_manifest(remote_uri: str) -> dict:
         return json.loads(handle.read())
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _put(local_path, uri):
