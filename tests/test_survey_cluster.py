@@ -35,7 +35,7 @@ def test_anes96_end_to_end_on_hdfs(local_spark, hdfs_root, tmp_path):
     parsed = spec.load_spec(spec_uri)
     fmt, header = spec.preflight(parsed, data_uri)
     plan = prep.run_prep(local_spark, parsed, data_uri, f"{hdfs_root}/prep", fmt=fmt, header=header)
-    assert hdfs_io.is_published(f"{hdfs_root}/prep/train") and plan["rows"]["total"] == 944
+    assert hdfs_io.is_published(f"{hdfs_root}/prep") and plan["rows"]["total"] == 944
     assert prep.read_plan(f"{hdfs_root}/prep")["inputs"] == plan["inputs"]
     result = steps.train(local_spark.sparkContext, plan, f"{hdfs_root}/prep",
                          scaling=ScalingConfig(strategy="mwms", num_workers=2),
