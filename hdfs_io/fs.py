@@ -261,7 +261,7 @@ def rename(src: str, dst: str) -> None:
     if store.exists(dloc):
         raise FileExistsError(f"rename target {dloc.uri} already exists")
     if not store.caps.atomic_rename:
-        copy(src, dst)
+        copy(src, dst, follow_published=False)  # a rename moves the whole layout, every version
         delete(src, recursive=True)
         return
     store.ensure_dir(dloc.parent())

@@ -154,11 +154,6 @@ class RunConfig(_Checked):
     # The chief reports every log_every steps: keep that well below stall_timeout_s.
     stall_timeout_s: float = param(600.0, POSITIVE_FLOAT, "training without a progress report this long "
                                                           "loses the attempt")
-    # A MultiWorkerMirrored collective that waits longer fails the attempt (DeadlineExceeded is a lost
-    # peer), so survivors of a dead executor do not wait for the stall bound. A collective also waits
-    # while the chief uploads a checkpoint: keep it above the longest checkpoint upload.
-    collective_timeout_s: float = param(120.0, POSITIVE_FLOAT, "mwms: a collective waiting longer than this for "
-                                                               "a peer loses the attempt")
     finish_timeout_s: float = param(1800.0, POSITIVE_FLOAT, "for the chief's evaluation and export after the "
                                                             "last step")
     allow_no_new_steps: bool = param(False, SWITCH, "export even when the checkpoint in the model dir is "

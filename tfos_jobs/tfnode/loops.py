@@ -85,8 +85,11 @@ def train_multi_worker(node, control) -> dict:
     one (the feed) trains until it ends on every worker, or until ``steps`` when that is set."""
     import tensorflow as tf
     config = node.spec.config
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=config.run.collective_timeout_s)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # No CommunicationOptions(timeout_seconds=...): TF starts one sleeping thread per collective for
+    # that timeout (tensorflow/tensorflow#62466), so a 120 s timeout reached the thread limit and
+    # aborted the process within seconds of training (measured here). A lost peer ends the attempt
+    # through its Spark task or the stall bound instead.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
     model, optimizer, step, checkpoint = _model_state(node, strategy)
     with strategy.scope():
         # The last step's loss, summed over the workers only when read: one collective per call of
