@@ -43,7 +43,7 @@ def test_ctr_job_on_hdfs_and_s3(pseudo_cluster, cluster_env, local_spark):
         summary = job.score(local_spark, f"{root}/export", report["valid"], f"{root}/scores",
                             keep=schema.FEATURES + ["label"])
         scored = hdfs_io.read_parquet(f"{root}/scores")
-        assert scored.column_names == schema.FEATURES + ["label", "prediction"]
+        assert scored.column_names == schema.FEATURES + ["label", "prediction", "model_version"]
         assert summary["rows"] == scored.num_rows == report["valid_rows"]
         labels, predictions = scored.column("label").to_numpy(), scored.column("prediction").to_numpy()
         assert abs(float(np.mean(predictions)) - evaluation["mean_prediction"]) < 1e-4

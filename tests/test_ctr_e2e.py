@@ -112,7 +112,7 @@ def test_scoring_raw_criteo_lines_matches_the_models_predictions(local_spark, tr
     summary = job.score(local_spark, result["export"], raw, out, input_format="criteo")
     assert summary["rows"] == gen["well_formed"] and summary["rejected_rows"] == gen["malformed"]
     scored = hdfs_io.read_parquet(out)
-    assert scored.column_names == ["source", "row_key", "label", "prediction"]
+    assert scored.column_names == ["source", "row_key", "label", "prediction", "model_version"]
     # prep turned the same well-formed lines into train + valid: the model's own predictions on those rows
     # are, clicks and non-clicks apart, the predictions scoring wrote for the raw lines
     prepped_rows = [hdfs_io.read_parquet(hdfs_io.join(prepped, split)) for split in ("train", "valid")]

@@ -5,7 +5,7 @@ import pytest
 
 import hdfs_io
 from tfos_jobs import scoring
-from tfos_jobs.export import publish_export
+from tfos_jobs.export import export_dir, publish_export
 
 pytestmark = pytest.mark.slow
 FEATURES = {"x": "float32", "k": "int64"}
@@ -36,7 +36,8 @@ def test_scores_match_the_model(local_spark, exported, tmp_path):
                            partitions=2)
     assert result["rows"] == 2000 and hdfs_io.is_published(out)
     table = hdfs_io.read_parquet(out)
-    assert table.column_names == ["id", "prediction"]
+    assert table.column_names == ["id", "prediction", "model_version"]
+    assert set(table.column("model_version").to_pylist()) == {scoring.model_version(export_dir(export))}
     order = np.argsort(table.column("id").to_numpy())
     np.testing.assert_allclose(table.column("prediction").to_numpy()[order], expected, rtol=1e-5, atol=1e-6)
 

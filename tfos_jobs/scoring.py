@@ -26,6 +26,7 @@ from tfos_jobs.export import METRICS_FILE, SAVED_MODEL, SAVED_MODEL_PB, export_d
 
 # TensorFlow and pyspark (heavy) are imported inside the functions that load models and build DataFrames.
 DEFAULT_CACHE = ""   # "": <the user's private root>/scoring (tfos_jobs.localdirs), resolved on each executor
+VERSION_COLUMN = "model_version"   # on every prediction: the export version that made it
 MANIFEST = "_MANIFEST.json"   # {"export_key": key, "files": {relative path: sha256}}; written last
 log = logging.getLogger("tfos_jobs")
 _LOADED = {}   # per Python worker process: cache key -> serving function
@@ -171,17 +172,26 @@ def _scorer(export_uri, key, features, keep, prediction_column, batch_size, cach
     return score_batches
 
 
+def model_version(directory: str) -> str:
+    """The version name of an export directory (:func:`export_dir`): ``<n>`` of a numbered version,
+    the version directory of a replaceable export. Every prediction carries it."""
+    return directory.rstrip("/").rsplit("/", 1)[-1]
+
+
 def score_dataframe(df: Any, export_uri: str, features: list[str], keep: Sequence[str] = (),
                     prediction_column: str = "prediction", batch_size: int = 4096, cache_root: str = DEFAULT_CACHE,
                     output_name: str = "prediction") -> Any:
-    """A DataFrame of ``keep`` columns + ``prediction_column`` (float) for every row of ``df``."""
+    """A DataFrame of ``keep`` columns, ``prediction_column`` (float) and :data:`VERSION_COLUMN` for
+    every row of ``df`` (batch or streaming)."""
+    from pyspark.sql import functions as F
     from pyspark.sql.types import FloatType, StructField, StructType
     features, keep = list(features), list(keep)
     missing = [c for c in features + keep if c not in df.columns]
     if missing:
         raise ValueError(f"column(s) {missing} not in the data to score; it has {df.columns}")
-    if prediction_column in keep:
-        raise ValueError(f"--keep must not include the output column {prediction_column!r}")
+    for taken in (prediction_column, VERSION_COLUMN):
+        if taken in keep:
+            raise ValueError(f"--keep must not include the output column {taken!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     directory = export_dir(export_uri)   # one version for the whole job, even if a new one is published
@@ -189,7 +199,8 @@ def score_dataframe(df: Any, export_uri: str, features: list[str], keep: Sequenc
     fields = [df.schema[name] for name in keep] + [StructField(prediction_column, FloatType(), False)]
     columns = list(dict.fromkeys(features + keep))
     fn = _scorer(directory, key, features, keep, prediction_column, batch_size, cache_root, output_name)
-    return df.select(*columns).mapInArrow(fn, StructType(fields))
+    return df.select(*columns).mapInArrow(fn, StructType(fields)).withColumn(VERSION_COLUMN,
+                                                                            F.lit(model_version(directory)))
 
 
 def score(spark: Any, export_uri: str, input_uri: str, output_uri: str, features: list[str], keep: Sequence[str] = (),
@@ -245,13 +256,15 @@ def _vector_scorer(export_uri, key, features, keep, outputs, batch_size, cache_r
 def score_dataframe_vectors(df: Any, export_uri: str, features: list[str], outputs: dict[str, str],
                             keep: Sequence[str] = (), batch_size: int = 4096, cache_root: str = DEFAULT_CACHE) -> Any:
     """A DataFrame of ``keep`` columns + one ``array<float>`` column per entry of ``outputs``
-    ({serving output name: column name}) for every row of ``df`` (multi-output / multi-class models)."""
+    ({serving output name: column name}) + :data:`VERSION_COLUMN` for every row of ``df``
+    (multi-output / multi-class models)."""
+    from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
     features, keep, outputs = list(features), list(keep), dict(outputs)
     missing = [c for c in features + keep if c not in df.columns]
     if missing:
         raise ValueError(f"column(s) {missing} not in the data to score; it has {df.columns}")
-    clash = set(keep) & set(outputs.values())
+    clash = set(keep) & (set(outputs.values()) | {VERSION_COLUMN})
     if clash:
         raise ValueError(f"kept column(s) {sorted(clash)} clash with output columns")
     if batch_size < 1:
@@ -262,4 +275,5 @@ def score_dataframe_vectors(df: Any, export_uri: str, features: list[str], outpu
         StructField(column, ArrayType(FloatType(), True), True) for column in outputs.values()]
     columns = list(dict.fromkeys(features + keep))
     fn = _vector_scorer(directory, key, features, keep, outputs, batch_size, cache_root)
-    return df.select(*columns).mapInArrow(fn, StructType(fields))
+    return df.select(*columns).mapInArrow(fn, StructType(fields)).withColumn(VERSION_COLUMN,
+                                                                            F.lit(model_version(directory)))

@@ -30,18 +30,20 @@ RERUN = "re-run `tfos-ctr prep` (with --overwrite) to re-create it"
 DEFAULT_BUCKETS = 10_000
 
 
-def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, line_column: str = "value") -> Any:
+def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, line_column: str = "value",
+          carry: tuple = ()) -> Any:
     """Validate and transform a DataFrame of raw lines (``spark.read.text``'s ``value`` column).
 
     Returns a DataFrame with ``line``, ``source``, ``reason_code``, ``reason`` (null when good), the
-    feature columns (:data:`schema.FEATURES`) and, when ``labeled``, ``label`` (float32).
+    ``carry`` columns of ``df`` as they are, the feature columns (:data:`schema.FEATURES`) and, when
+    ``labeled``, ``label`` (float32). Batch prep and streaming scoring both encode with this.
     """
     from pyspark.sql import functions as F
     if hash_buckets < 2:
         raise ValueError(f"hash_buckets must be at least 2, got {hash_buckets}")
     line = F.regexp_replace(F.col(line_column), "\r$", "")
     source = F.col("source") if "source" in df.columns else F.lit("")
-    df = df.select(line.alias("line"), source.alias("source"))
+    df = df.select(line.alias("line"), source.alias("source"), *carry)
     fields = F.split(F.col("line"), "\t", -1)
     df = df.withColumn("_f", fields)
     offset = 1 if labeled else 0
@@ -63,7 +65,7 @@ def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, li
         checks.append(((value != "") & ~value.rlike(schema.CATEGORICAL_PATTERN), name,
                        F.concat(F.lit(f"{name} is not a hex string: '"), F.substring(value, 1, 40), F.lit("'"))))
     code, message = sparkprep.first_failure(checks)
-    columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason")]
+    columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason"), *carry]
     if labeled:
         columns.append(field(0).try_cast("float").alias(schema.LABEL))
     for i, name in enumerate(schema.INTEGER):

@@ -135,6 +135,23 @@ class GeneratingModel:
                 hi = mid
         return (lo + hi) / 2
 
+    def drifted(self, seed: int, share: float = 0.7) -> "GeneratingModel":
+        """The same fields and values with changed click behaviour: a fraction ``share`` of every
+        effect is drawn anew (then the base rate is re-calibrated). Models trained before the drift
+        lose quality after it; the features look the same."""
+        import copy
+        other = copy.deepcopy(self)
+        rng = np.random.default_rng([self.params.model_seed, seed, 3])
+
+        def mix(weights):
+            return np.sqrt(1 - share) * weights + np.sqrt(share) * rng.permutation(weights)
+        other.int_weight = mix(self.int_weight)
+        other.cat_weight = [mix(w) for w in self.cat_weight]
+        other.factors = {f: mix(v) for f, v in self.factors.items()}
+        other.bias = 0.0
+        other.bias = other._calibrate(self.params.base_ctr, rng)
+        return other
+
     def sample(self, rows: int, seed: int) -> tuple[np.ndarray, ...]:
         """Draw ``rows`` rows: (labels, ints, int_missing, cats, p)."""
         rng = np.random.default_rng([self.params.model_seed, seed])
@@ -245,3 +262,95 @@ def read_report(uri: str) -> dict:
     """The ``_generator.json`` report of a generated data set."""
     with hdfs_io.open(hdfs_io.join(uri, REPORT_FILE), "r") as handle:
         return json.load(handle)
+
+
+# ----------------------------------------------------------------------------------- stream mode
+
+STREAM_KIND = "ctr-stream"
+IMPRESSIONS, CLICKS = "impressions", "clicks"
+STREAM_MALFORMED_KINDS = ("field_count", "integer", "categorical", "empty")
+
+
+def impression_lines(ids: list[str], times_ms: np.ndarray, criteo_lines: list[str]) -> list[str]:
+    """Impression records: ``id <TAB> event time (epoch ms) <TAB>`` the 39 Criteo fields (no label)."""
+    return [f"{i}\t{t}\t{line.split(chr(9), 1)[1] if chr(9) in line else ''}"
+            for i, t, line in zip(ids, times_ms.tolist(), criteo_lines)]
+
+
+def generate_stream(uri: str, rows: int, *, files: int = 10, seed: int = 0, start_ms: int = 1_767_225_600_000,
+                    rows_per_s: float = 100.0, mean_click_delay_s: float = 120.0, max_click_delay_s: float = 900.0,
+                    malformed_fraction: float = 0.0, drift_at_row: int | None = None, drift_share: float = 0.7,
+                    params: ModelParams = ModelParams(), overwrite: bool = False) -> dict:
+    """An impression stream and its click log, for streaming scoring and monitoring.
+
+    ``uri/impressions/part-NNNNN.tsv``: impressions in event-time order (``files`` parts of
+    consecutive rows, to be dropped one by one into a watched directory); ``uri/clicks/part-NNNNN.tsv``:
+    ``id <TAB> click time`` for every clicked impression, the click ``Exp(mean_click_delay_s)`` later
+    (at most ``max_click_delay_s``), each in the part whose time range holds the click. From row
+    ``drift_at_row`` on, clicks follow a drifted model (:meth:`GeneratingModel.drifted`, a share
+    ``drift_share`` of every effect drawn anew, same features): the report gives the Bayes-optimal
+    AUC before and after, and the AUC the pre-drift model's true probabilities reach after it (what a
+    perfect model of the old behaviour would see). Published as one unit with ``_generator.json``.
+    """
+    if rows < 1 or files < 1 or rows_per_s <= 0:
+        raise ValueError(f"rows ({rows}), files ({files}) and rows_per_s ({rows_per_s}) must be positive")
+    if not 0.0 <= malformed_fraction < 1.0:
+        raise ValueError(f"malformed_fraction must be in [0, 1), got {malformed_fraction}")
+    if drift_at_row is not None and not 0 < drift_at_row < rows:
+        raise ValueError(f"drift_at_row must be inside (0, {rows}), got {drift_at_row}")
+    started = time.monotonic()
+    model = GeneratingModel(params)
+    rng = np.random.default_rng([params.model_seed, seed, 2])
+    cut = drift_at_row if drift_at_row is not None else rows
+    labels, ints, int_missing, cats, p = model.sample(rows, seed=seed * 1_000_003)
+    p_before = p.copy()
+    if drift_at_row is not None:
+        later = model.drifted(seed, drift_share)
+        p[cut:] = 1 / (1 + np.exp(-later.logit(ints[cut:], int_missing[cut:], cats[cut:])))
+        labels[cut:] = (rng.random(rows - cut) < p[cut:]).astype(np.int8)
+    lines = model.lines(labels, ints, int_missing, cats)
+    times = start_ms + (np.arange(rows) * 1000.0 / rows_per_s).astype(np.int64)
+    ids = [f"{seed:x}-{i:09x}" for i in range(rows)]
+    good = np.ones(rows, dtype=bool)
+    malformed = dict.fromkeys(STREAM_MALFORMED_KINDS, 0)
+    for row in np.flatnonzero(rng.random(rows) < malformed_fraction):
+        kind = STREAM_MALFORMED_KINDS[int(rng.integers(len(STREAM_MALFORMED_KINDS)))]
+        lines[row] = corrupt(lines[row], kind, rng) if kind != "empty" else "0\t"
+        malformed[kind] += 1
+        good[row] = False
+    records = impression_lines(ids, times, lines)
+    delays = np.minimum(rng.exponential(mean_click_delay_s * 1000.0, rows), max_click_delay_s * 1000.0).astype(np.int64)
+    clicked = np.flatnonzero((labels == 1) & good)
+    click_times = times[clicked] + delays[clicked]
+    bounds = [rows * i // files for i in range(files + 1)]
+    with hdfs_io.staged_output(uri, overwrite=overwrite, kind=STREAM_KIND) as tmp:
+        for i in range(files):
+            lo, hi = bounds[i], bounds[i + 1]
+            with hdfs_io.open(hdfs_io.join(tmp, IMPRESSIONS, f"part-{i:05d}.tsv"), "w") as out:
+                out.write("\n".join(records[lo:hi]) + "\n")
+            end = times[hi] if hi < rows else np.iinfo(np.int64).max
+            begin = times[lo] if i else np.iinfo(np.int64).min
+            mine = clicked[(click_times >= begin) & (click_times < end)]
+            with hdfs_io.open(hdfs_io.join(tmp, CLICKS, f"part-{i:05d}.tsv"), "w") as out:
+                out.write("".join(f"{ids[r]}\t{times[r] + delays[r]}\n" for r in sorted(mine, key=lambda r: times[r] + delays[r])))
+
+        def bayes(sel, probabilities=p):
+            ys, ps = labels[sel & good], probabilities[sel & good]
+            return metrics.auc(ys, ps) if 0 < ys.sum() < len(ys) else None
+        index = np.arange(rows)
+        report = {
+            "rows": rows, "files": files, "seed": seed, "start_ms": int(start_ms), "end_ms": int(times[-1]),
+            "rows_per_s": rows_per_s, "mean_click_delay_s": mean_click_delay_s, "max_click_delay_s": max_click_delay_s,
+            "malformed": sum(malformed.values()), "malformed_by_kind": malformed, "well_formed": int(good.sum()),
+            "clicks": int(len(clicked)), "ctr": float(labels[good].mean()),
+            "bayes_auc": bayes(index >= 0), "drift_at_row": drift_at_row,
+            "drift_at_ms": int(times[drift_at_row]) if drift_at_row is not None else None,
+            "bayes_auc_before_drift": bayes(index < cut) if drift_at_row is not None else None,
+            "bayes_auc_after_drift": bayes(index >= cut) if drift_at_row is not None else None,
+            "old_model_auc_after_drift": bayes(index >= cut, p_before) if drift_at_row is not None else None,
+            "drift_share": drift_share if drift_at_row is not None else None, "model": asdict(params),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        with hdfs_io.open(hdfs_io.join(tmp, REPORT_FILE), "w") as handle:
+            json.dump(report, handle, indent=2, sort_keys=True)
+    return report

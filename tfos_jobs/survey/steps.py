@@ -216,7 +216,7 @@ def check_inputs(plan: dict, data_uri: str, fmt: str = "auto",
     unknown = [c for c in keep if c not in header]
     if unknown:
         raise schema.SpecError(f"--keep column(s) {unknown} not in {data_uri}")
-    outputs = {f"{t['column']}__answer" for t in plan["targets"]} | {
+    outputs = {f"{t['column']}__answer" for t in plan["targets"]} | {scoring.VERSION_COLUMN} | {
         f"{t['column']}__p_{c}" for t in plan["targets"] for c in t["classes"]}
     clash = sorted(set(keep) & outputs)
     if clash:
@@ -251,6 +251,7 @@ def predict(spark: Any, plan: dict, export_uri: str, data_uri: str, out_uri: str
         columns += [p[i].alias(f"{t['column']}__p_{c}") for i, c in enumerate(t["classes"])]
         best = F.array_position(p, F.array_max(p)).cast("int")
         columns.append(F.element_at(F.lit(t["classes"]).cast("array<string>"), best).alias(f"{t['column']}__answer"))
+    columns.append(F.col(scoring.VERSION_COLUMN))
     report = scoring.write_scores(scored.select(*columns), out_uri, overwrite=overwrite, partitions=partitions)
     log(f"predicted {report['rows']} respondents -> {out_uri} ({report['seconds']:.1f} s)")
     return report

@@ -1,0 +1,340 @@
+"""The driver side of streaming: build and start the scoring, labeling and monitoring queries.
+
+See the package doc for the data path. Every query takes a ``checkpoint`` URI (HDFS, S3, file) that
+is its own; re-starting a query with the same checkpoint resumes it where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import hdfs_io
+from tfos_jobs import scoring, sparkprep
+from tfos_jobs.streaming import quality
+from tfos_jobs.streaming.labels import LabelBuffer
+from tfos_jobs.streaming.windows import WindowSet, WindowSpec
+
+# pyspark (heavy) is imported inside the functions that build queries.
+PREDICTION_COLUMNS = ("id", "event_time", "prediction", scoring.VERSION_COLUMN)
+LABELED_COLUMNS = PREDICTION_COLUMNS + ("label", "label_time")
+AVAILABLE_NOW = "available-now"   # process what is there, then stop (tests, catch-up runs)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a query runs: where its checkpoint is and how often it fires."""
+    checkpoint: str
+    trigger: str | float = 10.0                   # seconds between micro-batches, or AVAILABLE_NOW
+    max_files_per_trigger: int | None = None      # directory sources: bound a micro-batch
+    watermark_s: float = 600.0                    # event-time lateness accepted before state is dropped
+
+    def __post_init__(self):
+        if not self.checkpoint:
+            raise ValueError("a streaming query needs a checkpoint URI (--checkpoint)")
+        if self.trigger != AVAILABLE_NOW and not (isinstance(self.trigger, (int, float)) and self.trigger > 0):
+            raise ValueError(f"trigger must be positive seconds or {AVAILABLE_NOW!r}, got {self.trigger!r}")
+        if self.max_files_per_trigger is not None and self.max_files_per_trigger < 1:
+            raise ValueError(f"max_files_per_trigger must be positive, got {self.max_files_per_trigger}")
+        if self.watermark_s < 0:
+            raise ValueError(f"watermark_s must not be negative, got {self.watermark_s}")
+
+    def at(self, name: str) -> str:
+        """The checkpoint of one query of a pipeline."""
+        return sparkprep.spark_uri(hdfs_io.join(self.checkpoint, name))
+
+
+def _start(writer: Any, config: StreamConfig, name: str) -> Any:
+    writer = writer.option("checkpointLocation", config.at(name)).queryName(name)
+    if config.trigger == AVAILABLE_NOW:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{config.trigger} seconds")
+    return writer
+
+
+# --------------------------------------------------------------------------------------- sources
+
+
+def read_lines(spark: Any, source: str, config: StreamConfig) -> Any:
+    """A stream of text records (``value``, ``source``) from a directory that new files land in
+    (any storage URI Spark reads) or from Kafka (``kafka://host:port[,host:port]/topic``)."""
+    from pyspark.sql import functions as F
+    if source.startswith("kafka://"):
+        servers, _, topic = source[len("kafka://"):].partition("/")
+        if not servers or not topic:
+            raise ValueError(f"--input {source}: expected kafka://host:port/topic")
+        reader = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", servers)
+                  .option("subscribe", topic).option("startingOffsets", "earliest"))
+        if config.max_files_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", config.max_files_per_trigger)
+        df = reader.load()
+        return df.select(F.col("value").cast("string").alias("value"),
+                         F.concat(F.lit(f"kafka:{topic}/"), F.col("partition").cast("string"), F.lit("@"),
+                                  F.col("offset").cast("string")).alias("source"))
+    if not hdfs_io.exists(source):
+        raise FileNotFoundError(f"--input {source} does not exist (create the directory files will land in)")
+    reader = spark.readStream.format("text")
+    if config.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", config.max_files_per_trigger)
+    df = reader.load(sparkprep.spark_uri(source))
+    return df.select("value", F.col("_metadata.file_path").alias("source"))
+
+
+# --------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Pipeline:
+    """Running queries, stopped together."""
+    queries: list
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Until every query has stopped (``available-now`` queries stop by themselves); a failed
+        query's exception is raised."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for query in self.queries:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not query.awaitTermination(left) if left is not None else query.awaitTermination():
+                raise TimeoutError(f"streaming query {query.name} still running after {timeout_s} s")
+
+    def stop(self) -> None:
+        for query in self.queries:
+            query.stop()
+
+
+def start_scoring(encoded: Any, *, export_uri: str, features: Sequence[str], output_uri: str,
+                  quarantine_uri: str, config: StreamConfig, batch_size: int = 4096) -> Pipeline:
+    """Score the good rows of ``encoded`` (the job's encoding of a :func:`read_lines` stream: ``id``,
+    ``event_time``, ``reason_code``/``reason`` and the features) into Parquet predictions at
+    ``output_uri``; the bad rows go to ``quarantine_uri`` with their reason. Two queries."""
+    from pyspark.sql import functions as F
+    good = encoded.where(F.col("reason_code").isNull())
+    scored = scoring.score_dataframe(good, export_uri, list(features), keep=["id", "event_time"],
+                                     batch_size=batch_size)
+    predictions = _start(scored.writeStream.format("parquet"), config, "predictions").start(
+        sparkprep.spark_uri(output_uri))
+    bad = encoded.where(F.col("reason_code").isNotNull()).select("source", "reason_code", "reason", "line")
+    quarantine = _start(bad.writeStream.format("parquet"), config, "quarantine").start(
+        sparkprep.spark_uri(quarantine_uri))
+    return Pipeline([predictions, quarantine])
+
+
+def prediction_schema() -> Any:
+    from pyspark.sql.types import FloatType, StringType, StructField, StructType, TimestampType
+    return StructType([StructField("id", StringType()), StructField("event_time", TimestampType()),
+                       StructField("prediction", FloatType()), StructField(scoring.VERSION_COLUMN, StringType())])
+
+
+def read_predictions(spark: Any, uri: str, config: StreamConfig, labeled: bool = False) -> Any:
+    """A stream of the predictions (or labeled predictions) another query writes at ``uri``."""
+    schema = labeled_schema() if labeled else prediction_schema()
+    hdfs_io.mkdirs(uri)     # a query that has not written yet: an empty stream, not an error
+    reader = spark.readStream.schema(schema).format("parquet")
+    if config.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", config.max_files_per_trigger)
+    return reader.load(sparkprep.spark_uri(uri))
+
+
+# --------------------------------------------------------------------------------------- labels
+
+
+def start_labeling(predictions: Any, labels: Any, *, output_uri: str, config: StreamConfig,
+                   max_delay_s: float, unmatched: str = "negative", buckets: int = 64) -> Pipeline:
+    """Label ``predictions`` with ``labels`` (``id``, ``label_time``, ``label``) that arrive up to
+    ``max_delay_s`` after the prediction's event time (:mod:`.labels`: each prediction is written once,
+    when its label window closed, so matched and unmatched ones reach the windows together). State is
+    kept per bucket of ids (``buckets``), bounded by the watermark."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.streaming.state import GroupStateTimeout
+    from pyspark.sql.types import BinaryType, StructField, StructType
+    LabelBuffer(1, unmatched)          # checks ``unmatched`` here, on the driver
+    if max_delay_s <= 0:
+        raise ValueError(f"max_delay_s must be positive, got {max_delay_s}")
+    bucket = F.pmod(F.xxhash64("id"), F.lit(buckets)).alias("bucket")
+    p = predictions.select(bucket, F.lit("p").alias("kind"), "id", F.col("event_time").alias("time"),
+                           "prediction", scoring.VERSION_COLUMN, F.lit(None).cast("float").alias("label"))
+    lab = labels.select(bucket, F.lit("l").alias("kind"), "id", F.col("label_time").alias("time"),
+                        F.lit(None).cast("float").alias("prediction"),
+                        F.lit(None).cast("string").alias(scoring.VERSION_COLUMN), F.col("label").cast("float"))
+    both = p.unionByName(lab).withWatermark("time", f"{config.watermark_s} seconds") \
+        .withColumn("time_ms", F.unix_millis("time"))
+    state_schema = StructType([StructField("pending", BinaryType()), StructField("labels", BinaryType())])
+    labeled = both.groupBy("bucket").applyInPandasWithState(
+        _labeling(int(max_delay_s * 1000), unmatched), labeled_schema(), state_schema, "append",
+        GroupStateTimeout.EventTimeTimeout)
+    query = _start(labeled.writeStream.outputMode("append").format("parquet"), config, "labeled") \
+        .start(sparkprep.spark_uri(output_uri))
+    return Pipeline([query])
+
+
+def _labeling(max_delay_ms: int, unmatched: str) -> Callable:
+    """The ``applyInPandasWithState`` function of the labeling query (runs on the executors)."""
+
+    def update(key, frames, state):
+        import pandas as pd
+        buffer = LabelBuffer.loads(max_delay_ms, unmatched, *state.get) if state.exists \
+            else LabelBuffer(max_delay_ms, unmatched)
+        for frame in frames:
+            preds = frame[frame["kind"] == "p"].rename(columns={"time_ms": "event_ms"})
+            labs = frame[frame["kind"] == "l"].rename(columns={"time_ms": "label_ms"})
+            buffer.add(preds, labs)
+        watermark = state.getCurrentWatermarkMs()
+        done = buffer.release(watermark)
+        timeout = buffer.next_timeout_ms(watermark)
+        if timeout is None:
+            state.remove()
+        else:
+            state.update(buffer.dumps())
+            state.setTimeoutTimestamp(timeout)
+        if len(done):
+            yield pd.DataFrame({
+                "id": done["id"], "event_time": pd.to_datetime(done["event_ms"], unit="ms", utc=True),
+                "prediction": done["prediction"].astype("float32"), scoring.VERSION_COLUMN: done["model_version"],
+                "label": done["label"], "label_time": pd.to_datetime(done["label_ms"], unit="ms", utc=True)})
+
+    return update
+
+
+def labeled_schema() -> Any:
+    from pyspark.sql.types import FloatType, StructField, TimestampType
+    return prediction_schema().add(StructField("label", FloatType())).add(StructField("label_time", TimestampType()))
+
+
+# --------------------------------------------------------------------------------------- monitor
+
+
+def metric_schema() -> Any:
+    """The one metrics record schema (a row per window, model version and micro-batch)."""
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+    fields = [("window_kind", StringType()), ("window", StringType()), ("model_version", StringType()),
+              ("window_start_ms", LongType()), ("window_end_ms", LongType())]
+    fields += [(name, DoubleType()) for name in quality.summary(quality.empty(1))]
+    return StructType([StructField(n, t) for n, t in fields])
+
+
+def _stateful_windows(spec: WindowSpec, idle_timeout_ms: int) -> Callable:
+    """The ``applyInPandasWithState`` function: landmark, fading and tilted-time state per version."""
+
+    def update(key, frames, state):
+        import pandas as pd
+        (version,) = key
+        if state.hasTimedOut:            # a version nobody scores any more: drop its state
+            state.remove()
+            return
+        windows = WindowSet.loads(spec, *state.get) if state.exists else WindowSet(spec)
+        for frame in frames:   # event_ms: epoch ms computed by Spark (pandas timestamps are zone-shifted)
+            windows.update(frame["event_ms"].to_numpy(), frame["label"].to_numpy(), frame["prediction"].to_numpy())
+        state.update(windows.dumps())
+        state.setTimeoutTimestamp(windows.latest_ms + idle_timeout_ms)
+        records = windows.records()
+        for r in records:
+            r["model_version"] = version
+        yield pd.DataFrame.from_records(records, columns=[f.name for f in metric_schema().fields])
+
+    return update
+
+
+def _sliding(labeled: Any, length_s: float, slide_s: float, bins: int) -> Any:
+    """Per (sliding window, version, prediction bin): the sketch row sums (Spark's own window state)."""
+    from pyspark.sql import functions as F
+    p = F.col("prediction").cast("double")
+    clipped = F.least(F.greatest(p, F.lit(quality.EPS)), F.lit(1 - quality.EPS))
+    loss = -(F.col("label") * F.log(clipped) + (1 - F.col("label")) * F.log(1 - clipped))
+    b = F.least(F.greatest((p * bins).cast("long"), F.lit(0)), F.lit(bins - 1))
+    return (labeled.groupBy(F.window("event_time", f"{length_s} seconds", f"{slide_s} seconds"),
+                            scoring.VERSION_COLUMN, b.alias("bin"))
+            .agg(F.sum("label").alias("pos"), F.sum(1 - F.col("label")).alias("neg"),
+                 F.sum(p).alias("pred"), F.sum(loss).alias("loss")))
+
+
+def _sliding_records(rows: list, length_s: float, slide_s: float, bins: int) -> list[dict]:
+    windows = {}
+    for r in rows:
+        key = (r["start_ms"], r["end_ms"], r[scoring.VERSION_COLUMN])
+        s = windows.setdefault(key, quality.empty(bins))
+        s[r["bin"]] += (r["pos"], r["neg"], r["pred"], r["loss"])
+    out = []
+    for (start, end, version), s in sorted(windows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        out.append(dict(window_kind="sliding", window=f"{length_s:g}s every {slide_s:g}s", model_version=version,
+                        window_start_ms=start, window_end_ms=end,
+                        **quality.summary(s)))
+    return out
+
+
+class MetricsSink:
+    """Metrics records as JSON lines: one file per (query, micro-batch) under ``uri``, replaced when
+    Spark replays a batch (so each batch counts once), and a line per window on the console."""
+
+    def __init__(self, uri: str, console: bool = True, log: Callable[[str], Any] = print):
+        self.uri, self.console, self.log = uri, console, log
+
+    def write(self, query: str, batch_id: int, records: list[dict]) -> None:
+        if not records:
+            return
+        name = hdfs_io.join(self.uri, f"{query}-{batch_id:012d}.jsonl")
+        with hdfs_io.open(name, "w") as handle:
+            for r in records:
+                handle.write(json.dumps({**r, "query": query, "batch_id": batch_id}, sort_keys=True) + "\n")
+        if self.console:
+            for r in records:
+                auc = "  -   " if r["auc"] is None else f"{r['auc']:.4f}"
+                self.log(f"[tfos-stream] {r['window_kind']:8s} {r['window']:22s} model {r['model_version']} "
+                         f"end {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(r['window_end_ms'] / 1000))}Z "
+                         f"n {r['count']:.0f} ctr {r['ctr'] or 0:.3f} mean p {r['mean_prediction'] or 0:.3f} "
+                         f"logloss {r['log_loss'] or 0:.4f} auc {auc}")
+
+
+def read_metrics(uri: str) -> list[dict]:
+    """Every metrics record written under ``uri``; for a window emitted more than once (landmark,
+    fading and tilted-time windows are updated every micro-batch), the latest record."""
+    latest = {}
+    for info in sorted(hdfs_io.ls(uri), key=lambda i: i.uri) if hdfs_io.exists(uri) else []:
+        if not info.uri.endswith(".jsonl"):
+            continue
+        with hdfs_io.open(info.uri, "r") as handle:
+            for line in handle:
+                r = json.loads(line)
+                key = (r["window_kind"], r["window"], r["model_version"], r["window_start_ms"])
+                if key not in latest or (r["batch_id"], r["window_end_ms"]) >= (latest[key]["batch_id"],
+                                                                               latest[key]["window_end_ms"]):
+                    latest[key] = r
+    return sorted(latest.values(), key=lambda r: (r["window_kind"], r["window"], r["window_start_ms"]))
+
+
+def start_monitor(labeled: Any, *, metrics_uri: str, config: StreamConfig,
+                  sliding: Sequence[tuple[float, float]] = ((3600.0, 900.0),), spec: WindowSpec = WindowSpec(),
+                  idle_timeout_s: float = 86400.0, console: bool = True) -> Pipeline:
+    """Quality per window of the ``labeled`` stream (:func:`read_predictions` with ``labeled=True``):
+    one query per sliding ``(length_s, slide_s)`` and one for the landmark, fading and tilted-time
+    windows of every model version; records go to a :class:`MetricsSink`."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.streaming.state import GroupStateTimeout
+    from pyspark.sql.types import BinaryType, StringType, StructField, StructType
+    sink = MetricsSink(metrics_uri, console)
+    watermarked = labeled.withWatermark("event_time", f"{config.watermark_s} seconds")
+    queries = []
+    for length_s, slide_s in sliding:
+        if not 0 < slide_s <= length_s:
+            raise ValueError(f"sliding window {length_s}s every {slide_s}s: need 0 < slide <= length")
+        name = f"sliding-{length_s:g}s-{slide_s:g}s"
+
+        def write(df, batch_id, name=name, length_s=length_s, slide_s=slide_s):
+            rows = df.select(F.unix_millis("window.start").alias("start_ms"), F.unix_millis("window.end").alias("end_ms"),
+                             scoring.VERSION_COLUMN, "bin", "pos", "neg", "pred", "loss").collect()
+            sink.write(name, batch_id, _sliding_records(rows, length_s, slide_s, spec.bins))
+        agg = _sliding(watermarked, length_s, slide_s, spec.bins)
+        queries.append(_start(agg.writeStream.outputMode("append").foreachBatch(write), config, name).start())
+    state_schema = StructType([StructField("header", StringType()), StructField("data", BinaryType())])
+    rows = watermarked.select("event_time", F.unix_millis("event_time").alias("event_ms"), "label", "prediction",
+                              scoring.VERSION_COLUMN)
+    stateful = rows.groupBy(scoring.VERSION_COLUMN).applyInPandasWithState(
+        _stateful_windows(spec, int(idle_timeout_s * 1000)), metric_schema(), state_schema, "update",
+        GroupStateTimeout.EventTimeTimeout)
+
+    def write_stateful(df, batch_id):
+        sink.write("windows", batch_id, [r.asDict() for r in df.collect()])
+    queries.append(_start(stateful.writeStream.outputMode("update").foreachBatch(write_stateful), config,
+                          "windows").start())
+    return Pipeline(queries)
