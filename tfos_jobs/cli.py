@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from tfos_jobs.config import (DROPOUT_RATE, FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT,
@@ -63,6 +64,60 @@ def job_session(args: argparse.Namespace, prog: str, executors: int) -> Any:
     if not master and not submitted and not os.environ.get("TFOS_SPARK_MASTER"):
         master = local_cluster_master(executors, memory_mb=args.executor_memory_mb)
     return spark_session(master, app_name=f"{prog}-{args.command}")
+
+
+def trigger(text: str) -> Any:
+    """``--trigger``: seconds between micro-batches, or ``available-now``."""
+    from tfos_jobs.streaming.pipeline import AVAILABLE_NOW
+    return AVAILABLE_NOW if text == AVAILABLE_NOW else Kind(f"positive seconds or {AVAILABLE_NOW!r}", float,
+                                                             lambda v: v > 0)(text)
+
+
+def add_stream_args(parser: argparse.ArgumentParser) -> None:
+    """What every streaming command shares (:class:`~tfos_jobs.streaming.pipeline.StreamConfig`)."""
+    parser.add_argument("--checkpoint", required=True, help="URI of the queries' checkpoints (re-use it to "
+                                                            "resume where the last run stopped)")
+    parser.add_argument("--trigger", type=trigger, default=10.0,
+                        help="seconds between micro-batches, or 'available-now': process what is there and exit "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-files-per-trigger", type=POSITIVE_INT,
+                        help="files (Kafka: records) per micro-batch at most")
+    parser.add_argument("--watermark-s", type=NON_NEGATIVE_FLOAT, default=600.0,
+                        help="event-time lateness accepted before state is dropped (default: %(default)s)")
+    parser.add_argument("--run-for-s", type=POSITIVE_FLOAT,
+                        help="stop gracefully after this long (default: until interrupted, or the end of "
+                             "'available-now')")
+
+
+def stream_config(args: argparse.Namespace) -> Any:
+    from tfos_jobs.streaming.pipeline import StreamConfig
+    return StreamConfig(checkpoint=absolute(args.checkpoint), trigger=args.trigger,
+                        max_files_per_trigger=args.max_files_per_trigger, watermark_s=args.watermark_s)
+
+
+def run_stream(pipeline: Any, args: argparse.Namespace) -> None:
+    """Run started queries until they end (available-now), ``--run-for-s`` passes, or SIGINT/SIGTERM;
+    then stop them (a stopped query resumes from its checkpoint next time)."""
+    import signal
+    import threading
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline = None if args.run_for_s is None else time.monotonic() + args.run_for_s
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            if all(not q.isActive for q in pipeline.queries):
+                break
+            for q in pipeline.queries:
+                if q.exception() is not None:
+                    raise RuntimeError(f"streaming query {q.name} failed: {q.exception()}")
+            stop.wait(1.0)
+    finally:
+        pipeline.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for q in pipeline.queries:
+        if q.exception() is not None:
+            raise RuntimeError(f"streaming query {q.name} failed: {q.exception()}")
 
 
 def training_configs(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,6 +6,9 @@
     tfos-ctr evaluate --export URI --data URI        AUC / log loss -> <export>/evaluation.json
     tfos-ctr score    --export URI --input URI --output URI      Spark batch scoring -> Parquet
     tfos-ctr demo     [--work-dir URI]               all of the above on a small embedded default
+    tfos-ctr generate-stream --output URI --rows N   impressions with event times + a late click log
+    tfos-ctr stream-score   --export URI --input DIR|kafka://host:port/topic --output URI --checkpoint URI
+    tfos-ctr stream-monitor --predictions URI --clicks DIR|kafka://... --metrics URI --checkpoint URI
 
 Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Also runnable as
 ``python -m tfos_jobs.ctr ...`` or ``spark-submit tfos_jobs/ctr/cli.py ...`` (the master then comes from
@@ -24,11 +27,11 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_spark_args, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, run_stream, stream_config, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
                            non_negative_float, non_negative_int, positive_float, positive_int, print_train_result, run_command,
                            training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
-from tfos_jobs.ctr import prep, steps, synthetic  # noqa: E402
+from tfos_jobs.ctr import prep, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
 from tfos_jobs.spark import java_version  # noqa: E402
 
@@ -126,12 +129,71 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     add_spark_args(p)
 
 
+def _add_generate_stream(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate-stream", help="impressions with ids and event times, and a click log whose "
+                                               "clicks come later (optionally with a drift)")
+    p.add_argument("--output", required=True, help="directory URI: impressions/, clicks/, _generator.json")
+    p.add_argument("--rows", type=positive_int, required=True)
+    p.add_argument("--files", type=positive_int, default=10, help="parts of consecutive rows (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-seed", type=int, default=7)
+    p.add_argument("--rows-per-s", type=positive_float, default=100.0, help="event-time rate (default: %(default)s)")
+    p.add_argument("--mean-click-delay-s", type=positive_float, default=120.0)
+    p.add_argument("--max-click-delay-s", type=positive_float, default=900.0)
+    p.add_argument("--malformed-fraction", type=fraction, default=0.0)
+    p.add_argument("--drift-at-row", type=positive_int, help="from this row on, clicks follow a drifted model")
+    p.add_argument("--drift-share", type=fraction, default=0.7, help="share of each effect drawn anew at the drift")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _add_stream_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream-score", help="Structured Streaming: score impressions as they land")
+    p.add_argument("--export", required=True)
+    p.add_argument("--input", required=True, help="directory URI new impression files land in, or "
+                                                  "kafka://host:port/topic")
+    p.add_argument("--output", required=True, help="Parquet URI of the predictions (Spark file sink)")
+    p.add_argument("--quarantine", help="Parquet URI of malformed records (default: <output>.quarantine)")
+    p.add_argument("--batch-size", type=positive_int, default=4096)
+    add_stream_args(p)
+    add_spark_args(p)
+
+
+def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream-monitor", help="Structured Streaming: join late clicks, quality per window")
+    p.add_argument("--predictions", required=True, help="what `stream-score --output` writes")
+    p.add_argument("--clicks", required=True, help="directory URI click files land in, or kafka://host:port/topic")
+    p.add_argument("--labeled", help="Parquet URI of the labeled predictions (default: <predictions>.labeled)")
+    p.add_argument("--metrics", required=True, help="URI of the metrics records (JSON lines)")
+    p.add_argument("--max-click-delay-s", type=positive_float, default=900.0,
+                   help="an impression without a click this long after it is a negative (default: %(default)s)")
+    p.add_argument("--unmatched", choices=["negative", "drop"], default="negative")
+    p.add_argument("--sliding", type=window_pairs, default=((3600.0, 900.0),),
+                   help="sliding windows LENGTH_S:SLIDE_S[,...] (default: 3600:900)")
+    p.add_argument("--half-life-s", type=positive_float, default=3600.0, help="fading window (default: %(default)s)")
+    p.add_argument("--tilted", choices=["calendar", "logarithmic"], default="calendar",
+                   help="calendar: 4 x 15 min, 24 h, 31 days; logarithmic: 8 levels from 15 min, doubling")
+    p.add_argument("--quiet", action="store_true", help="no console line per window")
+    add_stream_args(p)
+    add_spark_args(p)
+
+
+def window_pairs(text: str) -> tuple:
+    try:
+        pairs = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip())
+        if not pairs or any(len(p) != 2 or not 0 < p[1] <= p[0] for p in pairs):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LENGTH_S:SLIDE_S[,...] with 0 < slide <= length, got {text!r}") from None
+    return pairs
+
+
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="\n".join(__doc__.splitlines()[2:9]))
+                       epilog="\n".join(__doc__.splitlines()[2:12]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_generate, _add_prep, _add_train, _add_evaluate, _add_score, _add_demo):
+    for add in (_add_generate, _add_prep, _add_train, _add_evaluate, _add_score, _add_demo, _add_generate_stream,
+                _add_stream_score, _add_stream_monitor):
         add(sub)
     return parser
 
@@ -203,6 +265,47 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_stream(args: argparse.Namespace) -> int:
+    report = synthetic.generate_stream(
+        args.output, args.rows, files=args.files, seed=args.seed, rows_per_s=args.rows_per_s,
+        mean_click_delay_s=args.mean_click_delay_s, max_click_delay_s=args.max_click_delay_s,
+        malformed_fraction=args.malformed_fraction, drift_at_row=args.drift_at_row, drift_share=args.drift_share,
+        params=synthetic.ModelParams(model_seed=args.model_seed), overwrite=args.overwrite)
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+def cmd_stream_score(args: argparse.Namespace) -> int:
+    config = stream_config(args)
+    steps.read_config(args.export)      # before Spark starts: not an export is the one error
+    spark = job_session(args, PROG, 2)
+    try:
+        run_stream(stream.stream_score(spark, args.export, args.input, args.output,
+                                       args.quarantine or args.output.rstrip("/") + ".quarantine", config,
+                                       batch_size=args.batch_size), args)
+    finally:
+        spark.stop()
+    print(json.dumps({"predictions": args.output, "checkpoint": config.checkpoint}))
+    return 0
+
+
+def cmd_stream_monitor(args: argparse.Namespace) -> int:
+    from tfos_jobs.streaming.windows import CALENDAR, WindowSpec, logarithmic
+    config = stream_config(args)
+    spec = WindowSpec(half_life_s=args.half_life_s,
+                      tilted=CALENDAR if args.tilted == "calendar" else logarithmic(900, 8))
+    spark = job_session(args, PROG, 2)
+    try:
+        run_stream(stream.stream_monitor(spark, args.predictions, args.clicks,
+                                         args.labeled or args.predictions.rstrip("/") + ".labeled", args.metrics,
+                                         config, max_delay_s=args.max_click_delay_s, unmatched=args.unmatched,
+                                         sliding=args.sliding, spec=spec, console=not args.quiet), args)
+    finally:
+        spark.stop()
+    print(json.dumps({"metrics": args.metrics, "checkpoint": config.checkpoint}))
+    return 0
+
+
 # What the demo changes from the `prep` and `train` defaults: a small DCN on 2000 hash buckets, so that it
 # trains in a few minutes on two cores. Everything else comes from those parsers, flags added later included.
 DEMO_PREP = ("--hash-buckets", "2000", "--overwrite")
@@ -246,7 +349,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
-            "score": cmd_score, "demo": cmd_demo}
+            "score": cmd_score, "demo": cmd_demo, "generate-stream": cmd_generate_stream,
+            "stream-score": cmd_stream_score, "stream-monitor": cmd_stream_monitor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,8 @@ class LabelBuffer:
     def release(self, watermark_ms: int) -> pd.DataFrame:
         """The predictions whose label window closed before ``watermark_ms``, labeled
         (``label``, ``label_ms``: null when none came); they leave the state, and so do labels
-        older than the watermark (any prediction they could match would be late itself)."""
+        older than the watermark that no pending prediction can use (a prediction still to come
+        that they could match would be late data itself)."""
         closed = (self.pending["event_ms"] + self.max_delay_ms) < watermark_ms
         done, self.pending = self.pending[closed], self.pending[~closed].reset_index(drop=True)
         if len(done):
@@ -74,7 +75,8 @@ class LabelBuffer:
             if self.unmatched == "drop":
                 done = done[done["label"].notna()]
             done = done.assign(label=done["label"].fillna(0.0).astype("float32"))
-        self.labels = self.labels[self.labels["label_ms"] >= watermark_ms].reset_index(drop=True)
+        keep = (self.labels["label_ms"] >= watermark_ms) | self.labels["id"].isin(self.pending["id"])
+        self.labels = self.labels[keep].reset_index(drop=True)
         return done.reset_index(drop=True)
 
     def next_timeout_ms(self, watermark_ms: int) -> int | None:
