@@ -90,6 +90,15 @@ def spark_session():
     return session("local[2]", app_name="test-streaming")
 
 
+def committed_rows(path):
+    """A Spark file sink's committed rows (Spark reads its ``_spark_metadata`` log), as pandas."""
+    spark = spark_session()
+    try:
+        return spark.read.parquet(f"file://{path}").toPandas()
+    finally:
+        spark.stop()
+
+
 def test_every_impression_is_scored_once_like_batch_scoring(scored):
     root, gen, data, _ = scored
     from tfos_jobs.ctr import schema
@@ -128,16 +137,9 @@ def monitored(scored):
 
 def test_late_clicks_label_each_prediction_once(monitored):
     root, gen, data, done = monitored
-    spark = spark_session()
-    try:
-        labeled = spark.read.parquet(f"file://{root}/pred.labeled").toPandas()
-    finally:
-        spark.stop()
-    clicks = pd.read_csv(os.path.join(data, "clicks", "part-00000.tsv"), sep="\t", names=["id", "ms"], dtype={"id": str})
-    for i in range(1, FILES):
-        clicks = pd.concat([clicks, pd.read_csv(os.path.join(data, "clicks", f"part-{i:05d}.tsv"), sep="\t",
-                                                names=["id", "ms"], dtype={"id": str})])
-    clicked = set(clicks["id"])
+    labeled = committed_rows(root / "pred.labeled")
+    clicked = {line.split("\t")[0] for i in range(FILES)
+               for line in open(os.path.join(data, "clicks", f"part-{i:05d}.tsv")).read().splitlines()}
     assert labeled["id"].is_unique and len(labeled) > 0.8 * gen["well_formed"], (len(labeled), describe(done))
     expected = labeled["id"].isin(clicked).astype("float32")
     assert (labeled["label"].to_numpy() == expected.to_numpy()).all()
@@ -147,11 +149,7 @@ def test_late_clicks_label_each_prediction_once(monitored):
 
 def test_every_window_equals_the_batch_computation(monitored):
     root, gen, data, done = monitored
-    spark = spark_session()
-    try:
-        labeled = spark.read.parquet(f"file://{root}/pred.labeled").toPandas()
-    finally:
-        spark.stop()
+    labeled = committed_rows(root / "pred.labeled")
     t = labeled["event_time"].astype("datetime64[ms]").astype("int64").to_numpy()
     y, p = labeled["label"].to_numpy(), labeled["prediction"].to_numpy()
     records = read_metrics(str(root / "metrics"))
