@@ -366,56 +366,41 @@ def _fork_child(q, hdfs_uri, s3_uri):
 
 
 def test_forked_children(pseudo_cluster, env):
-    import multiprocessing
+    """A forked child (Spark's Python daemon forks its workers) can use S3 and HDFS metadata and
+    writes; its HDFS reads work unless its parent had already read HDFS data, and then fail at once
+    with a clear message instead of hanging. Each parent is a fresh interpreter, stopped by PID: a
+    fork of this many-threaded test process could deadlock on a lock another thread held at fork."""
+    from cluster.testing import describe, run_process
 
     hbase, sbase = _base("hdfs", pseudo_cluster), _base("s3", pseudo_cluster)
     hds, sds = hdfs_io.join(hbase, "ds"), hdfs_io.join(sbase, "ds")
-    ctx = multiprocessing.get_context("fork")
-    procs = []
+    script = (
+        "import json, multiprocessing as mp, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import hdfs_io, tests.test_hdfs_io_cluster as t\n"
+        "hdfs_io.exists(sys.argv[2])\n"
+        "if sys.argv[4] == 'read-first': assert hdfs_io.read_parquet(sys.argv[2]).num_rows == 30\n"
+        "ctx = mp.get_context('fork'); q = ctx.Queue()\n"
+        "p = ctx.Process(target=t._fork_child, args=(q, sys.argv[2], sys.argv[3])); p.start()\n"
+        "out = q.get(timeout=60); p.join(10)\n"
+        "print('RESULT', json.dumps(out))\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def run_child(timeout=60):
-        q = ctx.Queue()
-        p = ctx.Process(target=_fork_child, args=(q, hds, sds))
-        procs.append(p)
-        p.start()
-        result = q.get(timeout=timeout)
-        p.join(10)
-        assert p.exitcode == 0
-        return result
+    def child_of(parent):
+        done = run_process([sys.executable, "-c", script, repo, hds, sds, parent], env=env, timeout=120, cwd=repo)
+        assert done.returncode == 0 and "RESULT " in done.stdout, describe(done)
+        return json.loads(done.stdout.split("RESULT ", 1)[1]), done
 
     try:
         hdfs_io.write_parquet(table(30), hds)
         hdfs_io.write_parquet(table(30), sds)
-        # a fresh parent that has not read HDFS data (like a Spark Python worker starting the TF
-        # process): its forked child can do everything. Run in a new interpreter, stopped by PID.
-        from cluster.testing import describe, run_process
-
-        script = (
-            "import json, multiprocessing as mp, sys\n"
-            "sys.path.insert(0, sys.argv[1])\n"
-            "import hdfs_io, tests.test_hdfs_io_cluster as t\n"
-            "hdfs_io.exists(sys.argv[2])\n"
-            "ctx = mp.get_context('fork'); q = ctx.Queue()\n"
-            "p = ctx.Process(target=t._fork_child, args=(q, sys.argv[2], sys.argv[3])); p.start()\n"
-            "out = q.get(timeout=60); p.join(10)\n"
-            "print('RESULT', json.dumps(out))\n"
-        )
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        done = run_process([sys.executable, "-c", script, repo, hds, sds], env=env, timeout=120, cwd=repo)
-        assert done.returncode == 0 and "RESULT " in done.stdout, describe(done)
-        first = json.loads(done.stdout.split("RESULT ", 1)[1])
+        first, done = child_of("fresh")
         assert first == {"s3_rows": 30, "hdfs_exists": True, "hdfs_rows": 30}, describe(done)
-        assert hdfs_io.read_parquet(hds).num_rows == 30  # this process has now read HDFS data
-        # after the parent read HDFS data, a forked child's HDFS reads fail at once with a clear
-        # message (hdfs-native's connection cache does not survive fork), the rest still works
-        second = run_child(timeout=20)
-        assert second["s3_rows"] == 30 and second["hdfs_exists"] is True
-        assert "forked" in second["hdfs_error"] and "spawn" in second["hdfs_error"]
+        second, done = child_of("read-first")
+        assert second["s3_rows"] == 30 and second["hdfs_exists"] is True, describe(done)
+        assert "forked" in second["hdfs_error"] and "spawn" in second["hdfs_error"], describe(done)
         assert hdfs_io.open(hdfs_io.join(hbase, "child.txt"), "r").read() == "from the child"
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(5)
         hdfs_io.delete(hbase, recursive=True, missing_ok=True)
         hdfs_io.delete(sbase, recursive=True, missing_ok=True)
