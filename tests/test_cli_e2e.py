@@ -106,8 +106,8 @@ def test_survey_example_prep_train_evaluate_predict(pseudo_cluster, tmp_path):
     assert set(report["targets"]) == {"vote", "PID", "selfLR"}, report
     assert (evaluation / "evaluation.txt").read_text().strip()
 
-    predicted = last_json(cli(pseudo_cluster, "tfos-survey", "predict", "--prep", str(prep), "--export",
-                              str(export), "--data", example["data"], "--out", str(tmp_path / "predictions"),
+    # no --prep: the plan published with the export encodes the new respondents
+    predicted = last_json(cli(pseudo_cluster, "tfos-survey", "predict", "--export", str(export), "--data", example["data"], "--out", str(tmp_path / "predictions"),
                               *master))
     assert predicted["rows"] == 944, predicted
     assert parquet_rows(tmp_path / "predictions") == 944

@@ -392,3 +392,5 @@ def test_export_from_another_prep_is_refused(anes96_run, tmp_path):
     plan["targets"][0]["classes"] = ["0", "1", "2"]
     with pytest.raises(ValueError, match="not trained on this prep"):
         check_export(plan, str(anes96_run["root"] / "export"))
+    from tfos_jobs.survey.steps import export_plan    # the plan the export carries is the prep's own
+    assert check_export(export_plan(str(anes96_run["root"] / "export")), str(anes96_run["root"] / "export"))

@@ -103,7 +103,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="answer probabilities for new respondents -> Parquet (atomic)",
                        description="Encode new respondents with the prep plan and score them on Spark: one "
                                    "<target>__p_<answer> column per answer and <target>__answer per target.")
-    p.add_argument("--prep", required=True)
+    p.add_argument("--prep", help="prep output whose plan encodes the data (default: the plan published "
+                                  "with the export)")
     p.add_argument("--export", required=True)
     p.add_argument("--data", required=True, help="new respondents: CSV or Parquet (target columns not needed)")
     p.add_argument("--out", required=True)
@@ -182,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    plan = prep.read_plan(args.prep)
+    plan = prep.read_plan(args.prep) if args.prep else steps.export_plan(args.export)
     steps.check_export(plan, args.export)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep else None
     steps.check_inputs(plan, args.data, args.format, keep)

@@ -63,6 +63,11 @@ def train(sc: Any, plan: dict, prep_uri: str, model: dict | None = None, *, scal
 # ------------------------------------------------------------------------------------ evaluate
 
 
+def export_plan(export_uri: str) -> dict:
+    """The prep plan published with the export (one unit with the model): predict needs no prep."""
+    return read_export_file(export_uri, prep.PLAN_FILE, "survey model export")
+
+
 def check_export(plan: dict, export_uri: str) -> dict:
     """The export exists, is complete and was trained on this plan's encoding; return its metrics."""
     metrics = read_export_file(export_uri, METRICS_FILE, "survey model export")
