@@ -85,34 +85,23 @@ def scored(stream_root):
     return root, gen, data, second
 
 
-def spark_session():
-    from tfos_jobs.spark import spark_session as session
-    return session("local[2]", app_name="test-streaming")
+def committed_rows(spark, path):
+    """A Spark file sink's committed rows (Spark reads its ``_spark_metadata`` log), as pandas.
+    Tests share the session's ``local_spark``: stopping a session of their own would stop that one."""
+    return spark.read.parquet(f"file://{path}").toPandas()
 
 
-def committed_rows(path):
-    """A Spark file sink's committed rows (Spark reads its ``_spark_metadata`` log), as pandas."""
-    spark = spark_session()
-    try:
-        return spark.read.parquet(f"file://{path}").toPandas()
-    finally:
-        spark.stop()
-
-
-def test_every_impression_is_scored_once_like_batch_scoring(scored):
+def test_every_impression_is_scored_once_like_batch_scoring(scored, local_spark):
     root, gen, data, _ = scored
     from tfos_jobs.ctr import schema
     from tfos_jobs.ctr.stream import encode_impressions
-    spark = spark_session()
-    try:
-        stream = spark.read.parquet(f"file://{root}/pred").toPandas()   # committed files only (_spark_metadata)
-        quarantine = spark.read.parquet(f"file://{root}/pred.quarantine").toPandas()
-        lines = spark.read.text(f"file://{data}/impressions").withColumn("source", __import__(
-            "pyspark.sql.functions", fromlist=["lit"]).lit(""))
-        good = encode_impressions(lines, 500).where("reason_code IS NULL")
-        batch = scoring.score_dataframe(good, str(root / "export"), schema.FEATURES, keep=["id"]).toPandas()
-    finally:
-        spark.stop()
+    spark = local_spark
+    stream = spark.read.parquet(f"file://{root}/pred").toPandas()   # committed files only (_spark_metadata)
+    quarantine = spark.read.parquet(f"file://{root}/pred.quarantine").toPandas()
+    lines = spark.read.text(f"file://{data}/impressions").withColumn("source", __import__(
+        "pyspark.sql.functions", fromlist=["lit"]).lit(""))
+    good = encode_impressions(lines, 500).where("reason_code IS NULL")
+    batch = scoring.score_dataframe(good, str(root / "export"), schema.FEATURES, keep=["id"]).toPandas()
     assert stream["id"].is_unique, stream["id"][stream["id"].duplicated()].head()
     assert len(stream) == gen["well_formed"] and len(quarantine) == gen["malformed"], (len(stream), len(quarantine), gen)
     assert set(quarantine["reason_code"]) <= {"field_count", *[f"I{i}" for i in range(1, 14)],
@@ -135,9 +124,9 @@ def monitored(scored):
     return root, gen, data, done
 
 
-def test_late_clicks_label_each_prediction_once(monitored):
+def test_late_clicks_label_each_prediction_once(monitored, local_spark):
     root, gen, data, done = monitored
-    labeled = committed_rows(root / "pred.labeled")
+    labeled = committed_rows(local_spark, root / "pred.labeled")
     clicked = {line.split("\t")[0] for i in range(FILES)
                for line in open(os.path.join(data, "clicks", f"part-{i:05d}.tsv")).read().splitlines()}
     assert labeled["id"].is_unique and len(labeled) > 0.8 * gen["well_formed"], (len(labeled), describe(done))
@@ -147,9 +136,9 @@ def test_late_clicks_label_each_prediction_once(monitored):
     assert abs(labeled["label"].mean() - gen["ctr"]) < 0.03, (labeled["label"].mean(), gen["ctr"])
 
 
-def test_every_window_equals_the_batch_computation(monitored):
+def test_every_window_equals_the_batch_computation(monitored, local_spark):
     root, gen, data, done = monitored
-    labeled = committed_rows(root / "pred.labeled")
+    labeled = committed_rows(local_spark, root / "pred.labeled")
     t = labeled["event_time"].astype("datetime64[ms]").astype("int64").to_numpy()
     y, p = labeled["label"].to_numpy(), labeled["prediction"].to_numpy()
     records = read_metrics(str(root / "metrics"))
