@@ -28,25 +28,48 @@ MONITOR = ["--sliding", "1200:600", "--half-life-s", "900", "--max-click-delay-s
 
 
 def ctr(*args, timeout=600):
-    done = run_process([sys.executable, "-m", "tfos_jobs.ctr", *args], timeout=timeout)
+    try:
+        done = run_process([sys.executable, "-m", "tfos_jobs.ctr", *args], timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        output = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
+        pytest.fail(f"tfos-ctr {args[0]} ran past {timeout} s; its output:\n{output[-6000:]}", pytrace=False)
     assert done.returncode == 0, describe(done)
     return done
 
 
-@pytest.fixture(scope="module")
-def stream_root(tmp_path_factory):
-    """A generated stream and a small (untrained) CTR export of the job's real model."""
+def fitted_export(uri, spark, train_gen):
+    """The job's model (small) fitted in-process on a generated pre-drift stream, then exported: the
+    windows have a real model's quality to lose when the click model drifts."""
+    import keras
+    from pyspark.sql import functions as F
     from tfos_jobs.ctr import schema
     from tfos_jobs.ctr.model import ModelConfig, build_model
+    from tfos_jobs.ctr.stream import encode_impressions
     from tfos_jobs.export import publish_export
-    root = tmp_path_factory.mktemp("stream")
-    gen = json.loads(ctr("generate-stream", "--output", str(root / "gen"), "--rows", str(ROWS), "--files", str(FILES),
-                         "--rows-per-s", str(RATE), "--mean-click-delay-s", "60", "--max-click-delay-s", str(DELAY),
-                         "--malformed-fraction", "0.01", "--seed", "4").stdout.strip().splitlines()[-1])
-    model = build_model(ModelConfig(embedding_dim=2, hidden=(8,), cross_layers=1, hash_buckets=500).validate())
+    lines = spark.read.text(f"file://{train_gen}/impressions").withColumn("source", F.lit(""))
+    rows = encode_impressions(lines, 500).where("reason_code IS NULL").select("id", *schema.FEATURES).toPandas()
+    clicked = {line.split("\t")[0] for name in os.listdir(os.path.join(train_gen, "clicks"))
+               for line in open(os.path.join(train_gen, "clicks", name)) if line.strip()}
     dtypes = {n: ("int64" if n in schema.CATEGORICAL else "float32") for n in schema.FEATURES}
-    publish_export(str(root / "export"), model, dtypes, {"auc": 0.5}, kind="ctr-export",
-                   files={"ctr.json": {"hash_buckets": 500}})
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(embedding_dim=4, hidden=(16,), cross_layers=1, hash_buckets=500).validate())
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    model.fit({n: rows[n].to_numpy(dtypes[n]) for n in schema.FEATURES}, rows["id"].isin(clicked).to_numpy("float32"),
+              batch_size=256, epochs=3, verbose=0)
+    publish_export(uri, model, dtypes, {}, kind="ctr-export", files={"ctr.json": {"hash_buckets": 500}})
+
+
+@pytest.fixture(scope="module")
+def stream_root(tmp_path_factory, local_spark):
+    """A generated stream whose click model drifts halfway, and the job's model fitted before the drift."""
+    root = tmp_path_factory.mktemp("stream")
+    common = ["--rows-per-s", str(RATE), "--mean-click-delay-s", "60", "--max-click-delay-s", str(DELAY)]
+    ctr("generate-stream", "--output", str(root / "train-gen"), "--rows", "20000", "--files", "2", "--seed", "5",
+        *common)
+    fitted_export(str(root / "export"), local_spark, hdfs_io.resolve(str(root / "train-gen")))
+    gen = json.loads(ctr("generate-stream", "--output", str(root / "gen"), "--rows", str(ROWS), "--files", str(FILES),
+                         "--malformed-fraction", "0.01", "--seed", "4", "--drift-at-row", str(ROWS // 2),
+                         *common).stdout.strip().splitlines()[-1])
     return root, gen, hdfs_io.resolve(str(root / "gen"))
 
 
@@ -118,9 +141,14 @@ def monitored(scored):
     root, gen, data, _ = scored
     clicks = root / "clicklog"
     shutil.copytree(os.path.join(data, "clicks"), clicks)
+    # Spark takes a directory's files in modification-time order (milliseconds): the copies share one
+    # millisecond, and a click log taken out of order is behind the watermark. Land them as a log does.
+    now = time.time()
+    for i, name in enumerate(sorted(os.listdir(clicks))):
+        os.utime(clicks / name, (now + i, now + i))
     done = ctr("stream-monitor", "--predictions", str(root / "pred"), "--clicks", str(clicks), "--metrics",
                str(root / "metrics"), "--checkpoint", str(root / "ckpt-monitor"), "--trigger", "available-now",
-               "--watermark-s", "60", *MONITOR, *SPARK)
+               "--watermark-s", "60", "--max-files-per-trigger", "1", *MONITOR, *SPARK)
     return root, gen, data, done
 
 
@@ -164,3 +192,20 @@ def test_every_window_equals_the_batch_computation(monitored, local_spark):
     assert checked >= 6
     # the console shows a line per window
     assert "[tfos-stream] landmark" in done.stdout and "[tfos-stream] sliding" in done.stdout, describe(done)
+
+
+def test_the_report_shows_every_window_losing_auc_after_the_drift(monitored):
+    """`tfos-ctr stream-report`: a PNG of every window's AUC over time, and its numbers: the windows
+    after the click model drifted score lower than before it."""
+    root, gen, _, _ = monitored
+    done = ctr("stream-report", "--metrics", str(root / "metrics"), "--out", str(root / "auc.png"),
+               "--stream", str(root / "gen"))
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["drift_at_ms"] == gen["drift_at_ms"], describe(done)
+    assert open(root / "auc.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    kinds = {name.split()[0] for name in out["series"]}
+    assert kinds == {"sliding", "landmark", "fading", "tilted"}, out
+    sliding = [v for k, v in out["series"].items() if k.startswith("sliding")][0]
+    assert sliding["mean_auc_before"] > sliding["mean_auc_after"] + 0.03, (out, gen)
+    fading = [v for k, v in out["series"].items() if k.startswith("fading")][0]
+    assert fading["mean_auc_before"] > fading["last_auc"] + 0.03, (out, gen)

@@ -123,7 +123,7 @@ def test_cli_other_commands_reject_missing_inputs_before_spark(no_spark, tmp_pat
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["example", "prep", "train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["example", "prep", "train", "evaluate", "predict", "stream-predict"])
 def test_cli_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -394,3 +394,38 @@ def test_export_from_another_prep_is_refused(anes96_run, tmp_path):
         check_export(plan, str(anes96_run["root"] / "export"))
     from tfos_jobs.survey.steps import export_plan    # the plan the export carries is the prep's own
     assert check_export(export_plan(str(anes96_run["root"] / "export")), str(anes96_run["root"] / "export"))
+
+
+@pytest.mark.slow
+def test_stream_predict_answers_like_batch_predict(anes96_run, local_spark):
+    """`tfos-survey stream-predict` as a user types it: JSON records landing in a directory are answered
+    with the export's plan exactly as `predict` answers the same respondents; bad records are quarantined."""
+    import subprocess
+    import sys
+    from cluster.testing import describe, run_process
+    root = anes96_run["root"]
+    landing = root / "landing"
+    landing.mkdir()
+    rows = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(0, 40).to_pylist()
+    for i in range(2):   # answers as JSON numbers and strings: both canonicalized like the CSV's text
+        lines = [json.dumps({k: (str(v) if i else v) for k, v in r.items()}) for r in rows[i * 20:(i + 1) * 20]]
+        if i:
+            lines += ["not json", json.dumps({"age": 40})]
+        (landing / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
+    done = run_process([sys.executable, "-m", "tfos_jobs.survey", "stream-predict", "--export", str(root / "export"),
+                        "--input", str(landing), "--output", str(root / "stream"), "--checkpoint",
+                        str(root / "stream-ckpt"), "--trigger", "available-now", "--master", "local[2]"], timeout=600)
+    assert done.returncode == 0, describe(done)
+    stream = local_spark.read.parquet(f"file://{root}/stream").toPandas()
+    quarantine = local_spark.read.parquet(f"file://{root}/stream.quarantine").toPandas()
+    batch = hdfs_io.read_parquet(str(root / "pred")).to_pandas()
+    assert sorted(quarantine["reason_code"]) == ["id", "record"], (quarantine, describe(done))
+    assert stream["id"].is_unique and len(stream) == 40, stream
+    merged = stream.merge(batch, left_on="id", right_on="respondent", suffixes=("", "_batch"))
+    assert len(merged) == 40
+    for t in anes96_run["plan"]["targets"]:
+        for c in t["classes"]:
+            np.testing.assert_allclose(merged[f"{t['column']}__p_{c}"], merged[f"{t['column']}__p_{c}_batch"],
+                                       rtol=1e-5, err_msg=t["column"])
+        assert (merged[f"{t['column']}__answer"] == merged[f"{t['column']}__answer_batch"]).all()
+    assert (merged["model_version"] == merged["model_version_batch"]).all()

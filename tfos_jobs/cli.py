@@ -95,6 +95,20 @@ def stream_config(args: argparse.Namespace) -> Any:
                         max_files_per_trigger=args.max_files_per_trigger, watermark_s=args.watermark_s)
 
 
+def run_scoring_stream(args: argparse.Namespace, prog: str, start: Callable[..., Any]) -> int:
+    """A job's scoring stream command (``stream-score``, ``stream-predict``): ``start(spark, quarantine,
+    config)`` starts the job's queries on a session of its own; they run as :func:`run_stream` says.
+    The job checks ``--export`` before calling this, so that a wrong URI fails before Spark starts."""
+    config = stream_config(args)
+    spark = job_session(args, prog, 2)
+    try:
+        run_stream(start(spark, args.quarantine or args.output.rstrip("/") + ".quarantine", config), args)
+    finally:
+        spark.stop()
+    print(json.dumps({"predictions": args.output, "checkpoint": config.checkpoint}))
+    return 0
+
+
 def run_stream(pipeline: Any, args: argparse.Namespace) -> None:
     """Run started queries until they end (available-now), ``--run-for-s`` passes, or SIGINT/SIGTERM;
     then stop them (a stopped query resumes from its checkpoint next time)."""

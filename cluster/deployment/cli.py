@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
+import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -77,7 +80,11 @@ def build_parser() -> JobParser:
     p.add_argument("--package-dir", default=None, type=_storage_uri, help="where the package files are (a local "
                    "dir or an uploaded URI); default: build/reuse under work/deploy")
     p.add_argument("--accept-timeout", type=_positive_seconds, default=120)
-    p.add_argument("--timeout", type=_positive_seconds, default=3600)
+    p.add_argument("--timeout", type=_positive_seconds, default=3600,
+                   help="seconds spark-submit may run (default: %(default)s; none with --long-running)")
+    p.add_argument("--long-running", action="store_true",
+                   help="a job that runs until stopped (a streaming query): no --timeout; SIGTERM/SIGINT stop it "
+                        "gracefully (its queries end at a micro-batch boundary) and exit 0")
     p.add_argument("--conf", type=_conf_pair, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dry-run", action="store_true", help="print the spark-submit command only")
     _res_args(p)
@@ -132,11 +139,24 @@ def _submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(shlex.join(redact_argv(cmd)))   # what runs keeps the real values
         return 0
-    sub = submit(cmd, timeout=args.timeout, accept_timeout=args.accept_timeout, res=res, check=False)
+    stop = _stop_on_signals() if args.long_running else None
+    sub = submit(cmd, timeout=math.inf if args.long_running else args.timeout, accept_timeout=args.accept_timeout,
+                 res=res, check=False, stop=stop)
     sys.stdout.write(sub.output)
+    stopped = bool(stop and stop.is_set())
     print(json.dumps({"app_id": sub.app_id, "state": sub.state, "final_status": sub.final_status,
-                      "returncode": sub.returncode, "wall_s": sub.wall_s}), file=sys.stderr)
+                      "returncode": sub.returncode, "wall_s": sub.wall_s, "stopped": stopped}), file=sys.stderr)
+    if stopped:   # asked to end: a YARN application we killed is the expected end, not a failure
+        return 0 if sub.returncode == 0 or sub.final_status == "KILLED" else 1
     return 0 if sub.returncode == 0 and sub.final_status in (None, "SUCCEEDED") else 1
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: how a long-running submission is asked to end."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 COMMANDS = {"package": _package, "submit": _submit, "emr": emr.main_emr}

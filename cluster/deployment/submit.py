@@ -7,21 +7,28 @@ an application left in ACCEPTED, or short of executors, instead of waiting forev
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
+
+import psutil
 
 from ..processes import stop_tree
 from .package import ENV_ALIAS, ENV_PYTHON, bounded
 from .resources import DeployError, Resources, tf_conf
 from .yarn import check_resources, check_yarn, find_app, kill_app, rm_web, site_value
+
+STOP_GRACE_S = 60.0   # a streaming driver finishes its micro-batch and stops its queries in this time
 
 log = logging.getLogger(__name__)
 
@@ -233,16 +240,22 @@ class _Watchdog:
         return None
 
 
-def _run_watched(argv: list[str], env: dict, dog: _Watchdog) -> tuple[int | None, str, str | None]:
-    """Run spark-submit until it exits or the watchdog objects (then kill its application and stop
-    it). Returns (exit code, output, problem)."""
+def _run_watched(argv: list[str], env: dict, dog: _Watchdog,
+                 stop: threading.Event | None = None) -> tuple[int | None, str, str | None]:
+    """Run spark-submit until it exits, the watchdog objects (then kill its application and stop it),
+    or ``stop`` is set (a long-running job asked to end: :func:`_stop_gracefully`). Returns (exit
+    code, output, problem)."""
     problem = None
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         try:
             while proc.poll() is None:
-                time.sleep(2)
+                if stop is not None and stop.wait(2):
+                    _stop_gracefully(proc, dog)
+                    break
+                if stop is None:
+                    time.sleep(2)
                 problem = dog.problem()
                 if problem:
                     break
@@ -255,14 +268,32 @@ def _run_watched(argv: list[str], env: dict, dog: _Watchdog) -> tuple[int | None
     return proc.returncode, text, problem
 
 
+def _stop_gracefully(proc: subprocess.Popen, dog: _Watchdog, grace_s: float = STOP_GRACE_S) -> None:
+    """End a long-running job the way its driver expects: in YARN cluster mode the application is
+    killed (YARN sends its driver SIGTERM); in client mode the Python driver gets SIGTERM itself (a streaming job
+    stops its queries at a micro-batch boundary and exits 0). Whatever is left after ``grace_s`` is
+    stopped by :func:`stop_tree`."""
+    argv = list(proc.args)
+    in_yarn = "--deploy-mode" in argv and argv[argv.index("--deploy-mode") + 1] == "cluster"
+    if in_yarn and dog.web and dog.app:
+        kill_app(dog.web, dog.app["id"])
+    else:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.name().startswith("python"):
+                    child.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+
+
 def _submit_once(argv: list[str], *, env: dict | None = None, timeout: float = 1800, accept_timeout: float = 120,
                  executor_timeout: float = 180, register_timeout: float = 600, res: Resources | None = None,
-                 check: bool = True, conf_dir: str | None = None) -> Submission:
+                 check: bool = True, conf_dir: str | None = None, stop: threading.Event | None = None) -> Submission:
     res = res or Resources()
     env = _submit_env(env)
     web, tag = _preflight(argv, env, res, conf_dir)
     dog = _Watchdog(web, tag, res, timeout, accept_timeout, executor_timeout, register_timeout)
-    code, text, problem = _run_watched(argv, env, dog)
+    code, text, problem = _run_watched(argv, env, dog, stop)
     app = (find_app(web, tag, dog.since_ms) or dog.app) if web else dog.app
     sub = Submission(code if not problem else -1, text, app and app.get("id"),
                      app and app.get("state"), app and app.get("finalStatus"), round(time.monotonic() - dog.t0, 1))

@@ -9,6 +9,7 @@
     tfos-ctr generate-stream --output URI --rows N   impressions with event times + a late click log
     tfos-ctr stream-score   --export URI --input DIR|kafka://host:port/topic --output URI --checkpoint URI
     tfos-ctr stream-monitor --predictions URI --clicks DIR|kafka://... --metrics URI --checkpoint URI
+    tfos-ctr stream-report  --metrics URI --out PNG [--stream URI]   every window's AUC over time
 
 Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Also runnable as
 ``python -m tfos_jobs.ctr ...`` or ``spark-submit tfos_jobs/ctr/cli.py ...`` (the master then comes from
@@ -27,7 +28,7 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, run_stream, stream_config, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, run_scoring_stream, run_stream, stream_config, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
                            non_negative_float, non_negative_int, positive_float, positive_int, print_train_result, run_command,
                            training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
@@ -177,6 +178,13 @@ def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
     add_spark_args(p)
 
 
+def _add_stream_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream-report", help="plot every window's AUC over time from stream-monitor's metrics (PNG)")
+    p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
+    p.add_argument("--out", required=True, help="URI of the PNG")
+    p.add_argument("--stream", help="a `generate-stream` output: its drift time is marked on the plot")
+
+
 def window_pairs(text: str) -> tuple:
     try:
         pairs = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip())
@@ -190,10 +198,10 @@ def window_pairs(text: str) -> tuple:
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="\n".join(__doc__.splitlines()[2:12]))
+                       epilog="\n".join(__doc__.splitlines()[2:13]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_generate, _add_prep, _add_train, _add_evaluate, _add_score, _add_demo, _add_generate_stream,
-                _add_stream_score, _add_stream_monitor):
+                _add_stream_score, _add_stream_monitor, _add_stream_report):
         add(sub)
     return parser
 
@@ -276,17 +284,9 @@ def cmd_generate_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_score(args: argparse.Namespace) -> int:
-    config = stream_config(args)
     steps.read_config(args.export)      # before Spark starts: not an export is the one error
-    spark = job_session(args, PROG, 2)
-    try:
-        run_stream(stream.stream_score(spark, args.export, args.input, args.output,
-                                       args.quarantine or args.output.rstrip("/") + ".quarantine", config,
-                                       batch_size=args.batch_size), args)
-    finally:
-        spark.stop()
-    print(json.dumps({"predictions": args.output, "checkpoint": config.checkpoint}))
-    return 0
+    return run_scoring_stream(args, PROG, lambda spark, quarantine, config: stream.stream_score(
+        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
 
 
 def cmd_stream_monitor(args: argparse.Namespace) -> int:
@@ -303,6 +303,14 @@ def cmd_stream_monitor(args: argparse.Namespace) -> int:
     finally:
         spark.stop()
     print(json.dumps({"metrics": args.metrics, "checkpoint": config.checkpoint}))
+    return 0
+
+
+def cmd_stream_report(args: argparse.Namespace) -> int:
+    from tfos_jobs.streaming import report
+    mark = synthetic.read_report(args.stream).get("drift_at_ms") if args.stream else None
+    summary = report.plot_auc(args.metrics, args.out, mark_ms=mark)
+    print(json.dumps({"out": args.out, "drift_at_ms": mark, "series": summary}, sort_keys=True))
     return 0
 
 
@@ -350,7 +358,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
             "score": cmd_score, "demo": cmd_demo, "generate-stream": cmd_generate_stream,
-            "stream-score": cmd_stream_score, "stream-monitor": cmd_stream_monitor}
+            "stream-score": cmd_stream_score, "stream-monitor": cmd_stream_monitor,
+            "stream-report": cmd_stream_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from tfos_jobs import scoring
 from tfos_jobs.ctr import prep, schema, steps
 from tfos_jobs.streaming import pipeline
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
@@ -53,8 +54,12 @@ def stream_score(spark: Any, export_uri: str, input_uri: str, output_uri: str, q
     export, encoded with the export's own prep settings."""
     job = steps.read_config(export_uri)
     encoded = encode_impressions(pipeline.read_lines(spark, input_uri, config), int(job["hash_buckets"]))
-    return pipeline.start_scoring(encoded, export_uri=export_uri, features=schema.FEATURES, output_uri=output_uri,
-                                  quarantine_uri=quarantine_uri, config=config, batch_size=batch_size)
+
+    def score(good):
+        return scoring.score_dataframe(good, export_uri, schema.FEATURES, keep=["id", "event_time"],
+                                       batch_size=batch_size)
+    return pipeline.start_scoring(encoded, score=score, output_uri=output_uri, quarantine_uri=quarantine_uri,
+                                  config=config)
 
 
 def stream_monitor(spark: Any, predictions_uri: str, clicks_uri: str, labeled_uri: str, metrics_uri: str,

@@ -14,5 +14,9 @@ batch is replayed):
    came count as negatives (or are dropped).
 3. :func:`~tfos_jobs.streaming.pipeline.start_monitor`: labeled predictions → quality per window:
    sliding (Spark's ``window()``), landmark, fading and tilted-time (:mod:`.windows`), written to a
-   metrics sink (JSON lines on any storage URI) and the console.
+   metrics sink (JSON lines on any storage URI) and the console; :mod:`.report` plots every
+   window's AUC over time from that sink.
+
+The jobs bring only their encoding and their batch scoring function: ``tfos_jobs.ctr.stream``
+(impressions and clicks) and ``tfos_jobs.survey.stream`` (JSON respondent records).
 """

@@ -104,15 +104,15 @@ class Pipeline:
             query.stop()
 
 
-def start_scoring(encoded: Any, *, export_uri: str, features: Sequence[str], output_uri: str,
-                  quarantine_uri: str, config: StreamConfig, batch_size: int = 4096) -> Pipeline:
-    """Score the good rows of ``encoded`` (the job's encoding of a :func:`read_lines` stream: ``id``,
-    ``event_time``, ``reason_code``/``reason`` and the features) into Parquet predictions at
-    ``output_uri``; the bad rows go to ``quarantine_uri`` with their reason. Two queries."""
+def start_scoring(encoded: Any, *, score: Callable[[Any], Any], output_uri: str, quarantine_uri: str,
+                  config: StreamConfig) -> Pipeline:
+    """Score the good rows of ``encoded`` (a job's encoding of a :func:`read_lines` stream: ``id``,
+    ``event_time``, ``reason_code``/``reason`` (null when good), ``source``, ``line`` and the
+    features) with ``score`` (the job's batch scoring of a DataFrame, the same code ``score``/``predict``
+    run) into Parquet predictions at ``output_uri``; the bad rows go to ``quarantine_uri`` with their
+    reason. Two queries."""
     from pyspark.sql import functions as F
-    good = encoded.where(F.col("reason_code").isNull())
-    scored = scoring.score_dataframe(good, export_uri, list(features), keep=["id", "event_time"],
-                                     batch_size=batch_size)
+    scored = score(encoded.where(F.col("reason_code").isNull()))
     predictions = _start(scored.writeStream.format("parquet"), config, "predictions").start(
         sparkprep.spark_uri(output_uri))
     bad = encoded.where(F.col("reason_code").isNotNull()).select("source", "reason_code", "reason", "line")
@@ -164,9 +164,23 @@ def start_labeling(predictions: Any, labels: Any, *, output_uri: str, config: St
     labeled = both.groupBy("bucket").applyInPandasWithState(
         _labeling(int(max_delay_s * 1000), unmatched), labeled_schema(), state_schema, "append",
         GroupStateTimeout.EventTimeTimeout)
-    query = _start(labeled.writeStream.outputMode("append").format("parquet"), config, "labeled") \
+    # One file per micro-batch: a batch's labels are few, and one file per state partition (tens per
+    # batch) would flood the store with small files and let the windows' max-files bound cover a
+    # sliver of a labeling batch (measured: 316 files for 7 batches, 22 s per windows batch).
+    query = _start(labeled.coalesce(1).writeStream.outputMode("append").format("parquet"), config, "labeled") \
         .start(sparkprep.spark_uri(output_uri))
     return Pipeline([query])
+
+
+def _utc_timestamps(ms: Any) -> Any:
+    """Epoch milliseconds (floats, NaN where missing) as UTC timestamps, in integers: pandas' float
+    unit conversion raised FloatingPointError on NaN in Spark's Python worker, where NumPy errors raise."""
+    import numpy as np
+    import pandas as pd
+    missing = ms.isna().to_numpy()
+    values = np.where(missing, 0, ms.to_numpy(dtype="float64", na_value=0)).astype("int64").astype("datetime64[ms]")
+    values[missing] = np.datetime64("NaT")
+    return pd.Series(values, index=ms.index).dt.tz_localize("UTC")
 
 
 def _labeling(max_delay_ms: int, unmatched: str) -> Callable:
@@ -190,9 +204,9 @@ def _labeling(max_delay_ms: int, unmatched: str) -> Callable:
             state.setTimeoutTimestamp(timeout)
         if len(done):
             yield pd.DataFrame({
-                "id": done["id"], "event_time": pd.to_datetime(done["event_ms"], unit="ms", utc=True),
+                "id": done["id"], "event_time": _utc_timestamps(done["event_ms"]),
                 "prediction": done["prediction"].astype("float32"), scoring.VERSION_COLUMN: done["model_version"],
-                "label": done["label"], "label_time": pd.to_datetime(done["label_ms"], unit="ms", utc=True)})
+                "label": done["label"], "label_time": _utc_timestamps(done["label_ms"])})
 
     return update
 
@@ -286,9 +300,10 @@ class MetricsSink:
                          f"logloss {r['log_loss'] or 0:.4f} auc {auc}")
 
 
-def read_metrics(uri: str) -> list[dict]:
-    """Every metrics record written under ``uri``; for a window emitted more than once (landmark,
-    fading and tilted-time windows are updated every micro-batch), the latest record."""
+def read_metrics(uri: str, history: bool = False) -> list[dict]:
+    """Every metrics record written under ``uri``. A window emitted more than once (landmark, fading
+    and tilted-time windows are updated every micro-batch) appears once, as its latest record, or with
+    ``history`` once per micro-batch (its value over time), in the order of ``window_end_ms``."""
     latest = {}
     for info in sorted(hdfs_io.ls(uri), key=lambda i: i.uri) if hdfs_io.exists(uri) else []:
         if not info.uri.endswith(".jsonl"):
@@ -297,10 +312,14 @@ def read_metrics(uri: str) -> list[dict]:
             for line in handle:
                 r = json.loads(line)
                 key = (r["window_kind"], r["window"], r["model_version"], r["window_start_ms"])
+                if history:
+                    key += (r["query"], r["batch_id"])
                 if key not in latest or (r["batch_id"], r["window_end_ms"]) >= (latest[key]["batch_id"],
                                                                                latest[key]["window_end_ms"]):
                     latest[key] = r
-    return sorted(latest.values(), key=lambda r: (r["window_kind"], r["window"], r["window_start_ms"]))
+    order = (lambda r: r["window_end_ms"]) if history else (
+        lambda r: (r["window_kind"], r["window"], r["window_start_ms"]))
+    return sorted(latest.values(), key=order)
 
 
 def start_monitor(labeled: Any, *, metrics_uri: str, config: StreamConfig,

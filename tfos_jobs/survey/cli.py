@@ -4,7 +4,9 @@
     tfos-survey prep     --data URI --spec URI --out URI          Spark: profile, encode, split -> Parquet
     tfos-survey train    --prep URI --model-dir URI --export URI  multi-task model on the runtime (mwms/ps)
     tfos-survey evaluate --prep URI --export URI --out URI        model vs majority vs logistic regression
-    tfos-survey predict  --prep URI --export URI --data URI --out URI   answer probabilities, atomically
+    tfos-survey predict  --export URI --data URI --out URI        answer probabilities, atomically
+    tfos-survey stream-predict --export URI --input DIR|kafka://host:port/topic --output URI --checkpoint URI
+                                                                  Structured Streaming: JSON records as they land
 
 Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Bad input (a
 spec that does not parse, a target missing from the data or with a single answer, a missing prep or
@@ -23,9 +25,10 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_spark_args, bounded_number, dropout_rate, job_session,  # noqa: E402
-                           layer_sizes, non_negative_float, positive_float, positive_int, print_train_result,
-                           run_command, training_configs)
+from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, bounded_number, dropout_rate,  # noqa: E402
+                           job_session, layer_sizes, non_negative_float, positive_float, positive_int,
+                           print_train_result, run_command, run_scoring_stream,
+                           training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
 
@@ -116,12 +119,27 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
 
+def _add_stream_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream-predict", help="Structured Streaming: answer probabilities for respondents as "
+                                              "their JSON records land",
+                       description="Each record is one JSON object per line (file line or Kafka message): the "
+                                   "id column, answers by question column, optionally event_time (epoch ms). "
+                                   "Encoded with the plan published with the export.")
+    p.add_argument("--export", required=True)
+    p.add_argument("--input", required=True, help="directory URI new record files land in, or kafka://host:port/topic")
+    p.add_argument("--output", required=True, help="Parquet URI of the predictions (Spark file sink)")
+    p.add_argument("--quarantine", help="Parquet URI of malformed records (default: <output>.quarantine)")
+    p.add_argument("--batch-size", type=positive_int, default=4096)
+    add_stream_args(p)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict):
+    for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict, _add_stream_predict):
         add(sub)
     return parser
 
@@ -197,8 +215,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream_predict(args: argparse.Namespace) -> int:
+    from tfos_jobs.survey import stream
+    steps.check_export(steps.export_plan(args.export), args.export)   # before Spark: not an export is the error
+    return run_scoring_stream(args, PROG, lambda spark, quarantine, config: stream.stream_predict(
+        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
+
+
 COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "stream-predict": cmd_stream_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

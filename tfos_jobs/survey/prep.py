@@ -46,7 +46,13 @@ PLAN_VERSION = 1
 def canonical_col(name: str) -> Any:
     """Spark twin of :func:`schema.canonical`: trimmed text, integral numbers without decimals."""
     from pyspark.sql import functions as F
-    text = F.trim(F.col(f"`{name}`").cast("string"))
+    return canonical_col_of(F.col(f"`{name}`"))
+
+
+def canonical_col_of(column: Any) -> Any:
+    """:func:`canonical_col` of a column expression (a field of a parsed record, say)."""
+    from pyspark.sql import functions as F
+    text = F.trim(column.cast("string"))
     number = text.try_cast("double")
     integral = (number.isNotNull() & ~F.isnan(number) & (F.abs(number) < F.lit(9.2e18))
                 & (number == F.floor(number)))

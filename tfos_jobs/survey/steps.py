@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import hdfs_io
 from tfos_jobs.export import METRICS_FILE, read_export_file
@@ -229,6 +229,23 @@ def check_inputs(plan: dict, data_uri: str, fmt: str = "auto",
     return fmt, header, absent, keep
 
 
+def score_respondents(encoded: Any, plan: dict, export_uri: str, keep: Sequence[str] = (),
+                      batch_size: int = 4096) -> Any:
+    """``keep`` columns, one ``<target>__p_<answer>`` column per answer, ``<target>__answer`` per target
+    and the model version, for encoded respondents (:func:`prep.transform`): batch and stream share it."""
+    from pyspark.sql import functions as F
+    outputs = {t["label"]: f"__p_{t['label']}" for t in plan["targets"]}
+    scored = scoring.score_dataframe_vectors(encoded, export_uri, list(plan["inputs"]), outputs, keep=list(keep),
+                                             batch_size=batch_size)
+    columns = [F.col(f"`{k}`") for k in keep]
+    for t in plan["targets"]:
+        p = F.col(outputs[t["label"]])
+        columns += [p[i].alias(f"{t['column']}__p_{c}") for i, c in enumerate(t["classes"])]
+        best = F.array_position(p, F.array_max(p)).cast("int")
+        columns.append(F.element_at(F.lit(t["classes"]).cast("array<string>"), best).alias(f"{t['column']}__answer"))
+    return scored.select(*columns, F.col(scoring.VERSION_COLUMN))
+
+
 def predict(spark: Any, plan: dict, export_uri: str, data_uri: str, out_uri: str, fmt: str = "auto",
             keep: list[str] | None = None, overwrite: bool = False, partitions: int | None = None,
             batch_size: int = 4096, log: Callable[[str], Any] = print) -> dict:
@@ -247,16 +264,9 @@ def predict(spark: Any, plan: dict, export_uri: str, data_uri: str, out_uri: str
     kept = [f"__keep_{i}" for i in range(len(keep))]
     encoded = prep.transform(df.select("*", *[F.col(f"`{c}`").alias(k) for c, k in zip(keep, kept)]),
                               plan, with_labels=False, keep=kept)
-    outputs = {t["label"]: f"__p_{t['label']}" for t in plan["targets"]}
-    scored = scoring.score_dataframe_vectors(encoded, export_uri, list(plan["inputs"]), outputs, keep=kept,
-                                             batch_size=batch_size)
-    columns = [F.col(k).alias(c) for c, k in zip(keep, kept)]
-    for t in plan["targets"]:
-        p = F.col(outputs[t["label"]])
-        columns += [p[i].alias(f"{t['column']}__p_{c}") for i, c in enumerate(t["classes"])]
-        best = F.array_position(p, F.array_max(p)).cast("int")
-        columns.append(F.element_at(F.lit(t["classes"]).cast("array<string>"), best).alias(f"{t['column']}__answer"))
-    columns.append(F.col(scoring.VERSION_COLUMN))
-    report = scoring.write_scores(scored.select(*columns), out_uri, overwrite=overwrite, partitions=partitions)
+    scored = score_respondents(encoded, plan, export_uri, kept, batch_size=batch_size)
+    scored = scored.select(*[F.col(k).alias(c) for c, k in zip(keep, kept)],
+                           *[F.col(f"`{c}`") for c in scored.columns if c not in kept])
+    report = scoring.write_scores(scored, out_uri, overwrite=overwrite, partitions=partitions)
     log(f"predicted {report['rows']} respondents -> {out_uri} ({report['seconds']:.1f} s)")
     return report
