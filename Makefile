@@ -14,8 +14,9 @@ test: install hadoop-jars
 
 install: check-java $(STAMP)
 
-# Hadoop 3.5.0 server jars for the pseudo-cluster (cluster/): fetched once with Maven, cached in
-# ~/.cache/tfos-jobs/hadoop-3.5.0 (or TFOS_HADOOP_JARS); a no-op when the cache is complete.
+# Hadoop 3.5.0 server jars for the pseudo-cluster (cluster/) and the S3A jars Spark needs for s3a://
+# (hadoop-aws 3.5.0 + AWS SDK modules): fetched once with Maven, cached in ~/.cache/tfos-jobs/hadoop-3.5.0
+# and hadoop-aws-3.5.0 (or TFOS_HADOOP_JARS, TFOS_HADOOP_AWS_JARS); a no-op when the caches are complete.
 hadoop-jars: install
 	$(PY) -m cluster fetch
 

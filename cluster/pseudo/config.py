@@ -211,13 +211,21 @@ def _core_site(lay: Layout, opts: Options) -> dict:
         "hadoop.tmp.dir": str(lay.tmp),
         "hadoop.security.authentication": "simple",
         "ipc.client.connect.retry.interval": 500,
-        # S3A settings for Spark/Hadoop clients that add hadoop-aws (pyspark does not ship it).
-        "fs.s3a.endpoint": f"http://{h}:{p('s3')}",
+        # S3A for Hadoop/Spark clients: the endpoint (as in spark-defaults.conf, see s3a_conf) and the
+        # credentials, which only this file and connection.json hold (never the Spark conf).
+        **s3a_conf(opts),
+        "fs.s3a.access.key": S3_ACCESS_KEY,
+        "fs.s3a.secret.key": S3_SECRET_KEY,
+    }
+
+
+def s3a_conf(opts: Options) -> dict:
+    """``fs.s3a.*`` that point S3A at this cluster's S3 endpoint (no credentials)."""
+    return {
+        "fs.s3a.endpoint": f"http://{HOST}:{opts.port('s3')}",
         "fs.s3a.endpoint.region": S3_REGION,
         "fs.s3a.path.style.access": "true",
         "fs.s3a.connection.ssl.enabled": "false",
-        "fs.s3a.access.key": S3_ACCESS_KEY,
-        "fs.s3a.secret.key": S3_SECRET_KEY,
     }
 
 
@@ -348,11 +356,19 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
     _write(lay.conf / "capacity-scheduler.xml", _site(CAPACITY_SCHEDULER))
     _write(lay.conf / "log4j.properties", LOG4J)
     _write(lay.spark_conf / "spark-defaults.conf",
-           "".join(f"{k} {v}\n" for k, v in spark_defaults(python).items()))
+           "".join(f"{k} {v}\n" for k, v in spark_defaults(python, opts).items()))
 
 
-def spark_defaults(python: str) -> dict:
-    """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf)."""
+def spark_defaults(python: str, opts: Options | None = None) -> dict:
+    """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf). With
+    ``opts``: ``s3a://`` too, the S3A jars (``tfos-cluster fetch``) in ``spark.jars`` and
+    ``spark.hadoop.fs.s3a.*`` on the cluster's endpoint; the credentials stay in core-site.xml."""
+    s3a = {}
+    if opts is not None:
+        from tfos_jobs.spark import s3a_jars
+        jars_ = s3a_jars()
+        s3a = {**({"spark.jars": ",".join(jars_)} if jars_ else {}),
+               **{f"spark.hadoop.{k}": v for k, v in s3a_conf(opts).items()}}
     return {
         # The NodeManager runs on this host: point YARN containers at pyspark's own jars instead
         # of uploading ~460 MB of jars to HDFS for every application.
@@ -364,6 +380,7 @@ def spark_defaults(python: str) -> dict:
         "spark.driver.host": HOST,
         "spark.driver.bindAddress": HOST,
         "spark.ui.showConsoleProgress": "false",
+        **s3a,
     }
 
 
@@ -632,7 +649,7 @@ def connection_info(lay: Layout, opts: Options, java_home: str, python: str,
                   "workers": opts.workers, "worker_cores": opts.worker_cores,
                   "worker_memory": opts.worker_memory,
                   "conf_dir": str(lay.spark_conf),
-                  "defaults": spark_defaults(python),
+                  "defaults": spark_defaults(python, opts),
                   "home": str(spark_home())},
         "s3": {"endpoint": f"http://{HOST}:{p('s3')}", "bucket": opts.bucket,
                "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY, "region": S3_REGION,
