@@ -3,11 +3,13 @@
 Defaults target the embedded setup: ``local-cluster[2,1,MEM]`` gives two real executor processes
 (``local[N]`` would run every TF node inside the driver's working directory) with no daemons to start.
 
-``s3a://``: pyspark ships Hadoop's client but not ``hadoop-aws`` nor the AWS SDK. ``tfos-cluster fetch``
-caches them (``~/.cache/tfos-jobs/hadoop-aws-3.5.0``, see ``cluster.pseudo.s3a``); a session built here
-adds the cached jars to ``spark.jars`` and, when ``AWS_ENDPOINT_URL(_S3)`` names an endpoint (as
-``tfos-cluster env`` does for the pseudo-cluster's), points ``spark.hadoop.fs.s3a.*`` at it. Credentials
-are never put into the Spark conf: S3A reads them from ``AWS_*`` variables or the Hadoop configuration.
+Connectors pyspark does not ship: ``s3a://`` (``hadoop-aws`` and the AWS SDK modules) and Kafka
+(``spark-sql-kafka-0-10``). ``tfos-cluster fetch`` caches both (``~/.cache/tfos-jobs/hadoop-aws-3.5.0``
+and ``spark-sql-kafka-4.2.0``, see ``cluster.pseudo.jars``); a session built here adds the cached jars
+to ``spark.jars`` (merged with the ones already set) and, when ``AWS_ENDPOINT_URL(_S3)`` names an
+endpoint (as ``tfos-cluster env`` does for the pseudo-cluster's), points ``spark.hadoop.fs.s3a.*`` at
+it. Credentials are never put into the Spark conf: S3A reads them from ``AWS_*`` variables or the
+Hadoop configuration.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ DEFAULT_EXECUTOR_MEMORY_MB = 2048
 
 #: hadoop-aws must be the Hadoop version of pyspark's own client jars (hadoop-client-api 3.5.0).
 HADOOP_AWS_VERSION = "3.5.0"
-S3A_MANIFEST = "MANIFEST.txt"
+#: spark-sql-kafka-0-10_2.13: the newest Maven Central serves; measured with pyspark 4.3.0.
+SPARK_KAFKA_VERSION = "4.2.0"
+#: Each cached jar set's directory holds this manifest: a header line, then one jar name a line.
+JAR_MANIFEST = S3A_MANIFEST = "MANIFEST.txt"
 
 
 class JavaNotFound(RuntimeError):
@@ -92,6 +97,7 @@ def spark_session(master: str | None = None, app_name: str = "tfos-jobs", conf: 
     if given is None:
         # Under spark-submit its --jars and spark-defaults.conf decide: jars set now would miss the
         # driver's class loader.
+        settings.update(jar_settings(conf))
         settings.update(s3a_settings(conf))
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -129,28 +135,61 @@ def _settings(master: str, app_name: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# s3a://: hadoop-aws and the AWS SDK modules it loads, cached by `tfos-cluster fetch`
+# jars pyspark lacks, cached by `tfos-cluster fetch` (cluster.pseudo.jars fetches; this only reads)
 
 
-def s3a_jars_home() -> Path:
-    """Cache directory of the S3A jars: ``TFOS_HADOOP_AWS_JARS`` or ``~/.cache/tfos-jobs/hadoop-aws-<v>``
-    (beside the Hadoop server jars of ``cluster.pseudo.jars``; ``XDG_CACHE_HOME`` moves both)."""
-    env = os.environ.get("TFOS_HADOOP_AWS_JARS")
-    if env:
-        return Path(env).expanduser().resolve()
+def jar_cache_home(name: str, version: str, env: str) -> Path:
+    """Cache directory of one jar set: ``$env`` or ``~/.cache/tfos-jobs/<name>-<version>``
+    (``XDG_CACHE_HOME`` moves the cache)."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser().resolve()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return (base / "tfos-jobs" / f"hadoop-aws-{HADOOP_AWS_VERSION}").resolve()
+    return (base / "tfos-jobs" / f"{name}-{version}").resolve()
 
 
-def s3a_jars() -> list[str]:
-    """The cached S3A jars (paths), or ``[]`` when the cache is absent or incomplete."""
-    home = s3a_jars_home()
+def cached_jars(home: Path) -> list[str]:
+    """The jars (paths) the manifest in ``home`` lists, or ``[]`` when it is absent or one is missing."""
     try:
-        names = (home / S3A_MANIFEST).read_text().splitlines()[1:]
+        names = (home / JAR_MANIFEST).read_text().splitlines()[1:]
     except OSError:
         return []
     jars = [home / "lib" / n for n in names if n]
     return [str(j) for j in jars] if jars and all(j.is_file() for j in jars) else []
+
+
+def s3a_jars_home() -> Path:
+    """Cache directory of the S3A jars: ``TFOS_HADOOP_AWS_JARS`` or ``~/.cache/tfos-jobs/hadoop-aws-<v>``."""
+    return jar_cache_home("hadoop-aws", HADOOP_AWS_VERSION, "TFOS_HADOOP_AWS_JARS")
+
+
+def s3a_jars() -> list[str]:
+    """The cached S3A jars (hadoop-aws and the AWS SDK modules), or ``[]``."""
+    return cached_jars(s3a_jars_home())
+
+
+def spark_kafka_jars_home() -> Path:
+    """Cache directory of Spark's Kafka connector: ``TFOS_SPARK_KAFKA_JARS`` or
+    ``~/.cache/tfos-jobs/spark-sql-kafka-<v>``."""
+    return jar_cache_home("spark-sql-kafka", SPARK_KAFKA_VERSION, "TFOS_SPARK_KAFKA_JARS")
+
+
+def spark_kafka_jars() -> list[str]:
+    """The cached jars of ``spark-sql-kafka-0-10`` less pyspark's own (4 jars), or ``[]``."""
+    return cached_jars(spark_kafka_jars_home())
+
+
+def jar_settings(conf: dict[str, str] | None = None) -> dict[str, str]:
+    """``spark.jars`` with the cached S3A and Kafka jars appended to those of
+    ``$SPARK_CONF_DIR/spark-defaults.conf`` and of ``conf`` (one ``spark.jars`` setting replaces the
+    others, so they are kept); ``{}`` when nothing is cached."""
+    jars = [*s3a_jars(), *spark_kafka_jars()]
+    if not jars:
+        return {}
+    conf = conf or {}
+    listed = [j.strip() for v in (spark_defaults_file().get("spark.jars"), conf.get("spark.jars")) if v
+              for j in v.split(",") if j.strip()]
+    return {"spark.jars": ",".join(dict.fromkeys([*listed, *jars]))}
 
 
 def s3_endpoint() -> str | None:
@@ -159,18 +198,12 @@ def s3_endpoint() -> str | None:
 
 
 def s3a_settings(conf: dict[str, str] | None = None) -> dict[str, str]:
-    """Spark settings that let ``s3a://`` work: the cached S3A jars appended to ``spark.jars`` (those of
-    ``conf`` and of ``$SPARK_CONF_DIR/spark-defaults.conf`` kept: a setting here would replace them),
-    and ``spark.hadoop.fs.s3a.*`` for the endpoint of :func:`s3_endpoint` (path-style, TLS as its
-    scheme says). No credentials: S3A's default chain reads ``AWS_ACCESS_KEY_ID``/... and core-site."""
+    """``spark.hadoop.fs.s3a.*`` for the endpoint of :func:`s3_endpoint` (path-style, TLS as its
+    scheme says), unless ``conf`` or spark-defaults.conf set them (the jars: :func:`jar_settings`).
+    No credentials: S3A's default chain reads ``AWS_ACCESS_KEY_ID``/... and core-site."""
     conf = conf or {}
     defaults = spark_defaults_file()
     settings: dict[str, str] = {}
-    jars = s3a_jars()
-    if jars:
-        listed = [j for v in (defaults.get("spark.jars"), conf.get("spark.jars")) if v
-                  for j in v.split(",") if j.strip()]
-        settings["spark.jars"] = ",".join(dict.fromkeys([*listed, *jars]))
     endpoint = s3_endpoint()
     if endpoint:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 
-from . import jars, manager, s3a
+from . import jars, manager
 from .errors import ClusterError
 
 
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_st = sub.add_parser("status", help="list services, PIDs, ports, UIs and health")
     p_st.add_argument("--json", action="store_true")
     sub.add_parser("env", help="print 'export' lines for clients (eval \"$(tfos-cluster env)\")")
-    sub.add_parser("fetch", help="fetch and cache the Hadoop jars and the S3A jars (hadoop-aws, AWS SDK "
-                                 "modules) Spark needs for s3a:// (idempotent)")
+    sub.add_parser("fetch", help="fetch and cache the jars: Hadoop daemons, Kafka broker, and Spark's "
+                                 "Kafka connector and s3a:// (hadoop-aws, AWS SDK modules) (idempotent)")
     return ap
 
 
@@ -97,10 +97,9 @@ def _env(a: argparse.Namespace) -> int:
 
 
 def _fetch(a: argparse.Namespace) -> int:
-    d = jars.fetch()
-    print(f"{d} ({jars.cache_size() / 2**20:.0f} MiB)")
-    d = s3a.fetch()
-    print(f"{d} ({s3a.cache_size() / 2**20:.1f} MiB)")
+    jars.fetch()
+    for b in jars.BUNDLES:
+        print(f"{b.lib()} ({jars.cache_size(b) / 2**20:.1f} MiB)")
     return 0
 
 

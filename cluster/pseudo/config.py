@@ -361,12 +361,13 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
 
 def spark_defaults(python: str, opts: Options | None = None) -> dict:
     """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf). With
-    ``opts``: ``s3a://`` too, the S3A jars (``tfos-cluster fetch``) in ``spark.jars`` and
-    ``spark.hadoop.fs.s3a.*`` on the cluster's endpoint; the credentials stay in core-site.xml."""
+    ``opts``: ``s3a://`` and Kafka too, the cached S3A and spark-sql-kafka jars (``tfos-cluster
+    fetch``) in ``spark.jars`` and ``spark.hadoop.fs.s3a.*`` on the cluster's endpoint; the
+    credentials stay in core-site.xml."""
     s3a = {}
     if opts is not None:
-        from tfos_jobs.spark import s3a_jars
-        jars_ = s3a_jars()
+        from tfos_jobs.spark import s3a_jars, spark_kafka_jars
+        jars_ = [*s3a_jars(), *spark_kafka_jars()]
         s3a = {**({"spark.jars": ",".join(jars_)} if jars_ else {}),
                **{f"spark.hadoop.{k}": v for k, v in s3a_conf(opts).items()}}
     return {

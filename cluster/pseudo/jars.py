@@ -1,17 +1,18 @@
-"""Fetch and cache the Java artifacts of the pseudo-cluster: the Apache Hadoop 3.5.0 server jars
-(HDFS and YARN daemons), the Apache Kafka broker (KRaft mode) and Spark's Kafka connector.
+"""Fetch and cache the Java artifacts pyspark does not ship: the Apache Hadoop 3.5.0 server jars
+(HDFS and YARN daemons), the Apache Kafka broker (KRaft mode), Spark's Kafka connector and what
+Spark needs for ``s3a://`` (hadoop-aws and AWS SDK modules).
 
 pyspark ships only Hadoop's shaded *client* jars, so the NameNode, DataNode, ResourceManager and
 NodeManager classes come from the Maven artifacts of the same Hadoop release; likewise the Kafka
-broker and ``spark-sql-kafka-0-10``.  Each *bundle* is resolved with the ordinary Maven client
-(``mvn dependency:copy-dependencies`` on a small generated pom) and copied into its own directory of
-one cache, by default ``~/.cache/tfos-jobs/<bundle>-<version>`` (override per bundle with
-``TFOS_HADOOP_JARS``, ``TFOS_KAFKA_JARS``, ``TFOS_SPARK_KAFKA_JARS``).  Fetching is idempotent: a
-complete bundle is recognised by its manifest and left alone.
+broker, ``spark-sql-kafka-0-10`` and ``hadoop-aws``.  Each *bundle* is resolved with the ordinary
+Maven client (``mvn dependency:copy-dependencies`` on a small generated pom) and copied into its own
+directory of one cache, by default ``~/.cache/tfos-jobs/<bundle>-<version>`` (override per bundle
+with ``TFOS_HADOOP_JARS``, ``TFOS_KAFKA_JARS``, ``TFOS_SPARK_KAFKA_JARS``,
+``TFOS_HADOOP_AWS_JARS``).  Fetching is idempotent: a complete bundle is recognised by its manifest
+and left alone.  ``tfos_jobs.spark`` reads the Spark-side bundles (S3A, Kafka) into ``spark.jars``.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tfos_jobs.spark import HADOOP_AWS_VERSION, JAR_MANIFEST, SPARK_KAFKA_VERSION, jar_cache_home
+
 from .errors import ClusterError
 
 HADOOP_VERSION = "3.5.0"
 KAFKA_VERSION = "4.1.1"          # the broker (KRaft only since 4.0; Java 17+)
-SPARK_KAFKA_VERSION = "4.2.0"    # spark-sql-kafka-0-10_2.13: the newest Maven Central serves here
 LOG4J_VERSION = "2.24.3"         # the broker's logging backend (Kafka 4 logs through log4j2)
 SLF4J_VERSION = "2.0.17"
 
@@ -40,7 +42,7 @@ ARTIFACTS = (
     "hadoop-yarn-server-timelineservice",
 )
 
-MANIFEST = "MANIFEST.txt"
+MANIFEST = JAR_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -56,25 +58,28 @@ class Bundle:
     prepare: Callable[[Path, Path], None] | None = None   # (work dir, lib dir) before install
     keep: Callable[[str], bool] | None = None         # which resolved jars to keep (default: all)
     header_extra: Callable[[], str] | None = None     # more for the manifest's first line
+    header_text: str = ""                             # the manifest's first line, when fixed
+    exclude: tuple[tuple[str, str], ...] = ()         # (group, artifact) excluded from every dep
 
     def home(self) -> Path:
-        env = os.environ.get(self.env)
-        if env:
-            return Path(env).expanduser().resolve()
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return (base / "tfos-jobs" / f"{self.name}-{self.version}").resolve()
+        return jar_cache_home(self.name, self.version, self.env)
 
     def lib(self) -> Path:
         return self.home() / "lib"
 
     def header(self) -> str:
+        if self.header_text:
+            return self.header_text
         head = f"{self.name}-{self.version} " + ",".join(a for _, a, _ in self.deps)
         return head + (f" {self.header_extra()}" if self.header_extra else "")
 
     def pom(self) -> str:
+        ex = "".join(f"<exclusion><groupId>{g}</groupId><artifactId>{a}</artifactId></exclusion>"
+                     for g, a in self.exclude)
+        ex = f"<exclusions>{ex}</exclusions>" if ex else ""
         deps = "\n".join(
             f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-            f"<version>{v}</version></dependency>" for g, a, v in self.deps) + self.extra_pom
+            f"<version>{v}</version>{ex}</dependency>" for g, a, v in self.deps) + self.extra_pom
         return f"""<?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -161,7 +166,33 @@ SPARK_KAFKA = Bundle(
     keep=_spark_kafka_keep,
     header_extra=lambda: f"for-pyspark-{_pyspark_jars()[0]}")
 
-BUNDLES = (HADOOP, KAFKA, SPARK_KAFKA)
+# ---------------------------------------------------------------------------------------------
+# s3a:// for Spark: hadoop-aws of pyspark's Hadoop version.  hadoop-aws 3.5.0 declares the AWS SDK's
+# ``bundle`` 2.35.4 (every AWS service in one shaded jar, 686 MB); S3A only loads the ``s3``,
+# ``s3-transfer-manager`` and ``sts`` modules and their closure (``apache-client`` for requests,
+# ``netty-nio-client`` for the async client of multipart uploads and copies), 13 MB in all.  What
+# pyspark's jars/ holds (netty, Apache HttpClient, commons-codec, commons-logging, slf4j) is excluded.
+
+#: The SDK version hadoop-aws 3.5.0 is built against (hadoop-project's ``aws-java-sdk-v2.version``).
+AWS_SDK_VERSION = "2.35.4"
+#: The SDK modules S3A loads (measured: class loading of writes, multipart uploads, renames (copies),
+#: listings, deletes and a streaming query's checkpoint); their dependencies come with them.
+SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
+#: Dependencies pyspark's own ``jars/`` provides (group, artifact pattern): never fetched.
+PROVIDED_BY_SPARK = (("io.netty", "*"), ("org.apache.httpcomponents", "*"), ("commons-codec", "*"),
+                     ("commons-logging", "*"), ("org.slf4j", "*"))
+
+HADOOP_AWS = Bundle(
+    name="hadoop-aws", version=HADOOP_AWS_VERSION, env="TFOS_HADOOP_AWS_JARS",
+    deps=(("org.apache.hadoop", "hadoop-aws", HADOOP_AWS_VERSION),
+          *(("software.amazon.awssdk", m, AWS_SDK_VERSION) for m in SDK_MODULES)),
+    required=(f"hadoop-aws-{HADOOP_AWS_VERSION}.jar",
+              *(f"{m}-{AWS_SDK_VERSION}.jar"
+                for m in (*SDK_MODULES, "apache-client", "netty-nio-client"))),
+    exclude=(*PROVIDED_BY_SPARK, ("software.amazon.awssdk", "bundle")),
+    header_text=f"hadoop-aws-{HADOOP_AWS_VERSION} awssdk-{AWS_SDK_VERSION} " + ",".join(SDK_MODULES))
+
+BUNDLES = (HADOOP, KAFKA, SPARK_KAFKA, HADOOP_AWS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +216,11 @@ def kafka_lib_dir() -> Path:
 def spark_kafka_jars() -> list[Path]:
     """The jars Spark needs on top of pyspark's own to read and write Kafka; empty when not fetched."""
     return SPARK_KAFKA.jars()
+
+
+def s3a_jars() -> list[Path]:
+    """The jars Spark needs on top of pyspark's own for ``s3a://``; empty when not fetched."""
+    return HADOOP_AWS.jars()
 
 
 def webapps_root() -> Path:
@@ -214,7 +250,7 @@ def is_fetched(bundle: Bundle | None = None) -> bool:
 
 
 def fetch(quiet: bool = False, timeout: float = 900) -> Path:
-    """Make sure every bundle (Hadoop, Kafka broker, Spark's Kafka connector) is cached; return the
+    """Make sure every bundle (Hadoop, Kafka broker, Spark's Kafka connector, S3A) is cached; return the
     directory of the Hadoop jars.  Idempotent: does nothing (and needs no network) when complete."""
     for b in BUNDLES:
         fetch_bundle(b, quiet=quiet, timeout=timeout)

@@ -16,7 +16,7 @@ import psutil
 
 from ..processes import STOP_TIMEOUT, terminate, with_descendants
 from ..redaction import redact_argv
-from . import config, jars, s3a
+from . import config, jars
 from .config import HOST, Layout, Options, Service
 from .errors import ClusterError
 
@@ -227,7 +227,6 @@ def up(workers: int | None = None, worker_cores: int | None = None,
             _wipe(lay)
         java_home, _ = config.find_java()
         jars.fetch(quiet=not verbose)
-        s3a.fetch(quiet=not verbose)
         python = state.get("python") if alive and state.get("python") else sys.executable
         config.write_conf(lay, opts, python)
         svcs = config.build_services(lay, opts, java_home, python)
