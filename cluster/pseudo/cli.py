@@ -65,7 +65,7 @@ def _up(a: argparse.Namespace) -> int:
           f"{manager.rss_total() / 2**30:.2f} GiB")
     print(f"HDFS   {conn['hdfs']['uri']}   YARN RM {conn['yarn']['resourcemanager']}"
           f"   Spark {conn['spark']['master']}   S3 {conn['s3']['endpoint']}"
-          f" (bucket {conn['s3']['bucket']})")
+          f" (bucket {conn['s3']['bucket']})   Kafka {conn['kafka']['bootstrap']}")
     print(f"HADOOP_CONF_DIR={conn['hadoop_conf_dir']}")
     return 0
 
