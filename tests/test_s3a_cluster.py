@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import hdfs_io
-from cluster.pseudo import s3a
+from cluster.pseudo import jars
 from tfos_jobs import spark as tfos_spark
 from test_cli_e2e import cli, last_json
 
@@ -32,14 +32,14 @@ def s3_root(pseudo_cluster, cluster_env):
 def test_s3a_jars_are_cached_apart_from_pysparks(pseudo_cluster):
     """The cluster's start cached hadoop-aws with the SDK modules (not the 686 MB bundle), none of them a
     library pyspark ships, and the cluster's Spark defaults load them and point s3a at its endpoint."""
-    jars = tfos_spark.s3a_jars()
-    names = {Path(j).name for j in jars}
-    assert s3a.is_fetched() and set(s3a.REQUIRED) <= names, names
+    s3a_jars = tfos_spark.s3a_jars()
+    names = {Path(j).name for j in s3a_jars}
+    assert jars.is_fetched(jars.HADOOP_AWS) and set(jars.HADOOP_AWS.required) <= names, names
     assert not any(n.startswith("bundle-") for n in names)
-    assert not {s3a.artifact_id(n) for n in names} & s3a.spark_jar_ids()
-    assert s3a.cache_size() < 30 * 2**20, s3a.cache_size()
+    assert not {jars._artifact_id(n) for n in names} & jars._pyspark_jars()[1]
+    assert jars.cache_size(jars.HADOOP_AWS) < 30 * 2**20, jars.cache_size(jars.HADOOP_AWS)
     defaults = pseudo_cluster["spark"]["defaults"]
-    assert defaults["spark.jars"].split(",") == jars
+    assert defaults["spark.jars"].split(",") == [*s3a_jars, *tfos_spark.spark_kafka_jars()]
     assert defaults["spark.hadoop.fs.s3a.endpoint"] == pseudo_cluster["s3"]["endpoint"]
     assert not [k for k in defaults if "secret" in k or "access.key" in k], sorted(defaults)
 
