@@ -14,8 +14,10 @@ test: install hadoop-jars
 
 install: check-java $(STAMP)
 
-# Hadoop 3.5.0 server jars for the pseudo-cluster (cluster/): fetched once with Maven, cached in
-# ~/.cache/tfos-jobs/hadoop-3.5.0 (or TFOS_HADOOP_JARS); a no-op when the cache is complete.
+# The jars pyspark lacks (cluster/pseudo/jars.py): Hadoop 3.5.0 server jars and the Kafka 4.1.1 broker
+# for the pseudo-cluster, spark-sql-kafka 4.2.0 and hadoop-aws 3.5.0 + AWS SDK modules for Spark;
+# fetched once with Maven into ~/.cache/tfos-jobs/<set>-<version> (or TFOS_HADOOP_JARS,
+# TFOS_KAFKA_JARS, TFOS_SPARK_KAFKA_JARS, TFOS_HADOOP_AWS_JARS); a no-op when the caches are complete.
 hadoop-jars: install
 	$(PY) -m cluster fetch
 

@@ -22,6 +22,17 @@ def local_spark():
         spark.stop()
 
 
+@pytest.fixture
+def s3a_spark(local_spark, pseudo_cluster):
+    """``local_spark`` with ``s3a://`` on the pseudo-cluster's S3 endpoint (the S3A jars are cached by
+    the cluster's start, and ``spark_session`` loads them)."""
+    from cluster.pseudo.testing import point_s3a
+    if "hadoop-aws" not in local_spark.sparkContext.getConf().get("spark.jars", ""):
+        pytest.fail("local_spark started without the S3A jars: run `tfos-cluster fetch` (make hadoop-jars) "
+                    "before the tests", pytrace=False)
+    return point_s3a(local_spark, pseudo_cluster)
+
+
 def own_tf_node_processes():
     """TF node processes this test session started (its descendants): other jobs on the same
     machine are none of these tests' business."""

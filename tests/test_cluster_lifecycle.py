@@ -58,7 +58,9 @@ def test_lifecycle_data_survives_and_down_leaves_nothing(private_home):
     assert conn["home"] == str(private_home)
     assert conn["hdfs"]["uri"] == f"hdfs://127.0.0.1:{PORT_BASE}"
     pids, ports = _pids_and_ports()
-    assert len(pids) == 7  # NN, DN, RM, NM, master, 1 worker, S3
+    assert len(pids) == 8  # NN, DN, RM, NM, master, 1 worker, S3, Kafka
+    meta = private_home / "data" / "kafka" / "meta.properties"   # Kafka's storage, formatted once
+    formatted = meta.stat().st_mtime_ns
     print(f"cold up {cold:.1f}s, idle RSS {manager.rss_total() / 2**30:.2f} GiB")
 
     # A second up is harmless: same processes.
@@ -96,6 +98,7 @@ def test_lifecycle_data_survives_and_down_leaves_nothing(private_home):
         with client.read("/keep/me.txt") as r:
             return r.read()
     assert with_timeout(read) == b"persisted\n"
+    assert meta.stat().st_mtime_ns == formatted      # not formatted again
 
     # down --wipe removes the data: the next up starts from an empty file system.
     cluster.down(wipe=True)

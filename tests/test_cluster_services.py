@@ -70,14 +70,16 @@ def test_status_and_connection_file(pseudo_cluster):
     assert Path(conn["java_home"], "bin", "java").exists()
     rows = cluster.status()
     names = {r["service"] for r in rows}
-    assert {"namenode", "datanode", "resourcemanager", "nodemanager", "spark-master", "s3"} <= names
+    assert {"namenode", "datanode", "resourcemanager", "nodemanager", "spark-master", "s3", "kafka"} <= names
     assert sum(n.startswith("spark-worker-") for n in names) == conn["spark"]["workers"]
     for r in rows:
         assert r["alive"] and r["healthy"], r
-        assert r["pid"] and r["port"] and r["ui"].startswith("http://127.0.0.1:")
+        assert r["pid"] and r["port"], r
+        assert r["ui"].startswith("http://127.0.0.1:") if r["service"] != "kafka" else r["ui"] is None, r
     env = cluster.client_env(conn)
     assert env["AWS_ENDPOINT_URL"] == conn["s3"]["endpoint"]
     assert env["HADOOP_CONF_DIR"] == conn["hadoop_conf_dir"]
+    assert env["TFOS_KAFKA_BOOTSTRAP"] == conn["kafka"]["bootstrap"] and conn["kafka"]["bootstrap"].startswith("127.0.0.1:")
 
 
 def test_up_twice_is_harmless(pseudo_cluster):

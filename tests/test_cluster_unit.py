@@ -125,3 +125,93 @@ def test_up_names_the_failing_service_and_its_log(tmp_path, monkeypatch):
     with pytest.raises(ClusterError, match=r"sleeper did not come up: no healthy answer within 2s"):
         cluster.up(timeout=2)
     assert not manager.any_alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# the Kafka broker's definition (no broker started)
+
+
+def _kafka(tmp_path, port_base=21000):
+    lay, opts = config.Layout(tmp_path / "home"), config.Options(port_base=port_base)
+    config.write_conf(lay, opts, sys.executable)
+    svcs = config.build_services(lay, opts, "/opt/jdk-17", sys.executable)
+    return lay, opts, {s.name: s for s in svcs}["kafka"]
+
+
+def test_kafka_broker_is_one_kraft_node_on_loopback(tmp_path):
+    lay, opts, kafka = _kafka(tmp_path)
+    assert (kafka.group, kafka.port, kafka.ports) == ("kafka", 21027, [21027, 21028])
+    assert kafka.argv[0] == "/opt/jdk-17/bin/java"           # the Java the Hadoop daemons use
+    assert "-Xmx256m" in kafka.argv and f"-Dtfos.cluster.home={lay.home}" in kafka.argv
+    assert kafka.argv[-2:] == ["kafka.Kafka", str(lay.kafka_conf / "server.properties")]
+    assert kafka.argv[kafka.argv.index("-cp") + 1] == f"{jars.kafka_lib_dir()}/*"
+    props = dict(line.split("=", 1) for line in
+                 (lay.kafka_conf / "server.properties").read_text().splitlines())
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:21027,CONTROLLER://127.0.0.1:21028"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:21027"
+    assert props["controller.quorum.voters"] == f"{props['node.id']}@127.0.0.1:21028"
+    assert props["log.dirs"] == str(lay.kafka_data) and str(lay.kafka_data).startswith(str(lay.home))
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert (lay.kafka_conf / "log4j2.properties").is_file()
+    assert f"-Dlog4j2.configurationFile={lay.kafka_conf / 'log4j2.properties'}" in kafka.argv
+
+
+def test_kafka_storage_is_formatted_only_once(tmp_path):
+    lay, _, kafka = _kafka(tmp_path)
+    fmt = kafka.init_argv
+    assert fmt[0] == "/opt/jdk-17/bin/java" and "kafka.tools.StorageTool" in fmt
+    i = fmt.index("kafka.tools.StorageTool")
+    assert fmt[i + 1] == "format" and fmt[fmt.index("--config") + 1] == kafka.argv[-1]
+    cluster_id = fmt[fmt.index("--cluster-id") + 1]
+    assert len(cluster_id) == 22 and cluster_id == config.kafka_cluster_id(lay)  # stable per home
+    assert not kafka.initialized()
+    lay.kafka_data.mkdir(parents=True)
+    (lay.kafka_data / "meta.properties").write_text("node.id=1\n")
+    assert kafka.initialized()
+
+
+def test_kafka_health_reports_a_closed_port_without_raising(tmp_path):
+    _, _, kafka = _kafka(tmp_path, port_base=29700)
+    ok, detail = kafka.health()
+    assert not ok and "Error" in detail, detail
+
+
+def test_kafka_bootstrap_in_connection_info_and_client_env(tmp_path):
+    lay, opts, kafka = _kafka(tmp_path)
+    conn = config.connection_info(lay, opts, "/opt/jdk-17", sys.executable, [kafka])
+    assert conn["kafka"]["bootstrap"] == "127.0.0.1:21027"
+    assert conn["services"]["kafka"]["port"] == 21027
+    assert cluster.client_env(conn)["TFOS_KAFKA_BOOTSTRAP"] == "127.0.0.1:21027"
+    del conn["kafka"]                       # a connection.json of an older cluster
+    assert "TFOS_KAFKA_BOOTSTRAP" not in cluster.client_env(conn)
+
+
+def test_up_runs_a_service_preparation_once_before_its_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFOS_CLUSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(config, "write_conf", lambda *a, **k: None)
+    monkeypatch.setattr(manager, "_ensure_bucket", lambda opts: None)
+    marker, count = tmp_path / "formatted", tmp_path / "count"
+    svc = _fake_service("needs-init", f"import os, sys, time; sys.exit(3) if not os.path.exists({str(marker)!r}) "
+                                      "else time.sleep(60)", healthy=True, port=29993)
+    svc.init_argv = [sys.executable, "-c", f"import time; time.sleep(0.5); open({str(count)!r}, 'a').write('x');"
+                                           f" open({str(marker)!r}, 'w').close()"]
+    svc.initialized = marker.exists
+    monkeypatch.setattr(config, "build_services", lambda *a, **k: [svc])
+    try:
+        cluster.up(timeout=30)
+        assert count.read_text() == "x"
+        cluster.down()
+        cluster.up(timeout=30)              # formatted already: no second preparation
+        assert count.read_text() == "x"
+    finally:
+        cluster.down()
+    assert not manager.any_alive()
+
+    marker.unlink()
+    svc.init_argv = [sys.executable, "-c", "import sys; print('cannot format'); sys.exit(2)"]
+    with pytest.raises(ClusterError) as e:
+        cluster.up(timeout=30)
+    assert "needs-init (preparation) did not come up" in str(e.value) and "cannot format" in str(e.value)
+    assert str(tmp_path / "home" / "logs" / "needs-init-init.log") in str(e.value)
+    assert not manager.any_alive()

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_st = sub.add_parser("status", help="list services, PIDs, ports, UIs and health")
     p_st.add_argument("--json", action="store_true")
     sub.add_parser("env", help="print 'export' lines for clients (eval \"$(tfos-cluster env)\")")
-    sub.add_parser("fetch", help="fetch and cache the Hadoop jars (idempotent)")
+    sub.add_parser("fetch", help="fetch and cache the jars: Hadoop daemons, Kafka broker, and Spark's "
+                                 "Kafka connector and s3a:// (hadoop-aws, AWS SDK modules) (idempotent)")
     return ap
 
 
@@ -64,7 +65,7 @@ def _up(a: argparse.Namespace) -> int:
           f"{manager.rss_total() / 2**30:.2f} GiB")
     print(f"HDFS   {conn['hdfs']['uri']}   YARN RM {conn['yarn']['resourcemanager']}"
           f"   Spark {conn['spark']['master']}   S3 {conn['s3']['endpoint']}"
-          f" (bucket {conn['s3']['bucket']})")
+          f" (bucket {conn['s3']['bucket']})   Kafka {conn['kafka']['bootstrap']}")
     print(f"HADOOP_CONF_DIR={conn['hadoop_conf_dir']}")
     return 0
 
@@ -96,8 +97,9 @@ def _env(a: argparse.Namespace) -> int:
 
 
 def _fetch(a: argparse.Namespace) -> int:
-    d = jars.fetch()
-    print(f"{d} ({jars.cache_size() / 2**20:.0f} MiB)")
+    jars.fetch()
+    for b in jars.BUNDLES:
+        print(f"{b.lib()} ({jars.cache_size(b) / 2**20:.1f} MiB)")
     return 0
 
 

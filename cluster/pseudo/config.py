@@ -2,8 +2,10 @@
 definition of every service (command line, dependencies, health check)."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -17,6 +19,7 @@ from typing import Any, Callable
 from xml.sax.saxutils import escape
 
 from . import jars
+from . import kafka as kafka_client
 from .errors import ClusterError
 
 HOST = "127.0.0.1"
@@ -33,6 +36,7 @@ OFFSETS = {
     "rm.https": 15,
     "nm.address": 20, "nm.localizer": 21, "nm.web": 22, "nm.collector": 23, "nm.amrmproxy": 24,
     "nm.https": 25,
+    "kafka": 27, "kafka.controller": 28,
     "s3": 29,
     "spark.master": 30, "spark.master.web": 31,
     # spark workers: 40 + 2*i (rpc) and 41 + 2*i (web UI)
@@ -99,6 +103,7 @@ class Layout:
         self.home = Path(home)
         self.conf = self.home / "conf"
         self.spark_conf = self.home / "spark-conf"
+        self.kafka_conf = self.home / "kafka-conf"
         self.data = self.home / "data"
         self.logs = self.home / "logs"
         self.run = self.home / "run"
@@ -110,12 +115,17 @@ class Layout:
         self.tmp = self.data / "tmp"
         self.nm_local = self.data / "yarn" / "local"
         self.nm_logs = self.logs / "yarn-containers"
+        self.kafka_data = self.data / "kafka"
 
     def log(self, service: str) -> Path:
         return self.logs / f"{service}.log"
 
     def formatted(self) -> bool:
         return (self.name_dir / "current" / "VERSION").is_file()
+
+    def kafka_formatted(self) -> bool:
+        """The broker's log dir was formatted (``kafka-storage format`` wrote its meta.properties)."""
+        return (self.kafka_data / "meta.properties").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +193,7 @@ ADD_OPENS = ["-XX:+IgnoreUnrecognizedVMOptions"] + [
 ] + ["-Djdk.reflect.useDirectMethodHandle=false", "-Dio.netty.tryReflectionSetAccessible=true"]
 
 HEAPS = {"namenode": "256m", "datanode": "160m", "resourcemanager": "320m",
-         "nodemanager": "224m", "spark-master": "192m", "spark-worker": "128m"}
+         "nodemanager": "224m", "spark-master": "192m", "spark-worker": "128m", "kafka": "256m"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,13 +221,21 @@ def _core_site(lay: Layout, opts: Options) -> dict:
         "hadoop.tmp.dir": str(lay.tmp),
         "hadoop.security.authentication": "simple",
         "ipc.client.connect.retry.interval": 500,
-        # S3A settings for Spark/Hadoop clients that add hadoop-aws (pyspark does not ship it).
-        "fs.s3a.endpoint": f"http://{h}:{p('s3')}",
+        # S3A for Hadoop/Spark clients: the endpoint (as in spark-defaults.conf, see s3a_conf) and the
+        # credentials, which only this file and connection.json hold (never the Spark conf).
+        **s3a_conf(opts),
+        "fs.s3a.access.key": S3_ACCESS_KEY,
+        "fs.s3a.secret.key": S3_SECRET_KEY,
+    }
+
+
+def s3a_conf(opts: Options) -> dict:
+    """``fs.s3a.*`` that point S3A at this cluster's S3 endpoint (no credentials)."""
+    return {
+        "fs.s3a.endpoint": f"http://{HOST}:{opts.port('s3')}",
         "fs.s3a.endpoint.region": S3_REGION,
         "fs.s3a.path.style.access": "true",
         "fs.s3a.connection.ssl.enabled": "false",
-        "fs.s3a.access.key": S3_ACCESS_KEY,
-        "fs.s3a.secret.key": S3_SECRET_KEY,
     }
 
 
@@ -348,11 +366,77 @@ def write_conf(lay: Layout, opts: Options, python: str) -> None:
     _write(lay.conf / "capacity-scheduler.xml", _site(CAPACITY_SCHEDULER))
     _write(lay.conf / "log4j.properties", LOG4J)
     _write(lay.spark_conf / "spark-defaults.conf",
-           "".join(f"{k} {v}\n" for k, v in spark_defaults(python).items()))
+           "".join(f"{k} {v}\n" for k, v in spark_defaults(python, opts).items()))
+    _write(lay.kafka_conf / "server.properties",
+           "".join(f"{k}={v}\n" for k, v in kafka_server_properties(lay, opts).items()))
+    _write(lay.kafka_conf / "log4j2.properties", KAFKA_LOG4J2)
 
 
-def spark_defaults(python: str) -> dict:
-    """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf)."""
+# ---------------------------------------------------------------------------------------------
+# Kafka broker: one KRaft node that is its own controller, on 127.0.0.1 only.
+
+KAFKA_NODE_ID = 1
+
+
+def kafka_cluster_id(lay: Layout) -> str:
+    """A KRaft cluster id (22 characters of URL-safe base64, 16 bytes) fixed for this cluster home."""
+    digest = hashlib.sha256(str(lay.home).encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def kafka_server_properties(lay: Layout, opts: Options) -> dict:
+    p = opts.port
+    return {
+        "process.roles": "broker,controller",
+        "node.id": KAFKA_NODE_ID,
+        "controller.quorum.voters": f"{KAFKA_NODE_ID}@{HOST}:{p('kafka.controller')}",
+        "listeners": f"PLAINTEXT://{HOST}:{p('kafka')},CONTROLLER://{HOST}:{p('kafka.controller')}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{p('kafka')}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(lay.kafka_data),
+        "num.partitions": 1,
+        "auto.create.topics.enable": "true",
+        # one broker: every internal topic has one replica
+        "offsets.topic.replication.factor": 1,
+        "offsets.topic.num.partitions": 1,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "log.retention.hours": 24,
+        "log.segment.bytes": 16 * 2**20,
+    }
+
+
+KAFKA_LOG4J2 = "\n".join([
+    "rootLogger.level=INFO",
+    "rootLogger.appenderRef.console.ref=console",
+    "appender.console.type=Console",
+    "appender.console.name=console",
+    "appender.console.layout.type=PatternLayout",
+    "appender.console.layout.pattern=%d{ISO8601} %p %c{1}: %m%n",
+    "logger.kafka.name=kafka",
+    "logger.kafka.level=INFO",
+    "logger.apache.name=org.apache.kafka",
+    "logger.apache.level=WARN",
+    "",
+])
+
+
+def spark_defaults(python: str, opts: Options | None = None) -> dict:
+    """Spark settings for jobs on this cluster (written to spark-conf/spark-defaults.conf). With
+    ``opts``: ``s3a://`` and Kafka too, the cached S3A and spark-sql-kafka jars (``tfos-cluster
+    fetch``) in ``spark.jars`` and ``spark.hadoop.fs.s3a.*`` on the cluster's endpoint; the
+    credentials stay in core-site.xml."""
+    s3a = {}
+    if opts is not None:
+        from tfos_jobs.spark import s3a_jars, spark_kafka_jars
+        jars_ = [*s3a_jars(), *spark_kafka_jars()]
+        s3a = {**({"spark.jars": ",".join(jars_)} if jars_ else {}),
+               **{f"spark.hadoop.{k}": v for k, v in s3a_conf(opts).items()}}
     return {
         # The NodeManager runs on this host: point YARN containers at pyspark's own jars instead
         # of uploading ~460 MB of jars to HDFS for every application.
@@ -364,6 +448,7 @@ def spark_defaults(python: str) -> dict:
         "spark.driver.host": HOST,
         "spark.driver.bindAddress": HOST,
         "spark.ui.showConsoleProgress": "false",
+        **s3a,
     }
 
 
@@ -413,7 +498,7 @@ Health = Callable[[], tuple[bool, str]]
 @dataclass
 class Service:
     name: str
-    group: str                      # hdfs | yarn | spark | s3
+    group: str                      # hdfs | yarn | spark | s3 | kafka
     argv: list[str]
     env: dict[str, str]
     port: int                       # main port (RPC / endpoint)
@@ -421,6 +506,9 @@ class Service:
     ui: str | None
     health: Health
     after: list[tuple[str, int]] = field(default_factory=list)  # (service, port) to wait for
+    # run once before the first start (e.g. formatting storage), unless ``initialized()`` says done
+    init_argv: list[str] | None = None
+    initialized: Callable[[], bool] | None = None
 
     def describe(self) -> dict:
         return {"service": self.name, "group": self.group, "port": self.port, "ports": self.ports,
@@ -493,6 +581,16 @@ def _s3_health(opts: Options) -> tuple[bool, str]:
     bstatus, _ = http_get(f"http://{HOST}:{opts.port('s3')}/{opts.bucket}", method="HEAD")
     return True, "up, bucket " + (f"'{opts.bucket}' present" if bstatus == 200
                                   else f"'{opts.bucket}' missing (HTTP {bstatus})")
+
+
+def _kafka_health(opts: Options) -> tuple[bool, str]:
+    port = opts.port("kafka")
+    versions = kafka_client.api_versions(HOST, port, timeout=3.0)
+    md = kafka_client.metadata(HOST, port, topics=[], timeout=3.0)
+    if (HOST, port) not in md.brokers.values():
+        return False, f"answers ({len(versions)} APIs) but no broker registered yet"
+    node = next(n for n, addr in md.brokers.items() if addr == (HOST, port))
+    return True, f"KRaft broker {node} up, cluster id {md.cluster_id}"
 
 
 def _check(fn: Callable[..., tuple[bool, str]], *args) -> Health:
@@ -599,12 +697,27 @@ def _s3_service(opts: Options, env: dict, python: str) -> Service:
                    f"http://{HOST}:{port}/moto-api/", _check(_s3_health, opts))
 
 
+def _kafka_service(lay: Layout, opts: Options, jvm: _Jvm, env: dict) -> Service:
+    """The Kafka broker (KRaft, its own controller); its log dir is formatted once (StorageTool)."""
+    cp = f"{jars.kafka_lib_dir()}/*"
+    props = (f"-Dlog4j2.configurationFile={lay.kafka_conf / 'log4j2.properties'}",)
+    server = str(lay.kafka_conf / "server.properties")
+    port, ctl = opts.port("kafka"), opts.port("kafka.controller")
+    fmt = jvm.argv("kafka-format", "128m", cp, "kafka.tools.StorageTool", "format",
+                   "--cluster-id", kafka_cluster_id(lay), "--config", server, "--ignore-formatted",
+                   props=props)
+    return Service("kafka", "kafka", jvm.argv("kafka", HEAPS["kafka"], cp, "kafka.Kafka", server,
+                                              props=props),
+                   env, port, [port, ctl], None, _check(_kafka_health, opts),
+                   init_argv=fmt, initialized=lay.kafka_formatted)
+
+
 def build_services(lay: Layout, opts: Options, java_home: str, python: str) -> list[Service]:
-    """Every service of the cluster, in start order: HDFS, YARN, Spark, S3."""
+    """Every service of the cluster, in start order: HDFS, YARN, Spark, S3, Kafka."""
     env = _base_env(lay, java_home, python)
     jvm = _Jvm(lay, java_home)
     return [*_hadoop_services(lay, opts, jvm, env), *_spark_services(lay, opts, jvm, env),
-            _s3_service(opts, env, python)]
+            _s3_service(opts, env, python), _kafka_service(lay, opts, jvm, env)]
 
 
 def format_argv(lay: Layout, java_home: str) -> list[str]:
@@ -632,11 +745,13 @@ def connection_info(lay: Layout, opts: Options, java_home: str, python: str,
                   "workers": opts.workers, "worker_cores": opts.worker_cores,
                   "worker_memory": opts.worker_memory,
                   "conf_dir": str(lay.spark_conf),
-                  "defaults": spark_defaults(python),
+                  "defaults": spark_defaults(python, opts),
                   "home": str(spark_home())},
         "s3": {"endpoint": f"http://{HOST}:{p('s3')}", "bucket": opts.bucket,
                "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY, "region": S3_REGION,
                "server": "moto"},
+        "kafka": {"bootstrap": f"{HOST}:{p('kafka')}", "controller": f"{HOST}:{p('kafka.controller')}",
+                  "version": jars.KAFKA_VERSION, "conf": str(lay.kafka_conf / "server.properties")},
         "hadoop_conf_dir": str(lay.conf),
         "java_home": java_home,
         "python": python,

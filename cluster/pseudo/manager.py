@@ -300,12 +300,47 @@ def _format_namenode(lay: Layout, by_name: dict[str, Service], to_start: list[Se
     return _launch(lay, config.format_argv(lay, java_home), by_name["namenode"].env, "namenode-format")
 
 
+def _init_services(lay: Layout, to_start: list[Service], say) -> dict[str, subprocess.Popen]:
+    """Start the one-off preparation (``init_argv``) of each service about to start that needs it."""
+    inits = {}
+    for s in to_start:
+        if s.init_argv and not (s.initialized and s.initialized()):
+            say(f"preparing {s.name} (first start) ...")
+            inits[s.name] = _launch(lay, s.init_argv, s.env, f"{s.name}-init")
+    return inits
+
+
+def _check_inits(lay: Layout, svcs: list[Service], inits: dict[str, subprocess.Popen]) -> None:
+    """Forget the preparations that finished; raise for one that failed."""
+    by_name = {s.name: s for s in svcs}
+    for name, proc in list(inits.items()):
+        if proc.poll() is None:
+            continue
+        done = by_name[name].initialized
+        if proc.returncode != 0 or (done is not None and not done()):
+            _fail(f"{name} (preparation)", f"{' '.join(proc.args[-6:])} exited with {proc.returncode}",
+                  lay.log(f"{name}-init"))
+        del inits[name]
+
+
+def _stop_inits(inits: dict[str, subprocess.Popen]) -> None:
+    procs = []
+    for p in inits.values():
+        with contextlib.suppress(psutil.Error):
+            if p.poll() is None:
+                procs.append(psutil.Process(p.pid))
+    terminate(with_descendants(procs))
+    for p in inits.values():
+        with contextlib.suppress(Exception):
+            p.wait(timeout=5)
+
+
 def _launch_ready(lay: Layout, state: dict, pending: list[Service], started: dict,
-                  formatting: bool, say) -> None:
+                  formatting: bool, say, preparing: frozenset[str] = frozenset()) -> None:
     """Launch each pending service whose dependencies' ports are open (the NameNode only once
-    formatted) and record its PID in the state file."""
+    formatted, a service with a preparation once it finished) and record its PID in the state file."""
     for s in list(pending):
-        if s.name == "namenode" and formatting:
+        if (s.name == "namenode" and formatting) or s.name in preparing:
             continue
         if all(config.port_open(port) for _, port in s.after):
             say(f"starting {s.name} ...")
@@ -324,6 +359,9 @@ def _timed_out(lay: Layout, svcs: list[Service], pending: list[Service], healthy
     """Raise for the first service still not healthy: never started, or started but unhealthy."""
     waiting = [s for s in svcs if s.name not in healthy]
     s = waiting[0]
+    if s in pending and not s.after:
+        _fail(s.name, f"never started: its preparation did not finish in {timeout:.0f}s",
+              lay.log(f"{s.name}-init"))
     if s in pending:
         _fail(s.name, f"never started: waited {timeout:.0f}s for "
               f"{', '.join(f'{n}:{p}' for n, p in s.after)}", lay.log(s.after[0][0]))
@@ -337,6 +375,16 @@ def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: lis
     deadline = time.monotonic() + timeout
     pending = list(to_start)
     fmt = _format_namenode(lay, {s.name: s for s in svcs}, to_start, java_home, say)
+    inits = _init_services(lay, to_start, say)
+    try:
+        _wait_healthy(lay, state, svcs, pending, started, fmt, inits, deadline, timeout, say)
+    finally:
+        _stop_inits(inits)
+
+
+def _wait_healthy(lay: Layout, state: dict, svcs: list[Service], pending: list[Service],
+                  started: dict, fmt: subprocess.Popen | None, inits: dict, deadline: float,
+                  timeout: float, say) -> None:
     healthy: dict[str, str] = {}
     last: dict[str, str] = {}
     while True:
@@ -345,7 +393,8 @@ def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: lis
                 _fail("namenode (format)", f"'NameNode -format' exited with {fmt.returncode}",
                       lay.log("namenode-format"))
             fmt = None
-        _launch_ready(lay, state, pending, started, fmt is not None, say)
+        _check_inits(lay, svcs, inits)
+        _launch_ready(lay, state, pending, started, fmt is not None, say, frozenset(inits))
         for name, proc in started.items():
             if proc.poll() is not None:
                 _fail(name, f"the process exited with code {proc.returncode}", lay.log(name))
@@ -440,7 +489,7 @@ def down(wipe: bool = False, verbose: bool = False) -> list[dict]:
 
 
 def _wipe(lay: Layout) -> None:
-    for d in (lay.data, lay.logs, lay.run, lay.conf, lay.spark_conf):
+    for d in (lay.data, lay.logs, lay.run, lay.conf, lay.spark_conf, lay.kafka_conf):
         shutil.rmtree(d, ignore_errors=True)
     for f in (lay.state, lay.connection):
         with contextlib.suppress(FileNotFoundError):
@@ -540,6 +589,8 @@ def client_env(conn: dict | None = None) -> dict:
         "TFOS_SPARK_MASTER": conn["spark"]["master"],
         "TFOS_S3_BUCKET": s3["bucket"],
     }
+    if conn.get("kafka", {}).get("bootstrap"):
+        env["TFOS_KAFKA_BOOTSTRAP"] = conn["kafka"]["bootstrap"]
     if conn.get("java_home"):
         env["JAVA_HOME"] = conn["java_home"]
     if conn.get("spark", {}).get("conf_dir"):

@@ -9,7 +9,8 @@ cluster cannot start (no Java, a port taken, a service failing its health check)
 need it fail with that message: they are not skipped.
 
 ``cluster_env`` (function scope) sets the client environment variables of ``cluster.client_env``
-(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., HADOOP_CONF_DIR) for one test.
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., HADOOP_CONF_DIR) for one test. ``point_s3a(spark, conn)``
+points a running session's ``s3a://`` at the cluster's S3 endpoint (tests/conftest.py's ``s3a_spark``).
 """
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def cluster_env(pseudo_cluster: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+def point_s3a(spark: Any, conn: dict) -> Any:
+    """Point a running SparkSession's ``s3a://`` at the cluster's S3 endpoint: ``fs.s3a.*`` (endpoint
+    and credentials) in its Hadoop configuration, which Spark ships to the executors with each job.
+    The S3A jars must already be on its class path (``tfos_jobs.spark`` adds the cached ones)."""
+    s3 = conn["s3"]
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    settings = {"fs.s3a.endpoint": s3["endpoint"], "fs.s3a.endpoint.region": s3["region"],
+                "fs.s3a.path.style.access": "true", "fs.s3a.connection.ssl.enabled": "false",
+                "fs.s3a.access.key": s3["access_key"], "fs.s3a.secret.key": s3["secret_key"]}
+    for key, value in settings.items():
+        hadoop.set(key, value)
+    return spark
 
 
 def bounded(fn: Callable[[], T], timeout: float = 120) -> T:
