@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import psutil
 
@@ -264,15 +265,7 @@ def _stop_stray(alive: dict, names: set[str]) -> None:
 
 def _roll_back(lay: Layout, state: dict, started: dict[str, subprocess.Popen]) -> None:
     """A failed ``up`` stops what it started, so that it leaves nothing half-running behind."""
-    procs = []
-    for p in started.values():
-        with contextlib.suppress(psutil.Error):
-            if p.poll() is None:
-                procs.append(psutil.Process(p.pid))
-    terminate(with_descendants(procs))
-    for p in started.values():
-        with contextlib.suppress(Exception):
-            p.wait(timeout=1)
+    _stop_popens(started.values(), wait_s=1)
     for n in started:
         state["services"].pop(n, None)
     _save_state(lay, state)
@@ -323,16 +316,18 @@ def _check_inits(lay: Layout, svcs: list[Service], inits: dict[str, subprocess.P
         del inits[name]
 
 
-def _stop_inits(inits: dict[str, subprocess.Popen]) -> None:
+def _stop_popens(popens: Iterable[subprocess.Popen], wait_s: float) -> None:
+    """Stop the processes we launched that still run, with their descendants, by PID; reap them."""
+    popens = list(popens)
     procs = []
-    for p in inits.values():
+    for p in popens:
         with contextlib.suppress(psutil.Error):
             if p.poll() is None:
                 procs.append(psutil.Process(p.pid))
     terminate(with_descendants(procs))
-    for p in inits.values():
+    for p in popens:
         with contextlib.suppress(Exception):
-            p.wait(timeout=5)
+            p.wait(timeout=wait_s)
 
 
 def _launch_ready(lay: Layout, state: dict, pending: list[Service], started: dict,
@@ -379,7 +374,7 @@ def _start_and_wait(lay: Layout, state: dict, svcs: list[Service], to_start: lis
     try:
         _wait_healthy(lay, state, svcs, pending, started, fmt, inits, deadline, timeout, say)
     finally:
-        _stop_inits(inits)
+        _stop_popens(inits.values(), wait_s=5)
 
 
 def _wait_healthy(lay: Layout, state: dict, svcs: list[Service], pending: list[Service],
