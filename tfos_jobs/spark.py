@@ -29,7 +29,7 @@ HADOOP_AWS_VERSION = "3.5.0"
 #: spark-sql-kafka-0-10_2.13: the newest Maven Central serves; measured with pyspark 4.3.0.
 SPARK_KAFKA_VERSION = "4.2.0"
 #: Each cached jar set's directory holds this manifest: a header line, then one jar name a line.
-JAR_MANIFEST = S3A_MANIFEST = "MANIFEST.txt"
+JAR_MANIFEST = "MANIFEST.txt"
 
 
 class JavaNotFound(RuntimeError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfos_jobs.spark import HADOOP_AWS_VERSION, JAR_MANIFEST, SPARK_KAFKA_VERSION, jar_cache_home
+from tfos_jobs.spark import HADOOP_AWS_VERSION, JAR_MANIFEST, SPARK_KAFKA_VERSION, cached_jars, jar_cache_home
 
 from .errors import ClusterError
 
@@ -95,10 +95,7 @@ class Bundle:
 
     def jars(self) -> list[Path]:
         """The cached jars listed in the manifest (empty when not fetched)."""
-        if not is_fetched(self):
-            return []
-        names = (self.home() / MANIFEST).read_text().splitlines()[1:]
-        return [self.lib() / n for n in names]
+        return [Path(j) for j in cached_jars(self.home())] if is_fetched(self) else []
 
 
 # ---------------------------------------------------------------------------------------------
