@@ -163,7 +163,7 @@ def main():
                           "trigger_s": args.trigger_s, "land_every_s": args.land_every_s,
                           "rows_per_file": args.latency_rows, "records": len(latencies)},
             "state_bytes": {"after_100k_rows": small, "after_1m_rows": large,
-                            "constant": small["all"] == large["all"]},
+                            "constant": (small["fading"], small["tilted"]) == (large["fading"], large["tilted"])},
         }
         print(json.dumps(result, sort_keys=True))
     finally:

@@ -73,18 +73,25 @@ def _produce(bootstrap: str, topic: str, lines: list[str]) -> None:
     assert left == 0 and not errors, (left, errors[:5])
 
 
-def _committed(sink: Path):
-    """The rows of a Spark file sink's committed files (its ``_spark_metadata`` log: a version line, then
-    one JSON entry per file), as pandas; uncommitted files are not read."""
+def _committed_files(sink: Path) -> list[str]:
+    """The files of a Spark file sink's committed micro-batches (its ``_spark_metadata`` log: a version
+    line, then one JSON entry per file). A batch that had no rows (the broker still loading its
+    coordinator, say) commits a log entry with no file."""
     files = []
-    for log in sorted((sink / "_spark_metadata").iterdir()):
+    for log in sorted((sink / "_spark_metadata").iterdir()) if (sink / "_spark_metadata").is_dir() else []:
         if log.name.split(".")[0].isdigit():
             for line in log.read_text().splitlines()[1:]:
                 entry = json.loads(line)
                 if entry.get("action") == "add":
                     files.append(entry["path"].removeprefix("file://"))
+    return sorted(set(files))
+
+
+def _committed(sink: Path):
+    """The rows of the committed files, as pandas; uncommitted files are not read."""
+    files = _committed_files(sink)
     assert files, f"nothing committed in {sink}"
-    return pq.ParquetDataset(sorted(set(files))).read().to_pandas()
+    return pq.ParquetDataset(files).read().to_pandas()
 
 
 def _wait(what: str, done, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
@@ -98,8 +105,7 @@ def _wait(what: str, done, proc: subprocess.Popen, log: Path, timeout: float = 2
 
 
 def _committed_rows(sink: Path) -> int:
-    return len(_committed(sink)) if (sink / "_spark_metadata").is_dir() and any(
-        (sink / "_spark_metadata").iterdir()) else 0
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in _committed_files(sink))
 
 
 def test_stream_score_reads_kafka(pseudo_cluster, tmp_path):

@@ -2,6 +2,7 @@
 end to end (prep → train → evaluate → predict) on Spark local-cluster with file:// storage."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -123,7 +124,8 @@ def test_cli_other_commands_reject_missing_inputs_before_spark(no_spark, tmp_pat
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["example", "prep", "train", "evaluate", "predict", "stream-predict"])
+@pytest.mark.parametrize("command", ["example", "prep", "train", "evaluate", "predict", "stream-predict",
+                                     "stream-monitor"])
 def test_cli_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -396,19 +398,22 @@ def test_export_from_another_prep_is_refused(anes96_run, tmp_path):
     assert check_export(export_plan(str(anes96_run["root"] / "export")), str(anes96_run["root"] / "export"))
 
 
-@pytest.mark.slow
-def test_stream_predict_answers_like_batch_predict(anes96_run, local_spark):
-    """`tfos-survey stream-predict` as a user types it: JSON records landing in a directory are answered
-    with the export's plan exactly as `predict` answers the same respondents; bad records are quarantined."""
-    import subprocess
-    import sys
+STREAM_T0_MS, STREAM_STEP_MS, ANSWER_DELAY_MS = 1_780_000_000_000, 60_000, 120_000
+
+
+@pytest.fixture(scope="module")
+def survey_stream(anes96_run):
+    """`tfos-survey stream-predict` as a user types it, on 40 respondents' JSON records (a minute apart)
+    landing in a directory, two of them malformed."""
     from cluster.testing import describe, run_process
     root = anes96_run["root"]
     landing = root / "landing"
     landing.mkdir()
     rows = data.anes96_table().drop(["vote", "PID", "selfLR"]).slice(0, 40).to_pylist()
     for i in range(2):   # answers as JSON numbers and strings: both canonicalized like the CSV's text
-        lines = [json.dumps({k: (str(v) if i else v) for k, v in r.items()}) for r in rows[i * 20:(i + 1) * 20]]
+        lines = [json.dumps({**{k: (str(v) if i else v) for k, v in r.items()},
+                             "event_time": STREAM_T0_MS + STREAM_STEP_MS * (20 * i + j)})
+                 for j, r in enumerate(rows[i * 20:(i + 1) * 20])]
         if i:
             lines += ["not json", json.dumps({"age": 40})]
         (landing / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
@@ -416,6 +421,15 @@ def test_stream_predict_answers_like_batch_predict(anes96_run, local_spark):
                         "--input", str(landing), "--output", str(root / "stream"), "--checkpoint",
                         str(root / "stream-ckpt"), "--trigger", "available-now", "--master", "local[2]"], timeout=600)
     assert done.returncode == 0, describe(done)
+    return root, done
+
+
+@pytest.mark.slow
+def test_stream_predict_answers_like_batch_predict(anes96_run, survey_stream, local_spark):
+    """JSON records landing in a directory are answered with the export's plan exactly as `predict`
+    answers the same respondents; bad records are quarantined."""
+    from cluster.testing import describe
+    root, done = survey_stream
     stream = local_spark.read.parquet(f"file://{root}/stream").toPandas()
     quarantine = local_spark.read.parquet(f"file://{root}/stream.quarantine").toPandas()
     batch = hdfs_io.read_parquet(str(root / "pred")).to_pandas()
@@ -429,3 +443,73 @@ def test_stream_predict_answers_like_batch_predict(anes96_run, local_spark):
                                        rtol=1e-5, err_msg=t["column"])
         assert (merged[f"{t['column']}__answer"] == merged[f"{t['column']}__answer_batch"]).all()
     assert (merged["model_version"] == merged["model_version_batch"]).all()
+    assert (merged["event_time"].astype("datetime64[ms]").astype("int64")
+            == STREAM_T0_MS + STREAM_STEP_MS * (merged["id"].astype(int) - 1)).all()
+
+
+@pytest.mark.slow
+def test_stream_monitor_scores_later_answers_per_question(anes96_run, survey_stream, local_spark):
+    """`tfos-survey stream-monitor`: answers given two minutes after the records (some never, some too
+    late, one not among the answers the model knows) label the predictions; every question's landmark,
+    fading and tilted windows equal the same figures computed here from the predictions and answers."""
+    import math
+    from cluster.testing import describe, run_process
+    from tfos_jobs.streaming import quality
+    from tfos_jobs.streaming.pipeline import read_metrics
+    from tfos_jobs.streaming.windows import CALENDAR, WindowSet, WindowSpec
+    root, _ = survey_stream
+    plan = anes96_run["plan"]
+    full = data.anes96_table().slice(0, 40).to_pylist()
+    answers, expected = root / "answers", []
+    answers.mkdir()
+    for f in range(2):
+        lines = []
+        for i in range(20 * f, 20 * f + 20):
+            if i % 5 == 4:
+                continue                       # never answers
+            late = i % 7 == 3                  # answers after --max-answer-delay-s
+            record = {"respondent": full[i]["respondent"], "vote": full[i]["vote"], "PID": full[i]["PID"],
+                      "selfLR": 99 if i == 0 else full[i]["selfLR"],      # 99: not an answer it knows
+                      "event_time": STREAM_T0_MS + STREAM_STEP_MS * i + (900_000 if late else ANSWER_DELAY_MS)}
+            lines.append(json.dumps(record))
+            if not late:
+                expected += [(str(full[i]["respondent"]), t["column"], str(record[t["column"]]))
+                             for t in plan["targets"] if str(record[t["column"]]) in t["classes"]]
+        (answers / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
+        os.utime(answers / f"part-{f}.jsonl", (1e9 + f, 1e9 + f))     # land in order
+    done = run_process([sys.executable, "-m", "tfos_jobs.survey", "stream-monitor", "--export", str(root / "export"),
+                        "--predictions", str(root / "stream"), "--answers", str(answers), "--metrics",
+                        str(root / "metrics"), "--checkpoint", str(root / "monitor-ckpt"), "--trigger",
+                        "available-now", "--max-answer-delay-s", "600", "--watermark-s", "3600",
+                        "--sliding", "1200:600", "--half-life-s", "600", "--master", "local[2]"], timeout=600)
+    assert done.returncode == 0, describe(done)
+    stream = local_spark.read.parquet(f"file://{root}/stream").toPandas().set_index("id")
+    records = read_metrics(str(root / "metrics"))
+    assert {r["series"] for r in records} == {t["column"] for t in plan["targets"]}, describe(done)
+    checked = 0
+    for t in plan["targets"]:
+        q = t["column"]
+        rows = [(rid, given) for rid, question, given in expected if question == q]
+        p = stream.loc[[rid for rid, _ in rows]]
+        probs = p[[f"{q}__p_{c}" for c in t["classes"]]].to_numpy(dtype="float64")
+        given = np.array([t["classes"].index(a) for _, a in rows])
+        label = (p[f"{q}__answer"].to_numpy() == np.array([a for _, a in rows])).astype("float64")
+        loss = -np.log(np.clip(probs[np.arange(len(rows)), given], quality.EPS, 1 - quality.EPS))
+        times = p["event_time"].astype("datetime64[ms]").astype("int64").to_numpy()
+        reference = WindowSet(WindowSpec(half_life_s=600, tilted=CALENDAR))
+        reference.update(times, label, probs.max(axis=1), loss)
+        want = {(w["window_kind"], w["window"], w["window_start_ms"]): w for w in reference.records()}
+        got = {(r["window_kind"], r["window"], r["window_start_ms"]): r for r in records
+               if r["series"] == q and r["window_kind"] != "sliding"}
+        assert set(got) == set(want), (q, sorted(got), sorted(want))
+        landmark = got[("landmark", "since first row", int(times.min()))]
+        assert landmark["count"] == len(rows) and landmark["ctr"] == pytest.approx(label.mean()), (q, landmark)
+        assert landmark["log_loss"] == pytest.approx(loss.mean(), rel=1e-6), (q, landmark)
+        assert math.isfinite(landmark["log_loss"]) and landmark["model_version"] == p["model_version"].iloc[0]
+        for key, w in want.items():
+            for name in quality.summary(quality.empty(1)):
+                want_value = None if w[name] is None else pytest.approx(w[name], rel=1e-6, abs=1e-9)
+                assert got[key][name] == want_value, (q, key, name, got[key][name], w[name])
+        checked += 1
+    assert checked == len(plan["targets"])
+    assert "[tfos-stream] landmark" in done.stdout, describe(done)

@@ -84,15 +84,60 @@ def add_stream_args(parser: argparse.ArgumentParser) -> None:
                         help="files (Kafka: records) per micro-batch at most")
     parser.add_argument("--watermark-s", type=NON_NEGATIVE_FLOAT, default=600.0,
                         help="event-time lateness accepted before state is dropped (default: %(default)s)")
+    parser.add_argument("--state-partitions", type=POSITIVE_INT,
+                        help="partitions of the stateful queries' state, fixed at a checkpoint's first run "
+                             "(default: the executors' cores)")
     parser.add_argument("--run-for-s", type=POSITIVE_FLOAT,
                         help="stop gracefully after this long (default: until interrupted, or the end of "
                              "'available-now')")
 
 
+def window_pairs(text: str) -> tuple:
+    try:
+        pairs = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip())
+        if not pairs or any(len(p) != 2 or not 0 < p[1] <= p[0] for p in pairs):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LENGTH_S:SLIDE_S[,...] with 0 < slide <= length, got {text!r}") from None
+    return pairs
+
+
+def add_monitor_args(parser: argparse.ArgumentParser) -> None:
+    """What every monitoring command shares: where the labeled rows and the metrics go, and the windows."""
+    parser.add_argument("--labeled", help="Parquet URI of the labeled predictions (default: <predictions>.labeled)")
+    parser.add_argument("--metrics", required=True, help="URI of the metrics records (JSON lines)")
+    parser.add_argument("--sliding", type=window_pairs, default=((3600.0, 900.0),),
+                        help="sliding windows LENGTH_S:SLIDE_S[,...] (default: 3600:900)")
+    parser.add_argument("--half-life-s", type=POSITIVE_FLOAT, default=3600.0,
+                        help="fading window (default: %(default)s)")
+    parser.add_argument("--tilted", choices=["calendar", "logarithmic"], default="calendar",
+                        help="calendar: 4 x 15 min, 24 h, 31 days; logarithmic: 8 levels from 15 min, doubling")
+    parser.add_argument("--quiet", action="store_true", help="no console line per window")
+    add_stream_args(parser)
+
+
+def run_monitor_stream(args: argparse.Namespace, prog: str, start: Callable[..., Any]) -> int:
+    """A job's monitoring command (``stream-monitor``): ``start(spark, labeled_uri, config,
+    windows)`` starts the job's labeling and monitoring queries (``windows``: the keyword arguments
+    of :func:`~tfos_jobs.streaming.pipeline.start_monitor`); they run as :func:`run_stream` says."""
+    from tfos_jobs.streaming.windows import CALENDAR, WindowSpec, logarithmic
+    config = stream_config(args)
+    windows = {"sliding": args.sliding, "console": not args.quiet, "spec": WindowSpec(
+        half_life_s=args.half_life_s, tilted=CALENDAR if args.tilted == "calendar" else logarithmic(900, 8))}
+    spark = job_session(args, prog, 2)
+    try:
+        run_stream(start(spark, args.labeled or args.predictions.rstrip("/") + ".labeled", config, windows), args)
+    finally:
+        spark.stop()
+    print(json.dumps({"metrics": args.metrics, "checkpoint": config.checkpoint}))
+    return 0
+
+
 def stream_config(args: argparse.Namespace) -> Any:
     from tfos_jobs.streaming.pipeline import StreamConfig
     return StreamConfig(checkpoint=absolute(args.checkpoint), trigger=args.trigger,
-                        max_files_per_trigger=args.max_files_per_trigger, watermark_s=args.watermark_s)
+                        max_files_per_trigger=args.max_files_per_trigger, watermark_s=args.watermark_s,
+                        state_partitions=args.state_partitions)
 
 
 def run_scoring_stream(args: argparse.Namespace, prog: str, start: Callable[..., Any]) -> int:

@@ -254,6 +254,24 @@ def fetch(quiet: bool = False, timeout: float = 900) -> Path:
     return lib_dir()
 
 
+def _copy_dependencies(mvn: str, work: Path, out: Path, label: str, quiet: bool, timeout: float) -> None:
+    """Run Maven's ``dependency:copy-dependencies`` on ``work/pom.xml`` into ``out``."""
+    cmd = [mvn, "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={out}"]
+    if quiet:
+        cmd.insert(2, "-q")
+    else:
+        print(f"Fetching {label} jars with Maven into {work.parent} ...", flush=True)
+    try:
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"'mvn dependency:copy-dependencies' did not finish in {timeout:.0f}s") from None
+    if proc.returncode != 0 or not out.is_dir():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise ClusterError(f"Maven could not fetch the {label} jars (exit {proc.returncode}):\n{tail}")
+
+
 def fetch_bundle(bundle: Bundle, quiet: bool = False, timeout: float = 900) -> Path:
     """Make sure one bundle is cached; return its lib directory."""
     home = bundle.home()
@@ -272,21 +290,7 @@ def fetch_bundle(bundle: Bundle, quiet: bool = False, timeout: float = 900) -> P
     try:
         (work / "pom.xml").write_text(bundle.pom())
         out = work / "lib"
-        cmd = [mvn, "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-               "-DincludeScope=runtime", f"-DoutputDirectory={out}"]
-        if quiet:
-            cmd.insert(2, "-q")
-        if not quiet:
-            print(f"Fetching {label} jars with Maven into {home} ...", flush=True)
-        try:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise ClusterError(f"'mvn dependency:copy-dependencies' did not finish in {timeout:.0f}s")
-        if proc.returncode != 0 or not out.is_dir():
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-            raise ClusterError(f"Maven could not fetch the {label} jars "
-                               f"(exit {proc.returncode}):\n{tail}")
+        _copy_dependencies(mvn, work, out, label, quiet, timeout)
         if bundle.prepare:
             bundle.prepare(work, out)
         if bundle.keep:

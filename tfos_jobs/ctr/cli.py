@@ -28,7 +28,7 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, run_scoring_stream, run_stream, stream_config, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args, run_monitor_stream, run_scoring_stream, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
                            non_negative_float, non_negative_int, positive_float, positive_int, print_train_result, run_command,
                            training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
@@ -163,18 +163,10 @@ def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream-monitor", help="Structured Streaming: join late clicks, quality per window")
     p.add_argument("--predictions", required=True, help="what `stream-score --output` writes")
     p.add_argument("--clicks", required=True, help="directory URI click files land in, or kafka://host:port/topic")
-    p.add_argument("--labeled", help="Parquet URI of the labeled predictions (default: <predictions>.labeled)")
-    p.add_argument("--metrics", required=True, help="URI of the metrics records (JSON lines)")
     p.add_argument("--max-click-delay-s", type=positive_float, default=900.0,
                    help="an impression without a click this long after it is a negative (default: %(default)s)")
     p.add_argument("--unmatched", choices=["negative", "drop"], default="negative")
-    p.add_argument("--sliding", type=window_pairs, default=((3600.0, 900.0),),
-                   help="sliding windows LENGTH_S:SLIDE_S[,...] (default: 3600:900)")
-    p.add_argument("--half-life-s", type=positive_float, default=3600.0, help="fading window (default: %(default)s)")
-    p.add_argument("--tilted", choices=["calendar", "logarithmic"], default="calendar",
-                   help="calendar: 4 x 15 min, 24 h, 31 days; logarithmic: 8 levels from 15 min, doubling")
-    p.add_argument("--quiet", action="store_true", help="no console line per window")
-    add_stream_args(p)
+    add_monitor_args(p)
     add_spark_args(p)
 
 
@@ -183,16 +175,6 @@ def _add_stream_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
     p.add_argument("--out", required=True, help="URI of the PNG")
     p.add_argument("--stream", help="a `generate-stream` output: its drift time is marked on the plot")
-
-
-def window_pairs(text: str) -> tuple:
-    try:
-        pairs = tuple(tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip())
-        if not pairs or any(len(p) != 2 or not 0 < p[1] <= p[0] for p in pairs):
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LENGTH_S:SLIDE_S[,...] with 0 < slide <= length, got {text!r}") from None
-    return pairs
 
 
 def build_parser() -> JobParser:
@@ -290,20 +272,9 @@ def cmd_stream_score(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_monitor(args: argparse.Namespace) -> int:
-    from tfos_jobs.streaming.windows import CALENDAR, WindowSpec, logarithmic
-    config = stream_config(args)
-    spec = WindowSpec(half_life_s=args.half_life_s,
-                      tilted=CALENDAR if args.tilted == "calendar" else logarithmic(900, 8))
-    spark = job_session(args, PROG, 2)
-    try:
-        run_stream(stream.stream_monitor(spark, args.predictions, args.clicks,
-                                         args.labeled or args.predictions.rstrip("/") + ".labeled", args.metrics,
-                                         config, max_delay_s=args.max_click_delay_s, unmatched=args.unmatched,
-                                         sliding=args.sliding, spec=spec, console=not args.quiet), args)
-    finally:
-        spark.stop()
-    print(json.dumps({"metrics": args.metrics, "checkpoint": config.checkpoint}))
-    return 0
+    return run_monitor_stream(args, PROG, lambda spark, labeled, config, windows: stream.stream_monitor(
+        spark, args.predictions, args.clicks, labeled, args.metrics, config, max_delay_s=args.max_click_delay_s,
+        unmatched=args.unmatched, **windows))
 
 
 def cmd_stream_report(args: argparse.Namespace) -> int:

@@ -277,6 +277,36 @@ def impression_lines(ids: list[str], times_ms: np.ndarray, criteo_lines: list[st
             for i, t, line in zip(ids, times_ms.tolist(), criteo_lines)]
 
 
+def _corrupt_some(lines: list[str], fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Corrupt a ``fraction`` of ``lines`` in place; return which stayed good and the count per kind."""
+    good = np.ones(len(lines), dtype=bool)
+    malformed = dict.fromkeys(STREAM_MALFORMED_KINDS, 0)
+    for row in np.flatnonzero(rng.random(len(lines)) < fraction):
+        kind = STREAM_MALFORMED_KINDS[int(rng.integers(len(STREAM_MALFORMED_KINDS)))]
+        lines[row] = corrupt(lines[row], kind, rng) if kind != "empty" else "0\t"
+        malformed[kind] += 1
+        good[row] = False
+    return good, malformed
+
+
+def _write_stream_parts(tmp: str, files: int, records: list[str], ids: list[str], times: np.ndarray,
+                        clicked: np.ndarray, click_times: np.ndarray) -> None:
+    """``files`` impression parts of consecutive rows, and beside each the clicks whose time falls in
+    its time range (in click-time order)."""
+    rows = len(records)
+    bounds = [rows * i // files for i in range(files + 1)]
+    for i in range(files):
+        lo, hi = bounds[i], bounds[i + 1]
+        with hdfs_io.open(hdfs_io.join(tmp, IMPRESSIONS, f"part-{i:05d}.tsv"), "w") as out:
+            out.write("\n".join(records[lo:hi]) + "\n")
+        end = times[hi] if hi < rows else np.iinfo(np.int64).max
+        begin = times[lo] if i else np.iinfo(np.int64).min
+        inside = (click_times >= begin) & (click_times < end)
+        mine, when = clicked[inside], click_times[inside]
+        with hdfs_io.open(hdfs_io.join(tmp, CLICKS, f"part-{i:05d}.tsv"), "w") as out:
+            out.write("".join(f"{ids[r]}\t{t}\n" for r, t in sorted(zip(mine, when), key=lambda rt: rt[1])))
+
+
 def generate_stream(uri: str, rows: int, *, files: int = 10, seed: int = 0, start_ms: int = 1_767_225_600_000,
                     rows_per_s: float = 100.0, mean_click_delay_s: float = 120.0, max_click_delay_s: float = 900.0,
                     malformed_fraction: float = 0.0, drift_at_row: int | None = None, drift_share: float = 0.7,
@@ -311,28 +341,13 @@ def generate_stream(uri: str, rows: int, *, files: int = 10, seed: int = 0, star
     lines = model.lines(labels, ints, int_missing, cats)
     times = start_ms + (np.arange(rows) * 1000.0 / rows_per_s).astype(np.int64)
     ids = [f"{seed:x}-{i:09x}" for i in range(rows)]
-    good = np.ones(rows, dtype=bool)
-    malformed = dict.fromkeys(STREAM_MALFORMED_KINDS, 0)
-    for row in np.flatnonzero(rng.random(rows) < malformed_fraction):
-        kind = STREAM_MALFORMED_KINDS[int(rng.integers(len(STREAM_MALFORMED_KINDS)))]
-        lines[row] = corrupt(lines[row], kind, rng) if kind != "empty" else "0\t"
-        malformed[kind] += 1
-        good[row] = False
+    good, malformed = _corrupt_some(lines, malformed_fraction, rng)
     records = impression_lines(ids, times, lines)
     delays = np.minimum(rng.exponential(mean_click_delay_s * 1000.0, rows), max_click_delay_s * 1000.0).astype(np.int64)
     clicked = np.flatnonzero((labels == 1) & good)
     click_times = times[clicked] + delays[clicked]
-    bounds = [rows * i // files for i in range(files + 1)]
     with hdfs_io.staged_output(uri, overwrite=overwrite, kind=STREAM_KIND) as tmp:
-        for i in range(files):
-            lo, hi = bounds[i], bounds[i + 1]
-            with hdfs_io.open(hdfs_io.join(tmp, IMPRESSIONS, f"part-{i:05d}.tsv"), "w") as out:
-                out.write("\n".join(records[lo:hi]) + "\n")
-            end = times[hi] if hi < rows else np.iinfo(np.int64).max
-            begin = times[lo] if i else np.iinfo(np.int64).min
-            mine = clicked[(click_times >= begin) & (click_times < end)]
-            with hdfs_io.open(hdfs_io.join(tmp, CLICKS, f"part-{i:05d}.tsv"), "w") as out:
-                out.write("".join(f"{ids[r]}\t{times[r] + delays[r]}\n" for r in sorted(mine, key=lambda r: times[r] + delays[r])))
+        _write_stream_parts(tmp, files, records, ids, times, clicked, click_times)
 
         def bayes(sel, probabilities=p):
             ys, ps = labels[sel & good], probabilities[sel & good]

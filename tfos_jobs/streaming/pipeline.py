@@ -19,6 +19,9 @@ from tfos_jobs.streaming.windows import WindowSet, WindowSpec
 # pyspark (heavy) is imported inside the functions that build queries.
 PREDICTION_COLUMNS = ("id", "event_time", "prediction", scoring.VERSION_COLUMN)
 LABELED_COLUMNS = PREDICTION_COLUMNS + ("label", "label_time")
+# Optional columns of a labeled stream: which series a row belongs to (a survey question; one series,
+# "", for clicks) and its own loss (the binary log loss of label and prediction when absent).
+SERIES, LOSS = "series", "loss"
 AVAILABLE_NOW = "available-now"   # process what is there, then stop (tests, catch-up runs)
 
 
@@ -29,6 +32,11 @@ class StreamConfig:
     trigger: str | float = 10.0                   # seconds between micro-batches, or AVAILABLE_NOW
     max_files_per_trigger: int | None = None      # directory sources: bound a micro-batch
     watermark_s: float = 600.0                    # event-time lateness accepted before state is dropped
+    # Partitions of the stateful queries' state (labels, windows). Spark's default, 200 shuffle
+    # partitions, gives every micro-batch 200 tasks that each load a state store, for a few thousand
+    # rows; None: the session's default parallelism (its executors' cores). Fixed at a checkpoint's
+    # first run: Spark keeps the number in the checkpoint and ignores a new one.
+    state_partitions: int | None = None
 
     def __post_init__(self):
         if not self.checkpoint:
@@ -39,10 +47,19 @@ class StreamConfig:
             raise ValueError(f"max_files_per_trigger must be positive, got {self.max_files_per_trigger}")
         if self.watermark_s < 0:
             raise ValueError(f"watermark_s must not be negative, got {self.watermark_s}")
+        if self.state_partitions is not None and self.state_partitions < 1:
+            raise ValueError(f"state_partitions must be positive, got {self.state_partitions}")
 
     def at(self, name: str) -> str:
         """The checkpoint of one query of a pipeline."""
         return sparkprep.spark_uri(hdfs_io.join(self.checkpoint, name))
+
+
+def use_state_partitions(rows: Any, config: StreamConfig) -> None:
+    """Set the shuffle partitions the stateful queries started next on ``rows``' session will keep."""
+    spark = rows.sparkSession
+    spark.conf.set("spark.sql.shuffle.partitions",
+                   str(config.state_partitions or max(1, spark.sparkContext.defaultParallelism)))
 
 
 def _start(writer: Any, config: StreamConfig, name: str) -> Any:
@@ -127,9 +144,10 @@ def prediction_schema() -> Any:
                        StructField("prediction", FloatType()), StructField(scoring.VERSION_COLUMN, StringType())])
 
 
-def read_predictions(spark: Any, uri: str, config: StreamConfig, labeled: bool = False) -> Any:
-    """A stream of the predictions (or labeled predictions) another query writes at ``uri``."""
-    schema = labeled_schema() if labeled else prediction_schema()
+def read_predictions(spark: Any, uri: str, config: StreamConfig, labeled: bool = False, schema: Any = None) -> Any:
+    """A stream of the predictions (or labeled predictions) another query writes at ``uri``
+    (``schema``: a job's own, when it is not :func:`prediction_schema` or :func:`labeled_schema`)."""
+    schema = schema or (labeled_schema() if labeled else prediction_schema())
     hdfs_io.mkdirs(uri)     # a query that has not written yet: an empty stream, not an error
     reader = spark.readStream.schema(schema).format("parquet")
     if config.max_files_per_trigger:
@@ -150,6 +168,7 @@ def start_labeling(predictions: Any, labels: Any, *, output_uri: str, config: St
     from pyspark.sql.streaming.state import GroupStateTimeout
     from pyspark.sql.types import BinaryType, StructField, StructType
     LabelBuffer(1, unmatched)          # checks ``unmatched`` here, on the driver
+    use_state_partitions(predictions, config)
     if max_delay_s <= 0:
         raise ValueError(f"max_delay_s must be positive, got {max_delay_s}")
     bucket = F.pmod(F.xxhash64("id"), F.lit(buckets)).alias("bucket")
@@ -167,9 +186,14 @@ def start_labeling(predictions: Any, labels: Any, *, output_uri: str, config: St
     # One file per micro-batch: a batch's labels are few, and one file per state partition (tens per
     # batch) would flood the store with small files and let the windows' max-files bound cover a
     # sliver of a labeling batch (measured: 316 files for 7 batches, 22 s per windows batch).
-    query = _start(labeled.coalesce(1).writeStream.outputMode("append").format("parquet"), config, "labeled") \
-        .start(sparkprep.spark_uri(output_uri))
-    return Pipeline([query])
+    return Pipeline([start_parquet(labeled.coalesce(1), output_uri, config, "labeled")])
+
+
+def start_parquet(rows: Any, output_uri: str, config: StreamConfig, name: str) -> Any:
+    """Start the query ``name`` appending ``rows`` to Parquet at ``output_uri`` (Spark's file sink:
+    exactly once through its ``_spark_metadata`` log)."""
+    return _start(rows.writeStream.outputMode("append").format("parquet"), config, name).start(
+        sparkprep.spark_uri(output_uri))
 
 
 def _utc_timestamps(ms: Any) -> Any:
@@ -223,56 +247,68 @@ def metric_schema() -> Any:
     """The one metrics record schema (a row per window, model version and micro-batch)."""
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
     fields = [("window_kind", StringType()), ("window", StringType()), ("model_version", StringType()),
+              (SERIES, StringType()),
               ("window_start_ms", LongType()), ("window_end_ms", LongType())]
     fields += [(name, DoubleType()) for name in quality.summary(quality.empty(1))]
     return StructType([StructField(n, t) for n, t in fields])
 
 
 def _stateful_windows(spec: WindowSpec, idle_timeout_ms: int) -> Callable:
-    """The ``applyInPandasWithState`` function: landmark, fading and tilted-time state per version."""
+    """The ``applyInPandasWithState`` function: landmark, fading and tilted-time state per version and series."""
 
     def update(key, frames, state):
         import pandas as pd
-        (version,) = key
+        version, series = key
         if state.hasTimedOut:            # a version nobody scores any more: drop its state
             state.remove()
             return
         windows = WindowSet.loads(spec, *state.get) if state.exists else WindowSet(spec)
         for frame in frames:   # event_ms: epoch ms computed by Spark (pandas timestamps are zone-shifted)
-            windows.update(frame["event_ms"].to_numpy(), frame["label"].to_numpy(), frame["prediction"].to_numpy())
+            windows.update(frame["event_ms"].to_numpy(), frame["label"].to_numpy(), frame["prediction"].to_numpy(),
+                           frame[LOSS].to_numpy())
         state.update(windows.dumps())
         state.setTimeoutTimestamp(windows.latest_ms + idle_timeout_ms)
         records = windows.records()
         for r in records:
-            r["model_version"] = version
+            r["model_version"], r[SERIES] = version, series
         yield pd.DataFrame.from_records(records, columns=[f.name for f in metric_schema().fields])
 
     return update
 
 
+def _with_series_and_loss(labeled: Any) -> Any:
+    """``labeled`` with its :data:`SERIES` and :data:`LOSS` columns (defaults where it has none)."""
+    from pyspark.sql import functions as F
+    if SERIES not in labeled.columns:
+        labeled = labeled.withColumn(SERIES, F.lit(""))
+    if LOSS not in labeled.columns:
+        p = F.col("prediction").cast("double")
+        clipped = F.least(F.greatest(p, F.lit(quality.EPS)), F.lit(1 - quality.EPS))
+        labeled = labeled.withColumn(LOSS, -(F.col("label") * F.log(clipped) + (1 - F.col("label")) * F.log(1 - clipped)))
+    return labeled
+
+
 def _sliding(labeled: Any, length_s: float, slide_s: float, bins: int) -> Any:
-    """Per (sliding window, version, prediction bin): the sketch row sums (Spark's own window state)."""
+    """Per (sliding window, version, series, prediction bin): the sketch row sums (Spark's own window state)."""
     from pyspark.sql import functions as F
     p = F.col("prediction").cast("double")
-    clipped = F.least(F.greatest(p, F.lit(quality.EPS)), F.lit(1 - quality.EPS))
-    loss = -(F.col("label") * F.log(clipped) + (1 - F.col("label")) * F.log(1 - clipped))
     b = F.least(F.greatest((p * bins).cast("long"), F.lit(0)), F.lit(bins - 1))
     return (labeled.groupBy(F.window("event_time", f"{length_s} seconds", f"{slide_s} seconds"),
-                            scoring.VERSION_COLUMN, b.alias("bin"))
+                            scoring.VERSION_COLUMN, SERIES, b.alias("bin"))
             .agg(F.sum("label").alias("pos"), F.sum(1 - F.col("label")).alias("neg"),
-                 F.sum(p).alias("pred"), F.sum(loss).alias("loss")))
+                 F.sum(p).alias("pred"), F.sum(LOSS).alias("loss")))
 
 
 def _sliding_records(rows: list, length_s: float, slide_s: float, bins: int) -> list[dict]:
     windows = {}
     for r in rows:
-        key = (r["start_ms"], r["end_ms"], r[scoring.VERSION_COLUMN])
+        key = (r["start_ms"], r["end_ms"], r[scoring.VERSION_COLUMN], r[SERIES])
         s = windows.setdefault(key, quality.empty(bins))
         s[r["bin"]] += (r["pos"], r["neg"], r["pred"], r["loss"])
     out = []
-    for (start, end, version), s in sorted(windows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+    for (start, end, version, series), s in sorted(windows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3])):
         out.append(dict(window_kind="sliding", window=f"{length_s:g}s every {slide_s:g}s", model_version=version,
-                        window_start_ms=start, window_end_ms=end,
+                        series=series, window_start_ms=start, window_end_ms=end,
                         **quality.summary(s)))
     return out
 
@@ -294,7 +330,8 @@ class MetricsSink:
         if self.console:
             for r in records:
                 auc = "  -   " if r["auc"] is None else f"{r['auc']:.4f}"
-                self.log(f"[tfos-stream] {r['window_kind']:8s} {r['window']:22s} model {r['model_version']} "
+                series = f" {r[SERIES]}" if r.get(SERIES) else ""
+                self.log(f"[tfos-stream] {r['window_kind']:8s} {r['window']:22s} model {r['model_version']}{series} "
                          f"end {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(r['window_end_ms'] / 1000))}Z "
                          f"n {r['count']:.0f} ctr {r['ctr'] or 0:.3f} mean p {r['mean_prediction'] or 0:.3f} "
                          f"logloss {r['log_loss'] or 0:.4f} auc {auc}")
@@ -311,14 +348,14 @@ def read_metrics(uri: str, history: bool = False) -> list[dict]:
         with hdfs_io.open(info.uri, "r") as handle:
             for line in handle:
                 r = json.loads(line)
-                key = (r["window_kind"], r["window"], r["model_version"], r["window_start_ms"])
+                key = (r["window_kind"], r["window"], r["model_version"], r.get(SERIES, ""), r["window_start_ms"])
                 if history:
                     key += (r["query"], r["batch_id"])
                 if key not in latest or (r["batch_id"], r["window_end_ms"]) >= (latest[key]["batch_id"],
                                                                                latest[key]["window_end_ms"]):
                     latest[key] = r
     order = (lambda r: r["window_end_ms"]) if history else (
-        lambda r: (r["window_kind"], r["window"], r["window_start_ms"]))
+        lambda r: (r["window_kind"], r["window"], r.get(SERIES, ""), r["window_start_ms"]))
     return sorted(latest.values(), key=order)
 
 
@@ -327,12 +364,13 @@ def start_monitor(labeled: Any, *, metrics_uri: str, config: StreamConfig,
                   idle_timeout_s: float = 86400.0, console: bool = True) -> Pipeline:
     """Quality per window of the ``labeled`` stream (:func:`read_predictions` with ``labeled=True``):
     one query per sliding ``(length_s, slide_s)`` and one for the landmark, fading and tilted-time
-    windows of every model version; records go to a :class:`MetricsSink`."""
+    windows of every model version and series (:data:`SERIES`); records go to a :class:`MetricsSink`."""
     from pyspark.sql import functions as F
     from pyspark.sql.streaming.state import GroupStateTimeout
     from pyspark.sql.types import BinaryType, StringType, StructField, StructType
     sink = MetricsSink(metrics_uri, console)
-    watermarked = labeled.withWatermark("event_time", f"{config.watermark_s} seconds")
+    use_state_partitions(labeled, config)
+    watermarked = _with_series_and_loss(labeled).withWatermark("event_time", f"{config.watermark_s} seconds")
     queries = []
     for length_s, slide_s in sliding:
         if not 0 < slide_s <= length_s:
@@ -341,14 +379,14 @@ def start_monitor(labeled: Any, *, metrics_uri: str, config: StreamConfig,
 
         def write(df, batch_id, name=name, length_s=length_s, slide_s=slide_s):
             rows = df.select(F.unix_millis("window.start").alias("start_ms"), F.unix_millis("window.end").alias("end_ms"),
-                             scoring.VERSION_COLUMN, "bin", "pos", "neg", "pred", "loss").collect()
+                             scoring.VERSION_COLUMN, SERIES, "bin", "pos", "neg", "pred", "loss").collect()
             sink.write(name, batch_id, _sliding_records(rows, length_s, slide_s, spec.bins))
         agg = _sliding(watermarked, length_s, slide_s, spec.bins)
         queries.append(_start(agg.writeStream.outputMode("append").foreachBatch(write), config, name).start())
     state_schema = StructType([StructField("header", StringType()), StructField("data", BinaryType())])
     rows = watermarked.select("event_time", F.unix_millis("event_time").alias("event_ms"), "label", "prediction",
-                              scoring.VERSION_COLUMN)
-    stateful = rows.groupBy(scoring.VERSION_COLUMN).applyInPandasWithState(
+                              LOSS, scoring.VERSION_COLUMN, SERIES)
+    stateful = rows.groupBy(scoring.VERSION_COLUMN, SERIES).applyInPandasWithState(
         _stateful_windows(spec, int(idle_timeout_s * 1000)), metric_schema(), state_schema, "update",
         GroupStateTimeout.EventTimeTimeout)
 

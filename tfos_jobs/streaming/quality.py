@@ -1,5 +1,10 @@
 """A window's quality summary: a fixed-size, mergeable sketch of (prediction, label) pairs.
 
+A row is a binary outcome and a probability: a click and its predicted CTR, or, for a survey
+question, whether the answer given was the predicted one and the predicted answer's probability (then
+the "ctr" figures read as accuracy and mean confidence, the AUC as how well the confidence tells right
+from wrong, the calibration as top-answer calibration, and the log loss is the multi-class one).
+
 One sketch layout serves every window kind (sliding, landmark, fading, tilted-time), the batch
 reference the tests compare against, and whoever reads the metrics later:
 
@@ -39,17 +44,21 @@ def row_loss(labels, predictions) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def sketch(labels, predictions, weights=None, bins: int = DEFAULT_BINS) -> np.ndarray:
-    """The sketch of some (label, prediction[, weight]) rows; labels are 0/1."""
+def sketch(labels, predictions, weights=None, bins: int = DEFAULT_BINS, losses=None) -> np.ndarray:
+    """The sketch of some (label, prediction[, weight]) rows; labels are 0/1. ``losses``: each row's
+    own loss, when it is not the binary log loss of (label, prediction): a survey question's row is
+    (answered as predicted, the predicted answer's probability) and its loss is the multi-class log
+    loss of the answer given (:mod:`tfos_jobs.survey.stream`)."""
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(predictions, dtype=np.float64)
     w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
+    loss = row_loss(y, p) if losses is None else np.asarray(losses, dtype=np.float64)
     b = bin_of(p, bins)
     out = empty(bins)
     np.add.at(out[:, POS], b, w * y)
     np.add.at(out[:, NEG], b, w * (1 - y))
     np.add.at(out[:, PRED], b, w * p)
-    np.add.at(out[:, LOSS], b, w * row_loss(y, p))
+    np.add.at(out[:, LOSS], b, w * loss)
     return out
 
 

@@ -18,7 +18,8 @@ def auc_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     versions = {r["model_version"] for r in records}
     latest: dict[tuple[str, int], float] = {}    # a window updated by later batches: its last value
     for r in sorted(records, key=lambda r: (r["window_end_ms"], r["batch_id"])):
-        name = f"{r['window_kind']} {r['window']}" + (f" (model {r['model_version']})" if len(versions) > 1 else "")
+        name = (f"{r['series']} " if r.get("series") else "") + f"{r['window_kind']} {r['window']}" + (
+            f" (model {r['model_version']})" if len(versions) > 1 else "")
         latest[(name, int(r["window_end_ms"]))] = r.get("auc")
     series: dict[str, list[tuple[int, float]]] = {}
     for (name, end), auc in sorted(latest.items(), key=lambda kv: kv[0][1]):

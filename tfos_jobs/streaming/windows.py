@@ -5,8 +5,8 @@ rows (sliding windows are Spark's own ``window()`` aggregation, see :mod:`tfos_j
 All updates are order-independent, so rows of a micro-batch, and rows that arrive late, count the same
 as in a batch computation over the same rows:
 
-* **landmark**: everything since the first row of the key (a model version: a new version starts a
-  new landmark);
+* **landmark**: everything since the first row of the key (a model version and a series, such as a
+  survey question: a new version starts a new landmark);
 * **fading**: every row weighted ``0.5 ** (age / half_life)``, its age measured from the latest event
   time seen; one sketch and one timestamp;
 * **tilted-time**: recent history at fine granularity, older history at coarser: per level
@@ -65,19 +65,21 @@ class WindowSet:
         self.landmark = quality.empty(bins) if self.landmark is None else self.landmark
         self.fading = quality.empty(bins) if self.fading is None else self.fading
 
-    def update(self, times_ms, labels, predictions) -> None:
+    def update(self, times_ms, labels, predictions, losses=None) -> None:
         t = np.asarray(times_ms, dtype=np.int64)
         if not len(t):
             return
         y, p, bins = np.asarray(labels), np.asarray(predictions), self.spec.bins
+        loss = quality.row_loss(y, p) if losses is None else np.asarray(losses, dtype=np.float64)
         newest = int(t.max())
         latest = newest if self.latest_ms is None else max(self.latest_ms, newest)
         self.first_ms = int(t.min()) if self.first_ms is None else min(self.first_ms, int(t.min()))
-        self.landmark += quality.sketch(y, p, bins=bins)
+        self.landmark += quality.sketch(y, p, bins=bins, losses=loss)
         half_life_ms = self.spec.half_life_s * 1000.0
         if self.latest_ms is not None:
             self.fading *= 0.5 ** ((latest - self.latest_ms) / half_life_ms)
-        self.fading += quality.sketch(y, p, weights=0.5 ** ((latest - t) / half_life_ms), bins=bins)
+        self.fading += quality.sketch(y, p, weights=0.5 ** ((latest - t) / half_life_ms), bins=bins,
+                                       losses=loss)
         self.latest_ms = latest
         for name, seconds, keep in self.spec.tilted:
             size = seconds * 1000
@@ -88,7 +90,8 @@ class WindowSet:
             for start in np.unique(starts[inside]):
                 rows = starts == start
                 key = (name, int(start))
-                self.slots[key] = self.slots.get(key, quality.empty(bins)) + quality.sketch(y[rows], p[rows], bins=bins)
+                rows_sketch = quality.sketch(y[rows], p[rows], bins=bins, losses=loss[rows])
+                self.slots[key] = self.slots.get(key, quality.empty(bins)) + rows_sketch
             for key in [k for k in self.slots if k[0] == name and k[1] < oldest]:
                 del self.slots[key]
 

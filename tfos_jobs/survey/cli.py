@@ -7,6 +7,8 @@
     tfos-survey predict  --export URI --data URI --out URI        answer probabilities, atomically
     tfos-survey stream-predict --export URI --input DIR|kafka://host:port/topic --output URI --checkpoint URI
                                                                   Structured Streaming: JSON records as they land
+    tfos-survey stream-monitor --export URI --predictions URI --answers DIR|kafka://... --metrics URI --checkpoint URI
+                                                                  later answers: accuracy, log loss per question per window
 
 Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Bad input (a
 spec that does not parse, a target missing from the data or with a single answer, a missing prep or
@@ -25,9 +27,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_spark_args, add_stream_args, bounded_number, dropout_rate,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args, bounded_number, dropout_rate,  # noqa: E402
                            job_session, layer_sizes, non_negative_float, positive_float, positive_int,
-                           print_train_result, run_command, run_scoring_stream,
+                           print_train_result, run_command, run_monitor_stream, run_scoring_stream,
                            training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
@@ -134,12 +136,27 @@ def _add_stream_predict(sub: argparse._SubParsersAction) -> None:
     add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
 
+def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream-monitor", help="Structured Streaming: join later answers, quality per question per window",
+                       description="Answers are JSON records like stream-predict's (the id, the target questions, "
+                                   "event_time: when they were given, epoch ms); each question's accuracy, log "
+                                   "loss and calibration per window go to --metrics.")
+    p.add_argument("--export", required=True, help="the export that made the predictions (its plan's targets)")
+    p.add_argument("--predictions", required=True, help="what `stream-predict --output` writes")
+    p.add_argument("--answers", required=True, help="directory URI answer files land in, or kafka://host:port/topic")
+    p.add_argument("--max-answer-delay-s", type=positive_float, default=86400.0,
+                   help="answers given later than this after the prediction are not joined (default: %(default)s)")
+    add_monitor_args(p)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict, _add_stream_predict):
+    for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict, _add_stream_predict,
+                _add_stream_monitor):
         add(sub)
     return parser
 
@@ -222,8 +239,16 @@ def cmd_stream_predict(args: argparse.Namespace) -> int:
         spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
 
 
+def cmd_stream_monitor(args: argparse.Namespace) -> int:
+    from tfos_jobs.survey import stream
+    steps.check_export(steps.export_plan(args.export), args.export)
+    return run_monitor_stream(args, PROG, lambda spark, labeled, config, windows: stream.stream_monitor(
+        spark, args.export, args.predictions, args.answers, labeled, args.metrics, config,
+        max_delay_s=args.max_answer_delay_s, **windows))
+
+
 COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "stream-predict": cmd_stream_predict}
+            "predict": cmd_predict, "stream-predict": cmd_stream_predict, "stream-monitor": cmd_stream_monitor}
 
 
 def main(argv: list[str] | None = None) -> int:

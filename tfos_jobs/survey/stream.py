@@ -7,13 +7,20 @@ prep's own :func:`tfos_jobs.survey.prep.transform` with the plan published with 
 scored by :func:`tfos_jobs.survey.steps.score_respondents`, as ``tfos-survey predict`` does. A line
 that is not a JSON object, has no id or a bad event time goes to the quarantine with its reason;
 unknown or missing answers are encoded as batch prediction encodes them (as missing), not refused.
+
+Answers given later (the same JSON records, holding the target questions, with the time they were
+given as ``event_time``) label the predictions: :func:`stream_monitor` writes each question's
+accuracy, log loss and calibration per window (:mod:`tfos_jobs.streaming.quality` says how a
+multi-class answer becomes a sketch row).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from tfos_jobs import scoring
 from tfos_jobs.streaming import pipeline
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
+from tfos_jobs.streaming.windows import WindowSpec
 from tfos_jobs.survey import prep, steps
 
 EVENT_TIME = "event_time"
@@ -67,3 +74,98 @@ def stream_predict(spark: Any, export_uri: str, input_uri: str, output_uri: str,
         return steps.score_respondents(good, plan, export_uri, keep=["id", "event_time"], batch_size=batch_size)
     return pipeline.start_scoring(encoded, score=score, output_uri=output_uri, quarantine_uri=quarantine_uri,
                                   config=config)
+
+
+# ------------------------------------------------------------------------------ later answers
+
+
+def prediction_schema(plan: dict) -> Any:
+    """The schema :func:`stream_predict` writes: ``id``, ``event_time``, ``<target>__p_<answer>`` per
+    answer, ``<target>__answer`` per target and the model version."""
+    from pyspark.sql.types import FloatType, StringType, StructField
+    schema = pipeline.prediction_schema()
+    fields = [f for f in schema.fields if f.name != "prediction"]
+    for t in plan["targets"]:
+        fields += [StructField(f"{t['column']}__p_{c}", FloatType()) for c in t["classes"]]
+        fields.append(StructField(f"{t['column']}__answer", StringType()))
+    return type(schema)(fields)
+
+
+def labeled_schema() -> Any:
+    from pyspark.sql.types import DoubleType, StringType, StructField
+    return pipeline.labeled_schema().add(StructField(pipeline.SERIES, StringType())).add(
+        StructField(pipeline.LOSS, DoubleType()))
+
+
+def read_answers(spark: Any, source: str, plan: dict, config: StreamConfig) -> Any:
+    """Later answers (``id``, ``label_time`` and each target's canonical answer) from JSON records
+    like the ones :func:`stream_predict` reads (``event_time``: when the answers were given); records
+    without an id or a time are skipped."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+    rid, targets = id_column(plan), [t["column"] for t in plan["targets"]]
+    fields = list(dict.fromkeys([rid, EVENT_TIME, *targets]))
+    record = F.from_json("value", StructType([StructField(c, StringType()) for c in fields])).alias("r")
+    answers = pipeline.read_lines(spark, source, config).select(record).select(
+        F.col("r")[rid].alias("id"), F.timestamp_millis(F.col("r")[EVENT_TIME].try_cast("bigint")).alias("label_time"),
+        *[prep.canonical_col_of(F.col("r")[c]).alias(f"__a_{i}") for i, c in enumerate(targets)])
+    return answers.where(F.col("label_time").isNotNull() & (F.trim(F.col("id")) != ""))
+
+
+def _per_question(joined: Any, plan: dict) -> Any:
+    """One labeled row per (respondent, target answered with one of its classes): ``label`` 1 when the
+    answer is the predicted one, ``prediction`` the predicted answer's probability, ``loss`` the
+    multi-class log loss of the answer given, ``series`` the question."""
+    from pyspark.sql import functions as F
+    from tfos_jobs.streaming.quality import EPS
+    rows = None
+    for i, t in enumerate(plan["targets"]):
+        answer, q = F.col(f"__a_{i}"), t["column"]
+        probs = F.array(*[F.col(f"`{q}__p_{c}`").cast("double") for c in t["classes"]])
+        given = F.array_position(F.lit(t["classes"]).cast("array<string>"), answer)
+        p_given = F.least(F.greatest(F.element_at(probs, F.greatest(given, F.lit(1)).cast("int")), F.lit(EPS)),
+                          F.lit(1 - EPS))
+        part = joined.where(prep.kind_col(answer, t["codes"]).isNull() & (given > 0)).select(
+            "id", "event_time", F.array_max(probs).cast("float").alias("prediction"), scoring.VERSION_COLUMN,
+            (answer == F.col(f"`{q}__answer`")).cast("float").alias("label"), "label_time",
+            F.lit(q).alias(pipeline.SERIES), (-F.log(p_given)).alias(pipeline.LOSS))
+        rows = part if rows is None else rows.unionByName(part)
+    return rows
+
+
+def start_labeling(predictions: Any, answers: Any, plan: dict, *, output_uri: str, config: StreamConfig,
+                   max_delay_s: float) -> Pipeline:
+    """Join predictions with the answers given up to ``max_delay_s`` after them (Spark's stream-stream
+    inner join: a respondent who never answers has no label, and the watermark on both sides bounds
+    the join's state to ``max_delay_s`` plus the watermark), one row per question answered."""
+    from pyspark.sql import functions as F
+    if max_delay_s <= 0:
+        raise ValueError(f"max_delay_s must be positive, got {max_delay_s}")
+    delay = f"{config.watermark_s} seconds"
+    pipeline.use_state_partitions(predictions, config)
+    p = predictions.withWatermark("event_time", delay).alias("p")
+    a = answers.withColumnRenamed("id", "answer_id").withWatermark("label_time", delay).alias("a")
+    joined = p.join(a, F.expr(f"answer_id = id AND label_time >= event_time AND "
+                              f"label_time <= event_time + INTERVAL {float(max_delay_s)} SECONDS"), "inner")
+    # one file per micro-batch, as the clicks' labeling does (pipeline.start_labeling says why)
+    return Pipeline([pipeline.start_parquet(_per_question(joined, plan).coalesce(1), output_uri, config, "labeled")])
+
+
+def stream_monitor(spark: Any, export_uri: str, predictions_uri: str, answers_uri: str, labeled_uri: str,
+                   metrics_uri: str, config: StreamConfig, *, max_delay_s: float = 86400.0,
+                   sliding: Sequence[tuple[float, float]] = ((3600.0, 900.0),), spec: WindowSpec = WindowSpec(),
+                   console: bool = True) -> Pipeline:
+    """Join the predictions at ``predictions_uri`` with the answers landing at ``answers_uri`` (into
+    ``labeled_uri``) and write each question's accuracy, log loss and calibration per window to
+    ``metrics_uri`` (one metrics series per question)."""
+    plan = steps.export_plan(export_uri)
+    labeling = start_labeling(
+        pipeline.read_predictions(spark, predictions_uri, config, schema=prediction_schema(plan)),
+        read_answers(spark, answers_uri, plan, config), plan, output_uri=labeled_uri, config=config,
+        max_delay_s=max_delay_s)
+    if config.trigger == pipeline.AVAILABLE_NOW:   # a catch-up run: label everything there first
+        labeling.wait()
+    labeled = pipeline.read_predictions(spark, labeled_uri, config, schema=labeled_schema())
+    monitor = pipeline.start_monitor(labeled, metrics_uri=metrics_uri, config=config, sliding=sliding,
+                                     spec=spec, console=console)
+    return Pipeline(labeling.queries + monitor.queries)
