@@ -68,7 +68,7 @@ def job_session(args: argparse.Namespace, prog: str, executors: int) -> Any:
 
 def trigger(text: str) -> Any:
     """``--trigger``: seconds between micro-batches, or ``available-now``."""
-    from tfos_jobs.streaming.pipeline import AVAILABLE_NOW
+    from tfos_jobs.streaming.pipeline import AVAILABLE_NOW   # lazy: ~3 s of imports the other commands skip
     return AVAILABLE_NOW if text == AVAILABLE_NOW else Kind(f"positive seconds or {AVAILABLE_NOW!r}", float,
                                                              lambda v: v > 0)(text)
 
@@ -98,7 +98,8 @@ def window_pairs(text: str) -> tuple:
         if not pairs or any(len(p) != 2 or not 0 < p[1] <= p[0] for p in pairs):
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LENGTH_S:SLIDE_S[,...] with 0 < slide <= length, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected LENGTH_S:SLIDE_S[,...] with 0 < slide <= length, got {text!r}") from None
     return pairs
 
 
@@ -120,7 +121,7 @@ def run_monitor_stream(args: argparse.Namespace, prog: str, start: Callable[...,
     """A job's monitoring command (``stream-monitor``): ``start(spark, labeled_uri, config,
     windows)`` starts the job's labeling and monitoring queries (``windows``: the keyword arguments
     of :func:`~tfos_jobs.streaming.pipeline.start_monitor`); they run as :func:`run_stream` says."""
-    from tfos_jobs.streaming.windows import CALENDAR, WindowSpec, logarithmic
+    from tfos_jobs.streaming.windows import CALENDAR, WindowSpec, logarithmic   # lazy, as in trigger()
     config = stream_config(args)
     windows = {"sliding": args.sliding, "console": not args.quiet, "spec": WindowSpec(
         half_life_s=args.half_life_s, tilted=CALENDAR if args.tilted == "calendar" else logarithmic(900, 8))}
@@ -134,7 +135,7 @@ def run_monitor_stream(args: argparse.Namespace, prog: str, start: Callable[...,
 
 
 def stream_config(args: argparse.Namespace) -> Any:
-    from tfos_jobs.streaming.pipeline import StreamConfig
+    from tfos_jobs.streaming.pipeline import StreamConfig   # lazy, as in trigger()
     return StreamConfig(checkpoint=absolute(args.checkpoint), trigger=args.trigger,
                         max_files_per_trigger=args.max_files_per_trigger, watermark_s=args.watermark_s,
                         state_partitions=args.state_partitions)

@@ -28,9 +28,10 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args, run_monitor_stream, run_scoring_stream, dropout_rate, fraction, job_session, layer_sizes,  # noqa: E402
-                           non_negative_float, non_negative_int, positive_float, positive_int, print_train_result, run_command,
-                           training_configs)
+from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
+                           dropout_rate, fraction, job_session, layer_sizes, non_negative_float, non_negative_int,
+                           positive_float, positive_int, print_train_result, run_command, run_monitor_stream,
+                           run_scoring_stream, training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
 from tfos_jobs.ctr import prep, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
@@ -278,7 +279,7 @@ def cmd_stream_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_report(args: argparse.Namespace) -> int:
-    from tfos_jobs.streaming import report
+    from tfos_jobs.streaming import report   # lazy: ~3 s of streaming imports the other commands skip
     mark = synthetic.read_report(args.stream).get("drift_at_ms") if args.stream else None
     summary = report.plot_auc(args.metrics, args.out, mark_ms=mark)
     print(json.dumps({"out": args.out, "drift_at_ms": mark, "series": summary}, sort_keys=True))

@@ -27,8 +27,8 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args, bounded_number, dropout_rate,  # noqa: E402
-                           job_session, layer_sizes, non_negative_float, positive_float, positive_int,
+from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
+                           bounded_number, dropout_rate, job_session, layer_sizes, non_negative_float, positive_float, positive_int,
                            print_train_result, run_command, run_monitor_stream, run_scoring_stream,
                            training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
@@ -137,7 +137,8 @@ def _add_stream_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stream-monitor", help="Structured Streaming: join later answers, quality per question per window",
+    p = sub.add_parser("stream-monitor",
+                       help="Structured Streaming: join later answers, quality per question per window",
                        description="Answers are JSON records like stream-predict's (the id, the target questions, "
                                    "event_time: when they were given, epoch ms); each question's accuracy, log "
                                    "loss and calibration per window go to --metrics.")
@@ -233,14 +234,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_predict(args: argparse.Namespace) -> int:
-    from tfos_jobs.survey import stream
+    from tfos_jobs.survey import stream   # lazy: ~2 s of streaming imports the other commands skip
     steps.check_export(steps.export_plan(args.export), args.export)   # before Spark: not an export is the error
     return run_scoring_stream(args, PROG, lambda spark, quarantine, config: stream.stream_predict(
         spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
 
 
 def cmd_stream_monitor(args: argparse.Namespace) -> int:
-    from tfos_jobs.survey import stream
+    from tfos_jobs.survey import stream   # lazy, as in cmd_stream_predict
     steps.check_export(steps.export_plan(args.export), args.export)
     return run_monitor_stream(args, PROG, lambda spark, labeled, config, windows: stream.stream_monitor(
         spark, args.export, args.predictions, args.answers, labeled, args.metrics, config,

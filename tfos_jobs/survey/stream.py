@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from tfos_jobs import scoring
-from tfos_jobs.streaming import pipeline
+from tfos_jobs.streaming import pipeline, quality
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
 from tfos_jobs.streaming.windows import WindowSpec
 from tfos_jobs.survey import prep, steps
@@ -117,14 +117,13 @@ def _per_question(joined: Any, plan: dict) -> Any:
     answer is the predicted one, ``prediction`` the predicted answer's probability, ``loss`` the
     multi-class log loss of the answer given, ``series`` the question."""
     from pyspark.sql import functions as F
-    from tfos_jobs.streaming.quality import EPS
     rows = None
     for i, t in enumerate(plan["targets"]):
         answer, q = F.col(f"__a_{i}"), t["column"]
         probs = F.array(*[F.col(f"`{q}__p_{c}`").cast("double") for c in t["classes"]])
         given = F.array_position(F.lit(t["classes"]).cast("array<string>"), answer)
-        p_given = F.least(F.greatest(F.element_at(probs, F.greatest(given, F.lit(1)).cast("int")), F.lit(EPS)),
-                          F.lit(1 - EPS))
+        p_given = F.least(F.greatest(F.element_at(probs, F.greatest(given, F.lit(1)).cast("int")), F.lit(quality.EPS)),
+                          F.lit(1 - quality.EPS))
         part = joined.where(prep.kind_col(answer, t["codes"]).isNull() & (given > 0)).select(
             "id", "event_time", F.array_max(probs).cast("float").alias("prediction"), scoring.VERSION_COLUMN,
             (answer == F.col(f"`{q}__answer`")).cast("float").alias("label"), "label_time",
