@@ -502,6 +502,60 @@ def test_readers_without_the_protocol_see_no_data_at_the_uri(root, tmp_path):
     assert got.sort_by("id").equals(table(2).sort_by("id"))
 
 
+
+def _model_version_dir(tmp_path, tag: str) -> str:
+    """A local directory in TF Serving's layout (what a numbered export publishes)."""
+    d = tmp_path / f"model-{tag}-{os.urandom(3).hex()}"
+    (d / "variables").mkdir(parents=True)
+    (d / "variables" / "variables.index").write_bytes(tag.encode() * 10)
+    (d / "saved_model.pb").write_bytes(b"pb-" + tag.encode())
+    (d / "metrics.json").write_text(json.dumps({"tag": tag}))
+    return str(d)
+
+
+def test_numbered_versions_are_write_once_and_a_crashed_one_is_passed_over(root, tmp_path, monkeypatch):
+    """``publish_once`` (``--version auto``): each number is written once; a version cut off while
+    being written has no ``_SUCCESS`` (and, on S3, no ``saved_model.pb`` either: it is written last
+    but ``_SUCCESS``), readers pass over it and the next number goes beyond it."""
+    from tfos_jobs.export import export_dir, next_version, versions as numbered
+    first = hdfs_io.publish_once(_model_version_dir(tmp_path, "a"), hdfs_io.join(root, "1"), last=("saved_model.pb",))
+    with pytest.raises(FileExistsError):
+        hdfs_io.publish_once(_model_version_dir(tmp_path, "b"), first, last=("saved_model.pb",))
+    assert content(first)["saved_model.pb"] == b"pb-a"
+    written = []
+    real_open = hdfs_io.fs.open
+
+    def open_then_fail_at_the_second_file(uri, mode="rb", *a, **k):
+        if "w" in mode:
+            written.append(uri.rsplit("/", 1)[-1])
+            if len(written) == 2:
+                raise Injected(uri)
+        return real_open(uri, mode, *a, **k)
+
+    real_upload = hdfs_io.fs.upload
+
+    def upload_then_fail(local, uri, *a, **k):              # rename stores: cut off inside the hidden copy
+        real_upload(local, uri, *a, **k)
+        raise Injected(uri)
+
+    atomic = backends.resolve(root)[0].caps.atomic_rename
+    with monkeypatch.context() as mp:
+        if atomic:
+            mp.setattr(hdfs_io.fs, "upload", upload_then_fail)
+        else:
+            mp.setattr(hdfs_io.fs, "open", open_then_fail_at_the_second_file)
+        mp.setattr(hdfs_io.fs, "delete", lambda *a, **k: None)     # a kill: nothing is tidied up
+        with pytest.raises(Injected):
+            hdfs_io.publish_once(_model_version_dir(tmp_path, "c"), hdfs_io.join(root, "2"), last=("saved_model.pb",))
+    assert numbered(root) in ({1: True, 2: False}, {1: True}), numbered(root)
+    if not atomic:
+        assert "saved_model.pb" not in written + entries(hdfs_io.join(root, "2")), written   # 3 files: it is last
+    assert export_dir(root) == first and next_version(root) == (3 if 2 in numbered(root) else 2)
+    third = hdfs_io.publish_once(_model_version_dir(tmp_path, "d"), hdfs_io.join(root, str(next_version(root))),
+                                 last=("saved_model.pb",))
+    assert export_dir(root) == third and content(third)["saved_model.pb"] == b"pb-d"
+
+
 # ------------------------------------------------------------------------------------ SIGKILL
 CHILD = r"""
 import os, sys, time
