@@ -86,11 +86,13 @@ def check_prep_target(uri: str, kind: str, marker: str, overwrite: bool) -> None
                           "(wrong --output? delete it first if you really mean it)")
 
 
-def first_failure(checks: list[tuple[Any, Any, Any]]) -> tuple[Any, Any]:
+def first_failure(checks: list[tuple[Any, Any, Any]], passes: Any = None) -> tuple[Any, Any]:
     """``(reason_code, reason)`` columns: the first failing check's code and message, null when all pass.
 
     ``checks`` is a list of ``(bad_condition, code, message)``; ``code`` and ``message`` may be
-    strings or string columns. A null condition counts as passing.
+    strings or string columns. A null condition counts as passing. ``passes``, when given, is a cheap
+    condition that is true only for rows that pass every check: such rows skip the checks (each of the
+    two columns evaluates them all for a good row).
     """
     from pyspark.sql import functions as F
 
@@ -100,6 +102,9 @@ def first_failure(checks: list[tuple[Any, Any, Any]]) -> tuple[Any, Any]:
         return F.lit(None).cast("string"), F.lit(None).cast("string")
     code = F.coalesce(*[F.when(cond, as_col(c)) for cond, c, _ in checks])
     message = F.coalesce(*[F.when(cond, as_col(m)) for cond, _, m in checks])
+    if passes is not None:
+        skip = F.coalesce(passes, F.lit(False))
+        code, message = F.when(~skip, code), F.when(~skip, message)
     return code, message
 
 

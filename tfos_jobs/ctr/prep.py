@@ -64,7 +64,7 @@ def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, li
         value = field(offset + schema.NUM_INTEGER + j)
         checks.append(((value != "") & ~value.rlike(schema.CATEGORICAL_PATTERN), name,
                        F.concat(F.lit(f"{name} is not a hex string: '"), F.substring(value, 1, 40), F.lit("'"))))
-    code, message = sparkprep.first_failure(checks)
+    code, message = sparkprep.first_failure(checks, passes=F.col("line").rlike(schema.line_pattern(labeled)))
     columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason"), *carry]
     if labeled:
         columns.append(field(0).try_cast("float").alias(schema.LABEL))
