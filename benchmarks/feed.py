@@ -87,7 +87,7 @@ def local_main(path, epochs, batch_size):
                     cols = {n: batch.column(n).to_numpy() for n in FEATURES}
                     yield cols, batch.column("label").to_numpy()
     rows, begun = 0, time.time()
-    from tfos_jobs.tfnode.datasets import no_autotune
+    from tfos_jobs.tfnode.feed import no_autotune
     dataset = tf.data.Dataset.from_generator(chunks, output_signature=sig).rebatch(batch_size)
     for _, labels in dataset.with_options(no_autotune()).prefetch(2):
         rows += int(labels.shape[0])

@@ -16,17 +16,6 @@ def split_labels(source, batch: dict):
     return features, {name: batch[name] for name in source.labels}
 
 
-def no_autotune():  # -> tf.data.Options
-    """tf.data options with autotuning off. Its model thread sleeps in doubling periods (10 ms, 20 ms, ...
-    5.12 s in all) that deleting the iterator waits out: a worker's TF process then outlives its last
-    step by up to seconds, which is what a slow shutdown or feed end measured. ``AUTOTUNE`` parallelism
-    then means one call per schedulable core."""
-    import tensorflow as tf
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
-
-
 def streaming_dataset(source, files: list, batch_size: int):
     """A worker's shard streamed from storage (MWMS): dict of column tensors per batch.
 
@@ -34,8 +23,7 @@ def streaming_dataset(source, files: list, batch_size: int):
     batches differ in size."""
     import tensorflow as tf
     dataset = hdfs_io.tf_dataset(files, list(source.columns), batch_size=batch_size, drop_remainder=True)
-    return (dataset.map(lambda batch: split_labels(source, batch), num_parallel_calls=tf.data.AUTOTUNE)
-            .with_options(no_autotune()))
+    return dataset.map(lambda batch: split_labels(source, batch), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def staged_dataset(source, dtypes: dict, pattern):
@@ -50,5 +38,4 @@ def staged_dataset(source, dtypes: dict, pattern):
     files = tf.io.matching_files(pattern)
     return (tf.data.TFRecordDataset(files)
             .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .map(lambda batch: split_labels(source, batch))
-            .with_options(no_autotune()))
+            .map(lambda batch: split_labels(source, batch)))

@@ -18,6 +18,12 @@ from tfos_jobs.tfnode.progress import Progress, finish_on_chief
 # TensorFlow is imported inside the functions: this module is imported by the node process before
 # TF_CONFIG and the thread settings are final.
 
+# Input iterators are kept, never deleted, until the TF process ends with os._exit (tfnode/__main__):
+# deleting a distributed tf.data iterator waits for its background threads, and took 2.2-3.5 s in 3 of
+# 5 runs of benchmarks/runtime.py (2026-12-06), after the last step: on the chief before evaluation
+# and export, on a worker before it reports done. Autotuning off did not shorten it.
+_KEPT_UNTIL_EXIT: list = []
+
 
 def _model_state(node, strategy):
     import tensorflow as tf
@@ -105,6 +111,7 @@ def train_multi_worker(node, control) -> dict:
         iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
         train_steps = _mwms_step_function(node, strategy, model, optimizer, step, last_loss, data.finite)
         outcome = _run_mwms(node, control, checkpoints, train_steps, iterator, int(step.numpy()), total)
+        _KEPT_UNTIL_EXIT.append(iterator)
         extra = data.metrics()
     current, loss, rate, progress = outcome
     if not node.is_chief:
@@ -206,6 +213,7 @@ def train_parameter_server(node, control) -> dict:
     train_steps = _ps_step_function(node, strategy, model, optimizer)
     progress = Progress(node, control, int(step.numpy()), total)
     loss, rate = _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total)
+    _KEPT_UNTIL_EXIT.append(iterator)
     result = finish_on_chief(node, model, progress, total, loss, rate)
     result["metrics"].update(reader.metrics(rows))
     return result
