@@ -22,15 +22,16 @@ FEATURES = DENSE_FEATURES + CATEGORICAL
 # Validation rules (also used, as regular expressions, by the Spark prep).
 _INTEGER = r"-?[0-9]{1,18}"
 _CATEGORICAL = r"[0-9A-Fa-f]{1,16}"
+_LABEL = r"[01]"
 INTEGER_PATTERN = f"^{_INTEGER}$"
 CATEGORICAL_PATTERN = f"^{_CATEGORICAL}$"
-LABEL_PATTERN = r"^[01]$"
+LABEL_PATTERN = f"^{_LABEL}$"
 
 
 def line_pattern(labeled: bool = True) -> str:
     """One regular expression that a line matches only when every field passes its rule above (each
     integer or categorical field may also be empty). The prep tries it first: one match per good line
     instead of a check per field; the per-field checks name the reason only for lines that fail it."""
-    fields = ([LABEL_PATTERN[1:-1]] if labeled else []) + [f"(?:{_INTEGER})?"] * NUM_INTEGER \
+    fields = ([_LABEL] if labeled else []) + [f"(?:{_INTEGER})?"] * NUM_INTEGER \
         + [f"(?:{_CATEGORICAL})?"] * len(CATEGORICAL)
     return "^" + "\t".join(fields) + "$"
