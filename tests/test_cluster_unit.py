@@ -1,6 +1,7 @@
 """Fast checks of the pseudo-cluster package that start no service."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -169,6 +170,15 @@ def test_kafka_storage_is_formatted_only_once(tmp_path):
     lay.kafka_data.mkdir(parents=True)
     (lay.kafka_data / "meta.properties").write_text("node.id=1\n")
     assert kafka.initialized()
+
+
+def test_kafka_cluster_id_never_reads_as_an_option(tmp_path):
+    # CI once drew a home whose id began with '-': kafka-storage took it for a flag and refused.
+    ids = [config.kafka_cluster_id(config.Layout(tmp_path / f"h{i}")) for i in range(2000)]
+    starts = {i[0] for i in ids}
+    assert "-" not in starts and "_" not in starts, sorted(starts)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 def test_kafka_health_reports_a_closed_port_without_raising(tmp_path):

@@ -379,9 +379,14 @@ KAFKA_NODE_ID = 1
 
 
 def kafka_cluster_id(lay: Layout) -> str:
-    """A KRaft cluster id (22 characters of URL-safe base64, 16 bytes) fixed for this cluster home."""
-    digest = hashlib.sha256(str(lay.home).encode()).digest()[:16]
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    """A KRaft cluster id (22 characters of URL-safe base64, 16 bytes) fixed for this cluster home.
+
+    The first byte's top bit is cleared so the id never starts with '-' (one home in 64 did): the
+    storage tool's argument parser would read such an id as an option and refuse to format.
+    """
+    digest = bytearray(hashlib.sha256(str(lay.home).encode()).digest()[:16])
+    digest[0] &= 0x7F
+    return base64.urlsafe_b64encode(bytes(digest)).decode().rstrip("=")
 
 
 def kafka_server_properties(lay: Layout, opts: Options) -> dict:
