@@ -109,9 +109,9 @@ def train_multi_worker(node, control) -> dict:
                                                                               config.scaling)
         require_new_steps(node, int(step.numpy()), total)
         iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
+        _KEPT_UNTIL_EXIT.append(iterator)   # from the start: a loop that raises must not wait on it either
         train_steps = _mwms_step_function(node, strategy, model, optimizer, step, last_loss, data.finite)
         outcome = _run_mwms(node, control, checkpoints, train_steps, iterator, int(step.numpy()), total)
-        _KEPT_UNTIL_EXIT.append(iterator)
         extra = data.metrics()
     current, loss, rate, progress = outcome
     if not node.is_chief:
@@ -210,10 +210,10 @@ def train_parameter_server(node, control) -> dict:
         return staged_dataset(reader, reader.dtypes, tf.strings.format(stage_pattern, index)).repeat().prefetch(2)
 
     iterator = iter(coordinator.create_per_worker_dataset(dataset_fn))
+    _KEPT_UNTIL_EXIT.append(iterator)   # from the start: a loop that raises must not wait on it either
     train_steps = _ps_step_function(node, strategy, model, optimizer)
     progress = Progress(node, control, int(step.numpy()), total)
     loss, rate = _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total)
-    _KEPT_UNTIL_EXIT.append(iterator)
     result = finish_on_chief(node, model, progress, total, loss, rate)
     result["metrics"].update(reader.metrics(rows))
     return result
