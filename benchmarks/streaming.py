@@ -1,10 +1,15 @@
 """Streaming scoring against batch scoring of the same rows (not a test; the last line is one JSON object).
 
 * ``stream_rows_per_s``: ``stream-score`` with ``available-now`` over impression files already landed
-  (encoding, scoring, exactly-once file sink, quarantine query); ``batch_rows_per_s``: the same rows
-  read, encoded and scored by the batch path (``score_dataframe``) into Parquet, in the same run, on the
-  same Spark, each after one warm-up run. ``ratio_vs_batch`` = stream / batch (goal >= 0.8); the
-  stream reads every file twice (the predictions and the quarantine query each parse it).
+  (encoding, scoring, exactly-once file sink, quarantine query). ``batch_rows_per_s``: the same records
+  as Criteo lines (the impression's id and time cut off) scored by the batch ``score`` step as
+  ``tfos-ctr score --format criteo --unlabeled`` runs it (a pass that counts malformed lines, then
+  the scoring pass, written atomically). ``ratio_vs_batch`` = stream / batch (goal >= 0.8). Both read
+  and validate every record twice: the stream's quarantine query and the batch's count each parse it.
+* ``scoring_only``: a stricter baseline with no validation pass of its own: ``score_dataframe`` of the
+  impressions' good rows into Parquet (what the two paths share), and the stream's ratio to it.
+* All three run in the same run, on the same Spark, each after one warm-up run,
+  ``--repeat`` times interleaved; the figures are medians, ``seconds`` lists every run.
 * ``latency_s.p50/p95``: files of ``--latency-rows`` impressions land every ``--land-every-s``
   seconds while the query runs with ``--trigger-s``; a record's latency is from its file landing
   (atomic rename) to the commit of the micro-batch that scored it (the checkpoint's ``commits/<n>``).
@@ -28,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hdfs_io  # noqa: E402
 from tfos_jobs import scoring  # noqa: E402
-from tfos_jobs.ctr import schema, stream, synthetic  # noqa: E402
+from tfos_jobs.ctr import schema, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig, build_model  # noqa: E402
 from tfos_jobs.export import publish_export  # noqa: E402
 from tfos_jobs.spark import local_cluster_master, spark_session  # noqa: E402
@@ -47,7 +52,24 @@ def make_export(root):
     return uri
 
 
-def batch_score(spark, export, impressions, out):
+def as_criteo_lines(impressions, out):
+    """The impressions' records as unlabeled Criteo lines (the batch ``score`` step's input format)."""
+    os.makedirs(out)
+    for name in sorted(os.listdir(impressions)):
+        if name.startswith(("_", ".")):
+            continue
+        with open(os.path.join(impressions, name)) as src, open(os.path.join(out, name), "w") as dst:
+            dst.writelines(line.split("\t", 2)[2] if line.count("\t") >= 2 else line for line in src)
+    return out
+
+
+def batch_cli(spark, export, criteo, out):
+    started = time.monotonic()
+    result = steps.score(spark, export, f"file://{criteo}", f"file://{out}", input_format="criteo", labeled=False)
+    return time.monotonic() - started, result["rows"]
+
+
+def scoring_only(spark, export, impressions, out):
     from pyspark.sql import functions as F
     lines = spark.read.text(f"file://{impressions}").withColumn("source", F.lit(""))
     good = stream.encode_impressions(lines, BUCKETS).where("reason_code IS NULL")
@@ -136,6 +158,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs of each side (medians reported)")
     parser.add_argument("--latency-rows", type=int, default=2000, help="impressions per landing file")
     parser.add_argument("--latency-files", type=int, default=15)
     parser.add_argument("--land-every-s", type=float, default=3.0)
@@ -148,18 +171,29 @@ def main():
         impressions = os.path.join(hdfs_io.resolve(os.path.join(root, "gen")), "impressions")
         export = make_export(root)
         spark = spark_session(local_cluster_master(executors=2, memory_mb=2048), app_name="bench-streaming")
-        batch_score(spark, export, impressions, os.path.join(root, "warm"))   # JVM, workers and model warm
-        batch_s = batch_score(spark, export, impressions, os.path.join(root, "batch"))
-        stream_throughput(spark, export, impressions, os.path.join(root, "warm-stream"))   # as the batch: warm
-        stream_s = stream_throughput(spark, export, impressions, root)
+        criteo = as_criteo_lines(impressions, os.path.join(root, "criteo"))
+        batch_cli(spark, export, criteo, os.path.join(root, "warm-cli"))   # JVM, workers and model warm
+        scoring_only(spark, export, impressions, os.path.join(root, "warm"))
+        stream_throughput(spark, export, impressions, os.path.join(root, "warm-stream"))
+        times = {"batch": [], "scoring_only": [], "stream": []}
+        for r in range(args.repeat):      # interleaved, so a slow spell of the machine hits all three
+            seconds, batch_rows = batch_cli(spark, export, criteo, os.path.join(root, f"batch-cli-{r}"))
+            times["batch"].append(seconds)
+            times["scoring_only"].append(scoring_only(spark, export, impressions, os.path.join(root, f"batch-{r}")))
+            times["stream"].append(stream_throughput(spark, export, impressions, os.path.join(root, f"stream-{r}")))
+        batch_s, scoring_s, stream_s = (float(np.median(times[k])) for k in ("batch", "scoring_only", "stream"))
         latencies = stream_latency(spark, export, root, args.latency_rows, args.latency_files,
                                    args.land_every_s, args.trigger_s)
         small, large = state_bytes(100_000), state_bytes(1_000_000)
         rows = gen["well_formed"]
+        if batch_rows != rows:
+            raise SystemExit(f"batch score wrote {batch_rows} rows, the stream's good rows are {rows}")
         result = {
             "rows": rows, "files": args.files, "spark": "local-cluster[2,1,2048]",
             "batch_rows_per_s": round(rows / batch_s), "stream_rows_per_s": round(rows / stream_s),
             "ratio_vs_batch": round(batch_s / stream_s, 3),
+            "seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "scoring_only": {"rows_per_s": round(rows / scoring_s), "stream_ratio": round(scoring_s / stream_s, 3)},
             "latency_s": {"p50": round(float(np.percentile(latencies, 50)), 2),
                           "p95": round(float(np.percentile(latencies, 95)), 2),
                           "trigger_s": args.trigger_s, "land_every_s": args.land_every_s,
