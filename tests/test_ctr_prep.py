@@ -90,27 +90,3 @@ def test_check_bad_fraction_unit():
         gprep.check_bad_fraction(100, 2, 0.01, {"label": 2}, what="in.tsv")
     with pytest.raises(gprep.BadInputError, match="no rows"):
         gprep.check_bad_fraction(0, 0, 0.5)
-
-
-def test_whole_line_fast_path_gives_the_per_field_reasons(local_spark, monkeypatch):
-    """parse() tries one whole-line pattern before the per-field checks: on lines at every rule's edge
-    its output equals the output of the per-field checks alone."""
-    from tfos_jobs.ctr.prep import parse
-    good = ["1"] + ["-12"] * 13 + ["a1B2"] * 26
-
-    def line(**changes):
-        fields = list(good)
-        for index, value in changes.items():
-            fields[int(index[1:])] = value
-        return "\t".join(fields)
-    lines = [line(), line(f1="", f39=""), line(f2="9" * 18), line(f2="9" * 19), line(f3="-"), line(f4="1.5"),
-             line(f14="f" * 16), line(f14="f" * 17), line(f15="xyz"), line(f0="2"), line(f0=""), line() + "\r",
-             line() + "\t", "\t".join(good[:-1]), line(f20="ab\n"), line(f39="ab\n"), line(f5="12\n"), ""]
-    df = local_spark.createDataFrame([(v,) for v in lines], "value string")
-    columns = ["reason_code", "reason", "label"] + schema.FEATURES
-    fast = [tuple(r) for r in parse(df, hash_buckets=100).select(*columns).collect()]
-    monkeypatch.setattr(schema, "line_pattern", lambda labeled=True: "(?!)")   # never matches
-    checked = [tuple(r) for r in parse(df, hash_buckets=100).select(*columns).collect()]
-    assert fast == checked
-    codes = [r[0] for r in fast]
-    assert codes[:3] == [None, None, None] and codes[3] == "I2" and codes[7] == "C1" and codes[9] == "label", codes

@@ -21,6 +21,7 @@ from typing import Any
 import hdfs_io
 from tfos_jobs import sparkprep
 from tfos_jobs.ctr import schema
+from tfos_jobs.encoding import spark_columns
 
 # pyspark (heavy) is imported inside the functions that build Spark columns.
 REPORT_FILE = "prep.json"
@@ -36,47 +37,10 @@ def parse(df: Any, hash_buckets: int = DEFAULT_BUCKETS, labeled: bool = True, li
 
     Returns a DataFrame with ``line``, ``source``, ``reason_code``, ``reason`` (null when good), the
     ``carry`` columns of ``df`` as they are, the feature columns (:data:`schema.FEATURES`) and, when
-    ``labeled``, ``label`` (float32). Batch prep and streaming scoring both encode with this.
+    ``labeled``, ``label`` (float32). Batch prep and batch and streaming scoring all encode with this;
+    the online server runs the same :func:`schema.encoding` on single records.
     """
-    from pyspark.sql import functions as F
-    if hash_buckets < 2:
-        raise ValueError(f"hash_buckets must be at least 2, got {hash_buckets}")
-    line = F.regexp_replace(F.col(line_column), "\r$", "")
-    source = F.col("source") if "source" in df.columns else F.lit("")
-    df = df.select(line.alias("line"), source.alias("source"), *carry)
-    fields = F.split(F.col("line"), "\t", -1)
-    df = df.withColumn("_f", fields)
-    offset = 1 if labeled else 0
-    expected = schema.NUM_FIELDS - (0 if labeled else 1)
-
-    def field(i):
-        return F.get(F.col("_f"), i)
-    checks = [(F.size("_f") != expected, "field_count",
-               F.concat(F.lit(f"expected {expected} tab-separated fields, found "), F.size("_f").cast("string")))]
-    if labeled:
-        checks.append((~field(0).rlike(schema.LABEL_PATTERN), "label",
-                       F.concat(F.lit("label must be 0 or 1, found '"), F.substring(field(0), 1, 20), F.lit("'"))))
-    for i, name in enumerate(schema.INTEGER):
-        value = field(offset + i)
-        checks.append(((value != "") & ~value.rlike(schema.INTEGER_PATTERN), name,
-                       F.concat(F.lit(f"{name} is not an integer: '"), F.substring(value, 1, 40), F.lit("'"))))
-    for j, name in enumerate(schema.CATEGORICAL):
-        value = field(offset + schema.NUM_INTEGER + j)
-        checks.append(((value != "") & ~value.rlike(schema.CATEGORICAL_PATTERN), name,
-                       F.concat(F.lit(f"{name} is not a hex string: '"), F.substring(value, 1, 40), F.lit("'"))))
-    code, message = sparkprep.first_failure(checks, passes=F.col("line").rlike(schema.line_pattern(labeled)))
-    columns = [F.col("line"), F.col("source"), code.alias("reason_code"), message.alias("reason"), *carry]
-    if labeled:
-        columns.append(field(0).try_cast("float").alias(schema.LABEL))
-    for i, name in enumerate(schema.INTEGER):
-        raw = F.when(field(offset + i) != "", field(offset + i)).try_cast("bigint").cast("double")
-        columns.append(F.coalesce(F.signum(raw) * F.log1p(F.abs(raw)), F.lit(0.0)).cast("float").alias(name))
-        columns.append(raw.isNull().cast("float").alias(name + schema.MISSING_SUFFIX))
-    for j, name in enumerate(schema.CATEGORICAL):
-        value = F.lower(field(offset + schema.NUM_INTEGER + j))
-        hashed = F.pmod(F.xxhash64(F.lit(j), value), F.lit(hash_buckets - 1)) + 1
-        columns.append(F.when((value == "") | value.isNull(), F.lit(0)).otherwise(hashed).cast("bigint").alias(name))
-    return df.select(*columns)
+    return spark_columns.encode(df, schema.encoding(hash_buckets, labeled), record_column=line_column, carry=carry)
 
 
 def read_lines(spark: Any, input_uri: str) -> Any:

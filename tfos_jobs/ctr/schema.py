@@ -3,6 +3,8 @@
 A raw row is one line, tab-separated: ``label``, 13 integer features, 26 categorical features (hashed
 values written as hex strings). Any feature may be empty (missing); the label may not.
 """
+from tfos_jobs.encoding.spec import HashedBucket, Number, RecordEncoding, Rule, SignedLog1p
+
 NUM_INTEGER = 13
 NUM_CATEGORICAL = 26
 NUM_FIELDS = 1 + NUM_INTEGER + NUM_CATEGORICAL
@@ -19,19 +21,27 @@ INTEGER_MISSING = [f"{name}{MISSING_SUFFIX}" for name in INTEGER]
 DENSE_FEATURES = INTEGER + INTEGER_MISSING
 FEATURES = DENSE_FEATURES + CATEGORICAL
 
-# Validation rules (also used, as regular expressions, by the Spark prep).
+# Validation rules: regular expression bodies (Java and Python share this syntax).
 _INTEGER = r"-?[0-9]{1,18}"
 _CATEGORICAL = r"[0-9A-Fa-f]{1,16}"
 _LABEL = r"[01]"
-INTEGER_PATTERN = f"^{_INTEGER}$"
-CATEGORICAL_PATTERN = f"^{_CATEGORICAL}$"
-LABEL_PATTERN = f"^{_LABEL}$"
 
 
-def line_pattern(labeled: bool = True) -> str:
-    """One regular expression that a line matches only when every field passes its rule above (each
-    integer or categorical field may also be empty). The prep tries it first: one match per good line
-    instead of a check per field; the per-field checks name the reason only for lines that fail it."""
-    fields = ([_LABEL] if labeled else []) + [f"(?:{_INTEGER})?"] * NUM_INTEGER \
-        + [f"(?:{_CATEGORICAL})?"] * len(CATEGORICAL)
-    return "^" + "\t".join(fields) + "$"
+def encoding(hash_buckets: int, labeled: bool = True) -> RecordEncoding:
+    """The row format and the prepped features as one declarative encoding: Spark runs it in prep and
+    in batch and streaming scoring (:mod:`tfos_jobs.encoding.spark_columns`), the online server runs
+    it on single records (:mod:`tfos_jobs.encoding.arrays`)."""
+    if hash_buckets < 2:
+        raise ValueError(f"hash_buckets must be at least 2, got {hash_buckets}")
+    offset = 1 if labeled else 0
+    rules = [Rule(LABEL, 0, _LABEL, "label must be 0 or 1, found '", quote=20, allow_empty=False)] if labeled else []
+    features: list = [Number(LABEL, 0)] if labeled else []
+    for i, name in enumerate(INTEGER):
+        rules.append(Rule(name, offset + i, _INTEGER, f"{name} is not an integer: '"))
+        features.append(SignedLog1p(name, offset + i, name + MISSING_SUFFIX))
+    for j, name in enumerate(CATEGORICAL):
+        index = offset + NUM_INTEGER + j
+        rules.append(Rule(name, index, _CATEGORICAL, f"{name} is not a hex string: '"))
+        features.append(HashedBucket(name, index, salt=j, buckets=hash_buckets))
+    return RecordEncoding("\t", NUM_FIELDS - (0 if labeled else 1), tuple(rules), tuple(features))
+
