@@ -161,6 +161,15 @@ def test_predict_rows_and_columns_equal_the_model_in_process(served, exports):
                                 {"inputs": {k: v.tolist() for k, v in encoded.items()}})
     assert code == 200, cols
     np.testing.assert_allclose(np.array(cols["outputs"]), expected, rtol=1e-6)
+    # KServe's Open Inference Protocol v2
+    tensors = [{"name": k, "shape": [7], "datatype": "INT64" if v.dtype == np.int64 else "FP32", "data": v.tolist()}
+               for k, v in encoded.items()]
+    code, v2, _ = served.call("POST", "/v2/models/ctr/infer", {"inputs": tensors})
+    assert code == 200 and v2["model_version"] == "1" and v2["outputs"][0]["shape"] == [7, 1], v2
+    np.testing.assert_allclose(np.array(v2["outputs"][0]["data"]), expected[:, 0], rtol=1e-6)
+    assert served.call("GET", "/v2/models/ctr/ready")[1] == {"name": "ctr", "ready": True}
+    code, bad, _ = served.call("POST", "/v2/models/ctr/infer", {"inputs": [dict(tensors[0], datatype="FP64")]})
+    assert code == 400 and "datatype must be" in bad["error"], bad
 
 
 def test_raw_records_score_as_spark_batch_scoring_does(served, exports, local_spark):

@@ -6,6 +6,8 @@ model, health, readiness and Prometheus metrics.
     POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [...]} or {"inputs": {...}}
     POST /v1/models/<name>/records:predict           {"records": ["<raw record>", ...]} or {"fields": [[...]]}
     GET  /healthz  /readyz  /metrics
+    KServe Open Inference Protocol v2: GET /v2/health/live, /v2/health/ready, /v2/models/<name>[/ready],
+    POST /v2/models/<name>[/versions/<v>]/infer
 
 Every answer is JSON (errors ``{"error": "..."}``); a bearer token, when configured, is checked on
 every path but ``/healthz`` before anything else is read.
@@ -34,9 +36,10 @@ from tfos_jobs.serving.models import ServedModel
 
 log = logging.getLogger("tfos_jobs.serving")
 access_log = logging.getLogger("tfos_jobs.serving.access")
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", "/v2/health/live")
 _MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                          r"(?P<action>/metadata|/records:predict|:predict)?")
+_V2_PATH = re.compile(r"(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
 _DTYPES = {"float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int64": "DT_INT64", "int32": "DT_INT32",
            "bool": "DT_BOOL", "object": "DT_STRING", "bytes": "DT_STRING"}
 
@@ -65,6 +68,8 @@ class Server:
         self.app = Starlette(routes=[
             Route("/healthz", self.healthz), Route("/readyz", self.readyz), Route("/metrics", self.prometheus),
             Route("/v1/models/{rest:path}", self.v1, methods=["GET", "POST"]),
+            Route("/v2/health/live", self.healthz), Route("/v2/health/ready", self.readyz),
+            Route("/v2/models/{rest:path}", self.v2, methods=["GET", "POST"]),
         ], lifespan=self.lifespan)
         self.asgi = _BearerAuth(self.app, config.token)
 
@@ -120,14 +125,25 @@ class Server:
         return Response(generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def v1(self, request: Request) -> Response:
-        started = time.perf_counter()
         match = _MODEL_PATH.fullmatch(request.path_params["rest"])
-        name = match["name"] if match else "?"
         endpoint = (match["action"] or "status").lstrip("/:") if match else "?"
+        return await self._timed(request, match["name"] if match else "?", endpoint, self._v1(request, match))
+
+    async def v2(self, request: Request) -> Response:
+        match = _V2_PATH.fullmatch(request.path_params["rest"])
+        endpoint = "v2 " + (match["action"] or "/metadata").lstrip("/") if match else "?"
+        return await self._timed(request, match["name"] if match else "?", endpoint, self._v2(request, match))
+
+    async def _timed(self, request: Request, name: str, endpoint: str, handler) -> Response:
+        """Await ``handler``; count, time and log its answer."""
+        started = time.perf_counter()
         try:
-            response, extra = await self._v1(request, match)
+            response, extra = await handler
         except _Answer as answer:
             response, extra = _json({"error": answer.message}, answer.code, answer.headers), {"error": answer.message[:200]}
+        except Exception as exc:   # noqa: BLE001 - a bug or a model failure: logged here, one line to the client
+            log.exception("%s %s failed", request.method, request.url.path)
+            response, extra = _json({"error": f"internal error ({type(exc).__name__}); see the server log"}, 500), {}
         code = response.status_code
         seconds = time.perf_counter() - started
         known = name if name in self.models else "?"
@@ -142,9 +158,7 @@ class Server:
     async def _v1(self, request: Request, match: Any) -> tuple[Response, dict]:
         if match is None:
             raise _Answer(404, f"no such endpoint: {request.url.path}")
-        model = self.models.get(match["name"])
-        if model is None or model.current is None:
-            raise _Answer(404, f"model {match['name']!r} is not served here (served: {sorted(self.models)})")
+        model = self._model(match["name"])
         action = match["action"]
         if request.method == "GET":
             if action in ("/records:predict", ":predict"):
@@ -171,14 +185,48 @@ class Server:
                 layout = "row"
         except bodies.BadRequest as exc:
             raise _Answer(400, str(exc)) from None
-        try:
-            outputs = await self.batchers[model.source.name].submit(version, columns, rows)
-        except Overloaded as exc:
-            raise _Answer(503, f"overloaded: {exc}; retry", {"Retry-After": "1"}) from None
+        outputs = await self._predict(model, version, columns, rows)
         answer = bodies.predict_response(outputs, layout)
         answer["model_version"] = version.version
         return (Response(bodies.dumps(answer), media_type="application/json"),
                 {"model": model.source.name, "version": version.version, "instances": rows})
+
+    async def _v2(self, request: Request, match: Any) -> tuple[Response, dict]:
+        if match is None:
+            raise _Answer(404, f"no such endpoint: {request.url.path}")
+        model = self._model(match["name"])
+        version = self._version(model, match["version"])
+        action, extra = match["action"], {"model": model.source.name, "version": version.version}
+        if request.method == "GET":
+            if action == "/ready":
+                return _json({"name": model.source.name, "ready": True}), extra
+            if action is None:
+                return _json({"name": model.source.name, "versions": sorted(model.loaded),
+                              "platform": "tensorflow_savedmodel", "inputs": _v2_tensors(version.inputs),
+                              "outputs": _v2_tensors(version.outputs)}), extra
+            raise _Answer(405, f"{request.url.path} takes POST")
+        if action != "/infer":
+            raise _Answer(405, f"{request.url.path} takes GET")
+        try:
+            columns, rows = bodies.v2_columns(bodies.parse_json(await self._body(request)), version.inputs,
+                                              self.config.max_instances)
+        except bodies.BadRequest as exc:
+            raise _Answer(400, str(exc)) from None
+        outputs = await self._predict(model, version, columns, rows)
+        answer = bodies.v2_response(model.source.name, version.version, outputs)
+        return Response(bodies.dumps(answer), media_type="application/json"), {**extra, "instances": rows}
+
+    async def _predict(self, model: ServedModel, version: Any, columns: dict, rows: int) -> dict:
+        try:
+            return await self.batchers[model.source.name].submit(version, columns, rows)
+        except Overloaded as exc:
+            raise _Answer(503, f"overloaded: {exc}; retry", {"Retry-After": "1"}) from None
+
+    def _model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None or model.current is None:
+            raise _Answer(404, f"model {name!r} is not served here (served: {sorted(self.models)})")
+        return model
 
     def _version(self, model: ServedModel, wanted: str | None):
         version = model.current if wanted is None else model.loaded.get(wanted)
@@ -228,6 +276,11 @@ def _metadata(name: str, version) -> dict:
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             "raw_records": None if version.encoding is None else {
                 "separator": version.encoding.separator, "fields": version.encoding.fields}}
+
+
+def _v2_tensors(infos: dict) -> list[dict]:
+    return [{"name": n, "datatype": bodies.V2_NAMES.get(i.dtype.name, "BYTES"),
+             "shape": [-1] + [d if d is not None else -1 for d in i.shape]} for n, i in infos.items()]
 
 
 class _BearerAuth:

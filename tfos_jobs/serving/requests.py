@@ -136,6 +136,54 @@ def predict_response(outputs: dict[str, np.ndarray], layout: str) -> dict:
     return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else dict(outputs)}
 
 
+V2_TYPES = {"BOOL": "bool", "INT32": "int32", "INT64": "int64", "FP32": "float32", "FP64": "float64"}
+V2_NAMES = {v: k for k, v in V2_TYPES.items()}
+
+
+def v2_columns(body: dict, inputs: Mapping[str, Any], max_instances: int) -> tuple[dict, int]:
+    """Columns from a KServe Open Inference Protocol v2 ``infer`` body (``inputs``: name, shape,
+    datatype, flat data)."""
+    given = body.get("inputs")
+    if not isinstance(given, list) or not given:
+        raise BadRequest("'inputs' must be a non-empty list of {name, shape, datatype, data}")
+    columns, rows = {}, None
+    for i, tensor in enumerate(given):
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
+            raise BadRequest(f"inputs[{i}] must have name, shape, datatype and data")
+        name = tensor["name"]
+        if name not in inputs:
+            raise BadRequest(f"inputs[{i}]: unknown input {name!r}")
+        info = inputs[name]
+        if V2_TYPES.get(tensor["datatype"]) != info.dtype.name:
+            raise BadRequest(f"inputs[{i}] ({name}): datatype must be {V2_NAMES.get(info.dtype.name)}, "
+                             f"got {tensor['datatype']!r}")
+        shape, tail = tensor["shape"], [d or 1 for d in info.shape]
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)
+                and list(shape[1:]) == tail):
+            raise BadRequest(f"inputs[{i}] ({name}): shape must be [batch] + {tail}, got {shape!r}")
+        if rows is not None and shape[0] != rows:
+            raise BadRequest(f"inputs[{i}] ({name}): batch {shape[0]}, the other inputs {rows}")
+        rows = shape[0]
+        size = int(np.prod(shape))
+        if not isinstance(tensor["data"], list) or len(tensor["data"]) != size:
+            raise BadRequest(f"inputs[{i}] ({name}): data must be a flat list of {size} values")
+        flat = type(info)(info.dtype, ())
+        columns[name] = _column(tensor["data"], flat, f"inputs[{i}].data", name).reshape(shape)
+    missing = [n for n in inputs if n not in columns]
+    if missing:
+        raise BadRequest(f"inputs: missing input {missing[0]!r}")
+    if not rows:
+        raise BadRequest("inputs: an empty batch")
+    _check_count(rows, max_instances)
+    return columns, rows
+
+
+def v2_response(model: str, version: str, outputs: dict[str, np.ndarray]) -> dict:
+    return {"model_name": model, "model_version": version, "outputs": [
+        {"name": n, "datatype": V2_NAMES.get(a.dtype.name, "BYTES"), "shape": list(a.shape), "data": a.ravel()}
+        for n, a in outputs.items()]}
+
+
 def record_columns(body: dict, encoding: RecordEncoding, max_instances: int) -> tuple[dict, int]:
     """Columns from raw records: ``records`` (strings, e.g. Criteo lines without the label) or
     ``fields`` (lists of strings), encoded as batch prep and scoring encode them."""
