@@ -47,6 +47,7 @@ def _spark_encode(spark, records, encoding, fast_path=True):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labeled", [True, False])
 def test_spark_and_numpy_give_identical_reasons_and_features(local_spark, tmp_path, labeled):
     records = EDGE + _generated(tmp_path)
@@ -68,6 +69,7 @@ def test_spark_and_numpy_give_identical_reasons_and_features(local_spark, tmp_pa
             name, [(r, a, b) for r, a, b in zip(good.index, values, expected) if a != b][:5])
 
 
+@pytest.mark.slow
 def test_the_fast_path_changes_nothing(local_spark):
     encoding = schema.encoding(100)
     fast = _spark_encode(local_spark, EDGE, encoding)

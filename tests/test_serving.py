@@ -139,6 +139,7 @@ def in_process(export_dir, columns):
     return serve(**{k: tf.constant(v) for k, v in columns.items()})["prediction"].numpy()
 
 
+@pytest.mark.slow
 def test_status_and_metadata_speak_tf_serving(served):
     code, body, _ = served.call("GET", "/v1/models/ctr")
     assert code == 200 and body["model_version_status"] == [
@@ -150,6 +151,7 @@ def test_status_and_metadata_speak_tf_serving(served):
     assert served.call("GET", "/readyz")[1] == {"ready": True, "models": {"ctr": "1"}}
 
 
+@pytest.mark.slow
 def test_predict_rows_and_columns_equal_the_model_in_process(served, exports):
     encoded = arrays.encode(raw_lines(7), schema.encoding(BUCKETS, labeled=False)).features
     expected = in_process(exports / "1", encoded)
@@ -172,6 +174,7 @@ def test_predict_rows_and_columns_equal_the_model_in_process(served, exports):
     assert code == 400 and "datatype must be" in bad["error"], bad
 
 
+@pytest.mark.slow
 def test_raw_records_score_as_spark_batch_scoring_does(served, exports, local_spark):
     from tfos_jobs import scoring
     from tfos_jobs.ctr.prep import parse
@@ -187,6 +190,7 @@ def test_raw_records_score_as_spark_batch_scoring_does(served, exports, local_sp
     assert code == 200 and by_fields["predictions"] == body["predictions"][:3], by_fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path, body, code, message", [
     ("/v1/models/ctr:predict", {"instances": [{"I1": 1.0}]}, 400, "instances[0]: missing input"),
     ("/v1/models/ctr:predict", {"inputs": {"I1": [1.0]}}, 400, "inputs: missing input"),
@@ -206,6 +210,7 @@ def test_bad_requests_get_a_clear_error_never_a_500(served, path, body, code, me
     assert got == code and message in answer["error"], (got, answer)
 
 
+@pytest.mark.slow
 def test_a_wrong_type_names_the_instance_and_input(served):
     instance = {n: 0 for n in schema.CATEGORICAL} | {n: 0.0 for n in schema.DENSE_FEATURES}
     bad = [instance, dict(instance, C3="abc")]
@@ -215,6 +220,7 @@ def test_a_wrong_type_names_the_instance_and_input(served):
     assert code == 400 and "input 'C3' must be an integer, got 1.5" in answer["error"], answer
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_and_batch_sizes(served):
     served.call("POST", "/v1/models/ctr/records:predict", {"records": raw_lines(3)})
     code, text, _ = served.call("GET", "/metrics")
@@ -222,6 +228,7 @@ def test_metrics_count_requests_and_batch_sizes(served):
     assert 'tfos_serve_batch_size_count{model="ctr"}' in text and 'tfos_serve_model_version{model="ctr",version="1"} 1.0' in text
 
 
+@pytest.mark.slow
 def test_a_new_version_is_swapped_in_under_load_and_a_broken_one_is_not(served, exports):
     record = {"records": raw_lines(2, seed=9)}
     results, stop = [], threading.Event()
@@ -265,6 +272,7 @@ def test_a_new_version_is_swapped_in_under_load_and_a_broken_one_is_not(served, 
     assert code == 200 and body["model_version"] == "2", body
 
 
+@pytest.mark.slow
 def test_beyond_loopback_a_token_is_required(tmp_path):
     exports = tmp_path / "ctr"
     publish_version(exports, seed=3)
