@@ -81,7 +81,8 @@ class Served:
         pytest.fail(f"tfos-serve did not come up; its output:\n{self.output()[-4000:]}", pytrace=False)
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as handle:
             return handle.read()
 

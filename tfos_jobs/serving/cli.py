@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import stat
 import sys
 
@@ -104,6 +105,10 @@ def run(server, versions: dict) -> int:
             host = f"[{config.host}]" if ":" in config.host else config.host
             print(json.dumps({"serving": f"http://{host}:{config.port}", "models": versions}), flush=True)
     uv.startup = announce
+    # uvicorn drains on SIGTERM/SIGINT, restores the handlers it found and raises the signal again: with
+    # these (doing nothing) in place, the drained server returns here and exits 0 instead of dying of it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uv.run()
     return 0 if uv.started else 1
 
