@@ -38,6 +38,7 @@ RERUN = "run `tfos-survey prep` first (with --overwrite to re-create it)"
 RESERVED_IDS = {"other": 0, "missing": 1, "refused": 2, "not_asked": 3}
 FIRST_ANSWER_ID = 4
 PLAN_VERSION = 1
+MAX_NUMBER = 9.2e18    # answers at or beyond this magnitude (and inf, NaN) are not numbers here
 
 
 # ------------------------------------------------------------------------------------ Spark columns
@@ -54,9 +55,15 @@ def canonical_col_of(column: Any) -> Any:
     from pyspark.sql import functions as F
     text = F.trim(column.cast("string"))
     number = text.try_cast("double")
-    integral = (number.isNotNull() & ~F.isnan(number) & (F.abs(number) < F.lit(9.2e18))
-                & (number == F.floor(number)))
+    integral = readable_number(number) & (number == F.floor(number))
     return F.when(integral, number.cast("bigint").cast("string")).otherwise(text)
+
+
+def readable_number(number: Any) -> Any:
+    """A double column's values a numeric treatment uses: finite and below 9.2e18 in magnitude (an
+    answer like ``inf`` or ``1e19`` is not a number of the survey; floor() of it would overflow)."""
+    from pyspark.sql import functions as F
+    return number.isNotNull() & ~F.isnan(number) & (F.abs(number) < F.lit(MAX_NUMBER))
 
 
 def canonicalize(df: Any, names: list[str] | None = None) -> Any:
@@ -116,7 +123,7 @@ def profile(df: Any, columns: list[str], spec: Spec, is_valid: Any) -> tuple[dic
         train = grouped.where(~F.col("valid"))
         number = F.col("v").try_cast("double")
         answered = F.col("k").isNull()
-        numeric = answered & number.isNotNull() & ~F.isnan(number)
+        numeric = answered & readable_number(number)
         stats = train.groupBy("c").agg(
             F.sum(F.when(answered, F.col("n")).otherwise(0)).alias("answered"),
             F.count(F.when(answered, 1)).alias("distinct"),
@@ -288,7 +295,7 @@ def transform(df: Any, plan: dict, with_labels: bool = True, keep: Any = ()) -> 
             encoded = F.when(valid, scaled).otherwise(F.lit(float(f["impute"])))
         else:
             number = value.try_cast("double")
-            valid = answered & number.isNotNull() & ~F.isnan(number)
+            valid = answered & readable_number(number)
             encoded = F.when(valid, (number - F.lit(f["mean"])) / F.lit(f["std"])).otherwise(F.lit(0.0))
         out.append(encoded.cast("float").alias(f["input"]))
         for k, name in f.get("indicators", {}).items():
