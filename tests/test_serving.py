@@ -304,6 +304,38 @@ def test_beyond_loopback_a_token_is_required(tmp_path):
     assert "s3cret" not in server.output()
 
 
+@pytest.mark.slow
+def test_survey_respondents_are_answered_from_their_raw_answers(local_spark, tmp_path):
+    from tfos_jobs.export import publish_export
+    from tfos_jobs.survey import arrays as survey_arrays
+    from tfos_jobs.survey import prep, synthetic
+    from tfos_jobs.survey import schema as survey_schema
+    from tfos_jobs.survey.model import build_survey_model
+    table, generated = synthetic.synthetic_survey(rows=300, questions=12, targets=2, seed=4)
+    csv_uri = synthetic.write_csv(table, str(tmp_path / "survey.csv"))
+    plan = prep.run_prep(local_spark, survey_schema.parse_spec(json.dumps(generated)), csv_uri, str(tmp_path / "prep"),
+                         files=1)
+    model = build_survey_model(plan, hidden=(8,), embedding_dim=2, dropout=0.0)
+    publish_export(str(tmp_path / "survey"), model, prep.feature_inputs(plan), {}, version="auto",
+                   files={prep.PLAN_FILE: plan})
+    rows = [dict(zip(table.column_names, values)) for values in zip(*table.to_pydict().values())][:6]
+    rows[1] = {k: v for k, v in rows[1].items() if k != plan["features"][0]["column"]}   # a question not asked
+    server = Served([*SERVE, "--model", f"survey={tmp_path / 'survey'}"], tmp_path / "serve.log")
+    try:
+        code, body, _ = server.call("POST", "/v1/models/survey/records:predict", {"respondents": rows})
+        assert code == 200 and len(body["predictions"]) == 6, body
+        code, bad, _ = server.call("POST", "/v1/models/survey/records:predict", {"respondents": [{"q0001": [1]}]})
+        assert code == 400 and "respondents[0]: the answer to 'q0001' must be text" in bad["error"], bad
+    finally:
+        assert server.stop() == 0, server.output()[-3000:]
+    import tensorflow as tf
+    serve = tf.saved_model.load(str(tmp_path / "survey" / "1")).signatures["serving_default"]
+    expected = serve(**{k: tf.constant(v) for k, v in survey_arrays.encode(rows, plan).items()})
+    for name, values in expected.items():
+        got = np.array([p[name] for p in body["predictions"]])
+        np.testing.assert_allclose(got, values.numpy(), rtol=1e-5, err_msg=name)
+
+
 # ------------------------------------------------------------------------------------ units
 
 

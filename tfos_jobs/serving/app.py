@@ -4,7 +4,8 @@ model, health, readiness and Prometheus metrics.
     GET  /v1/models/<name>[/versions/<v>]            version status
     GET  /v1/models/<name>[/versions/<v>]/metadata   signature
     POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [...]} or {"inputs": {...}}
-    POST /v1/models/<name>/records:predict           {"records": ["<raw record>", ...]} or {"fields": [[...]]}
+    POST /v1/models/<name>/records:predict           raw records: {"records": ["<line>", ...]} or {"fields": [[...]]}
+                                                     (CTR), {"respondents": [{question: answer}, ...]} (survey)
     GET  /healthz  /readyz  /metrics
     KServe Open Inference Protocol v2: GET /v2/health/live, /v2/health/ready, /v2/models/<name>[/ready],
     POST /v2/models/<name>[/versions/<v>]/infer
@@ -181,7 +182,7 @@ class Server:
                 if version.encoding is None:
                     raise bodies.BadRequest(f"model {model.source.name} version {version.version} has no "
                                             "raw-record encoding (its job defines none yet): use :predict")
-                columns, rows = bodies.record_columns(body, version.encoding, self.config.max_instances)
+                columns, rows = version.encoding.columns(body, self.config.max_instances)
                 layout = "row"
         except bodies.BadRequest as exc:
             raise _Answer(400, str(exc)) from None
@@ -274,8 +275,7 @@ def _metadata(name: str, version) -> dict:
                  "method_name": "tensorflow/serving/predict"}
     return {"model_spec": {"name": name, "signature_name": "", "version": version.version},
             "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-            "raw_records": None if version.encoding is None else {
-                "separator": version.encoding.separator, "fields": version.encoding.fields}}
+            "raw_records": None if version.encoding is None else version.encoding.describe()}
 
 
 def _v2_tensors(infos: dict) -> list[dict]:

@@ -16,7 +16,6 @@ import numpy as np
 
 import hdfs_io
 from tfos_jobs import localdirs, scoring
-from tfos_jobs.encoding.spec import RecordEncoding
 from tfos_jobs.export import export_dir, saved_model_path, versions
 from tfos_jobs.serving.config import ModelSource
 
@@ -33,7 +32,7 @@ class TensorInfo:
 class LoadedVersion:
     """One export version in memory: its serving function, signature and raw-record encoding."""
 
-    def __init__(self, version: str, directory: str, cache_key: str, serve: Any, encoding: RecordEncoding | None):
+    def __init__(self, version: str, directory: str, cache_key: str, serve: Any, encoding: RawRecords | None):
         self.version, self.directory, self.cache_key = version, directory, cache_key
         self.serve, self.encoding = serve, encoding
         _, kwargs = serve.structured_input_signature
@@ -58,14 +57,36 @@ class LoadedVersion:
                                  f"with values {value.ravel()[:4]}")
 
 
-def raw_encoding(directory: str) -> RecordEncoding | None:
+@dataclass(frozen=True)
+class RawRecords:
+    """How an export turns raw records into its inputs: ``delimited`` lines (the CTR job's
+    :class:`RecordEncoding`) or survey ``respondents`` (the prep plan published with the export)."""
+    kind: str
+    spec: Any
+
+    def columns(self, body: dict, max_instances: int) -> tuple[dict, int]:
+        from tfos_jobs.serving import requests as bodies
+        if self.kind == "delimited":
+            return bodies.record_columns(body, self.spec, max_instances)
+        return bodies.respondent_columns(body, self.spec, max_instances)
+
+    def describe(self) -> dict:
+        if self.kind == "delimited":
+            return {"records": f"{self.spec.fields} fields separated by {self.spec.separator!r}"}
+        return {"respondents": sorted({f["column"] for f in self.spec["features"]})}
+
+
+def raw_encoding(directory: str) -> RawRecords | None:
     """How raw records become this export's inputs, from the job config the export carries (None: the
     export's job has no declarative encoding)."""
-    ctr_config = hdfs_io.join(directory, "ctr.json")
+    ctr_config, survey_plan = hdfs_io.join(directory, "ctr.json"), hdfs_io.join(directory, "prep.json")
     if hdfs_io.exists(ctr_config):
         from tfos_jobs.ctr import schema
         with hdfs_io.open(ctr_config, "r") as handle:
-            return schema.encoding(int(json.load(handle)["hash_buckets"]), labeled=False)
+            return RawRecords("delimited", schema.encoding(int(json.load(handle)["hash_buckets"]), labeled=False))
+    if hdfs_io.exists(survey_plan):
+        with hdfs_io.open(survey_plan, "r") as handle:
+            return RawRecords("respondents", json.load(handle))
     return None
 
 

@@ -214,5 +214,24 @@ def record_columns(body: dict, encoding: RecordEncoding, max_instances: int) -> 
     return encoded.features, len(records)
 
 
+def respondent_columns(body: dict, plan: dict, max_instances: int) -> tuple[dict, int]:
+    """Columns from survey respondents (``respondents``: objects of answers by question), encoded with
+    the plan as batch and stream prediction encode them; an absent question is missing."""
+    from tfos_jobs.survey import arrays as survey_arrays
+    if set(body) != {"respondents"}:
+        raise BadRequest("give 'respondents': a list of objects of answers by question")
+    given = body["respondents"]
+    if not isinstance(given, list) or not given:
+        raise BadRequest("'respondents' must be a non-empty list")
+    _check_count(len(given), max_instances)
+    for i, respondent in enumerate(given):
+        if not isinstance(respondent, dict):
+            raise BadRequest(f"respondents[{i}] must be an object of answers by question")
+        for question, answer in respondent.items():
+            if isinstance(answer, (dict, list)):
+                raise BadRequest(f"respondents[{i}]: the answer to {question!r} must be text, a number or null")
+    return survey_arrays.encode(given, plan), len(given)
+
+
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
