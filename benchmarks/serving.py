@@ -11,7 +11,8 @@ The load comes from one asyncio client process with ``c`` keep-alive connections
 next request when the last answer arrived, for ``--seconds`` per point, after a warm-up.
 ``swap_failed_requests``: requests that failed while a new version was published and swapped in
 under load (concurrency 8). ``batch_sizes``: the instances per model call ``ours`` formed at each
-concurrency (from its ``/metrics``). Usage: python benchmarks/serving.py [--seconds 8]
+concurrency (from its ``/metrics``). ``batch_timeout_0``: ``ours`` again with ``--batch-timeout-ms 0``
+(a batch takes what is queued and never waits). Usage: python benchmarks/serving.py [--seconds 8]
 """
 import argparse
 import asyncio
@@ -241,6 +242,12 @@ def main():
             batches[c] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 1)
         swap = swap_under_load(port, base, body)
         stop(ours)
+        # the same server without waiting for company: what a lone client gains, what load loses
+        eager, eport = start([sys.executable, "-m", "tfos_jobs.serving", "--model", f"ctr={base}", "--no-access-log",
+                              "--batch-timeout-ms", "0"], os.path.join(root, "eager.log"))
+        procs.append(eager)
+        results["no_wait"] = measure(eport, body, args.seconds)
+        stop(eager)
         for kind in ("naive", "ceiling"):
             proc, kport = start([sys.executable, os.path.abspath(__file__), "--serve", kind, "--export", first],
                                 os.path.join(root, f"{kind}.log"))
@@ -255,6 +262,7 @@ def main():
             "rps": rps, "p50_ms": {str(c): results["ours"][c]["p50_ms"] for c in CONCURRENCY},
             "p99_ms": {str(c): results["ours"][c]["p99_ms"] for c in CONCURRENCY},
             "naive": {str(c): results["naive"][c] for c in CONCURRENCY},
+            "batch_timeout_0": {str(c): results["no_wait"][c] for c in CONCURRENCY},
             "ceiling": {str(c): results["ceiling"][c] for c in CONCURRENCY},
             "limit_instances_per_s": round(limit, 1),
             "vs_naive_rps_64": round(results["ours"][64]["rps"] / results["naive"][64]["rps"], 2),

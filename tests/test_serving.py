@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from tfos_jobs.ctr import schema
 from tfos_jobs.encoding import arrays
 from tfos_jobs.serving import requests as bodies
 from tfos_jobs.serving.batcher import Batcher, Overloaded
-from tfos_jobs.serving.config import BatchingConfig, ModelSource, ServerConfig
+from tfos_jobs.serving.config import BatchingConfig, ModelSource, ServerConfig, TlsConfig
 
 BUCKETS = 500
 SERVE = [sys.executable, "-m", "tfos_jobs.serving"]   # what the tfos-serve console script runs
@@ -63,9 +64,9 @@ def free_port():
 class Served:
     """A running ``tfos-serve`` process and a small HTTP client for it."""
 
-    def __init__(self, argv, log_path, token=None, env=None):
+    def __init__(self, argv, log_path, token=None, env=None, context=None):
         self.port = free_port()
-        self.token = token
+        self.token, self.context = token, context
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen([*argv, "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
@@ -87,7 +88,10 @@ class Served:
             return handle.read()
 
     def call(self, method, path, body=None, headers=None, timeout=30):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.context is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        else:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.context)
         try:
             data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
             sent = dict(headers or {})
@@ -305,6 +309,59 @@ def test_beyond_loopback_a_token_is_required(tmp_path):
 
 
 @pytest.mark.slow
+def make_pki(root):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl; also a client
+    certificate from another CA. Paths by name."""
+    def run(*argv):
+        subprocess.run(["openssl", *argv], cwd=root, check=True, capture_output=True, timeout=60)
+
+    for ca in ("ca", "other-ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ca}",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.pem")
+    (root / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, ca, extra in (("server", "ca", ["-extfile", "san.cnf"]), ("client", "ca", []),
+                            ("stranger", "other-ca", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-out", f"{name}.pem", *extra)
+        (root / f"{name}.key").chmod(0o600)
+    return {p.stem + p.suffix: str(p) for p in root.iterdir()}
+
+
+def client_context(pki, name=None):
+    context = ssl.create_default_context(cafile=pki["ca.pem"])
+    if name:
+        context.load_cert_chain(pki[f"{name}.pem"], pki[f"{name}.key"])
+    return context
+
+
+@pytest.mark.slow
+def test_mutual_tls_lets_in_only_clients_with_a_certificate_of_its_ca(tmp_path):
+    exports = tmp_path / "ctr"
+    publish_version(exports, seed=4)
+    pki = make_pki(tmp_path)
+    tls = ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"], "--tls-client-ca", pki["ca.pem"]]
+    os.chmod(pki["server.key"], 0o644)
+    done = subprocess.run([*SERVE, "--model", f"ctr={exports}", *tls], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--tls-key" in done.stderr and "readable by others" in done.stderr, done.stderr
+    os.chmod(pki["server.key"], 0o600)
+    server = Served([*SERVE, "--model", f"ctr={exports}", *tls], tmp_path / "log",
+                    context=client_context(pki, "client"))
+    try:
+        code, body, _ = server.call("POST", "/v1/models/ctr/records:predict", {"records": raw_lines(2)})
+        assert code == 200 and len(body["predictions"]) == 2, (code, body)
+        announced = [line for line in server.output().splitlines() if line.startswith('{"serving"')]
+        assert announced and json.loads(announced[0])["serving"].startswith("https://127.0.0.1:"), server.output()
+        for refused in (client_context(pki), client_context(pki, "stranger")):
+            server.context = refused
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                server.call("GET", "/v1/models/ctr")
+    finally:
+        assert server.stop() == 0, server.output()[-3000:]
+
+
+@pytest.mark.slow
 def test_survey_respondents_are_answered_from_their_raw_answers(local_spark, tmp_path):
     from tfos_jobs.export import publish_export
     from tfos_jobs.survey import arrays as survey_arrays
@@ -382,6 +439,8 @@ def test_config_refuses_what_would_be_unsafe_or_meaningless():
     source = (ModelSource("ctr", "file:///x"),)
     with pytest.raises(ValueError, match="give a bearer token"):
         ServerConfig(source, host="0.0.0.0")
+    with pytest.raises(ValueError, match="--tls-key /nonexistent: no such file"):
+        TlsConfig(__file__, "/nonexistent")
     with pytest.raises(ValueError, match="at least 16"):
         ServerConfig(source, token="short")
     assert ServerConfig(source, host="::1").host == "::1"

@@ -3,8 +3,8 @@
     tfos-serve --model ctr=hdfs://nn/models/ctr [--model survey=s3://b/survey] [--port 8501]
 
 Prints one JSON line once it listens (``{"serving": URL, "models": {name: version}}``). Bound
-beyond 127.0.0.1 it needs a bearer token: ``--token-file`` (not readable by others) or
-``$TFOS_SERVE_TOKEN``; the token is never printed.
+beyond 127.0.0.1 it needs a bearer token (``--token-file``, not readable by others, or
+``$TFOS_SERVE_TOKEN``; never printed) or mutual TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import stat
 import sys
 
 from tfos_jobs.cli import JobParser, non_negative_float, positive_float, positive_int
-from tfos_jobs.serving.config import BatchingConfig, ModelSource, ServerConfig
+from tfos_jobs.serving.config import BatchingConfig, ModelSource, ServerConfig, TlsConfig
 
 PROG = "tfos-serve"
 TOKEN_ENV = "TFOS_SERVE_TOKEN"
@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8501, help="port (default: %(default)s, TF Serving's REST port)")
     p.add_argument("--token-file", help="file holding the bearer token clients must send (mode 0600)")
+    p.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", default="", help="the certificate's private key (PEM, mode 0600)")
+    p.add_argument("--tls-client-ca", default="",
+                   help="mutual TLS: only clients with a certificate signed by this CA (PEM) get through the handshake")
     p.add_argument("--max-batch-size", type=positive_int, default=64, help="instances per model call (default: 64)")
     p.add_argument("--batch-timeout-ms", type=non_negative_float, default=2.0,
                    help="how long a batch waits for company after its first request (default: 2)")
@@ -69,7 +73,24 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         batching=BatchingConfig(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
                                 batch_threads=args.batch_threads, max_queued=args.max_queued),
         max_request_bytes=int(args.max_request_mb * (1 << 20)), poll_s=args.poll_s, cache_dir=args.cache_dir,
-        cache_versions=args.cache_versions, drain_s=args.drain_s)
+        cache_versions=args.cache_versions, drain_s=args.drain_s, tls=tls_from(args))
+
+
+def tls_from(args: argparse.Namespace) -> TlsConfig | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    return TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def tls_options(tls: TlsConfig | None) -> dict:
+    """uvicorn's arguments for ``tls``: client certificates required when it is mutual."""
+    if tls is None:
+        return {}
+    import ssl
+    options = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.mutual:
+        options.update(ssl_ca_certs=tls.client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,14 +117,14 @@ def run(server, versions: dict) -> int:
     config = server.config
     uv = uvicorn.Server(uvicorn.Config(server.asgi, host=config.host, port=config.port, log_level="warning",
                                        access_log=False, lifespan="on", timeout_graceful_shutdown=config.drain_s,
-                                       limit_concurrency=config.batching.max_queued + 64))
+                                       limit_concurrency=config.batching.max_queued + 64,
+                                       **tls_options(config.tls)))
     original = uv.startup
 
     async def announce(sockets=None):
         await original(sockets=sockets)
         if uv.started:
-            host = f"[{config.host}]" if ":" in config.host else config.host
-            print(json.dumps({"serving": f"http://{host}:{config.port}", "models": versions}), flush=True)
+            print(json.dumps({"serving": config.url, "models": versions}), flush=True)
     uv.startup = announce
     # uvicorn drains on SIGTERM/SIGINT, restores the handlers it found and raises the signal again: with
     # these (doing nothing) in place, the drained server returns here and exits 0 instead of dying of it.

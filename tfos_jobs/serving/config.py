@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 LOOPBACK_NAMES = ("localhost",)
@@ -52,8 +54,35 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """HTTPS with the server's certificate and key (PEM). With ``client_ca_file``, it is mutual TLS:
+    the handshake fails for a client without a certificate signed by that CA, so nothing reaches the
+    application from a peer that has not proved who it is."""
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+
+    def __post_init__(self):
+        for flag, path in (("--tls-cert", self.cert_file), ("--tls-key", self.key_file),
+                           ("--tls-client-ca", self.client_ca_file)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: no such file")
+        if not self.cert_file or not self.key_file:
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        mode = os.stat(self.key_file).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(f"--tls-key {self.key_file}: readable by others (mode {stat.S_IMODE(mode):o}); "
+                             "chmod 600 it")
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca_file)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """Where it listens and what it accepts. Bound beyond loopback, it needs a bearer ``token``."""
+    """Where it listens and what it accepts. Bound beyond loopback, it needs a bearer ``token`` or
+    mutual TLS (or both)."""
     models: tuple[ModelSource, ...]
     host: str = "127.0.0.1"
     port: int = 8501
@@ -65,6 +94,7 @@ class ServerConfig:
     cache_dir: str = ""                         # "": the user's private root (tfos_jobs.localdirs)
     cache_versions: int = 3                     # cached copies kept per model, served ones included
     drain_s: float = 30.0                       # graceful shutdown: in-flight requests get this long
+    tls: TlsConfig | None = None
 
     def __post_init__(self):
         if not self.models:
@@ -74,9 +104,10 @@ class ServerConfig:
             raise ValueError(f"model names must be distinct, got {names}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if not is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token and not (self.tls and self.tls.mutual):
             raise ValueError(f"--host {self.host} is reachable beyond this machine: give a bearer token "
-                             "(--token-file or $TFOS_SERVE_TOKEN), or bind 127.0.0.1")
+                             "(--token-file or $TFOS_SERVE_TOKEN) or mutual TLS (--tls-cert, --tls-key, "
+                             "--tls-client-ca), or bind 127.0.0.1")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the bearer token must be at least 16 characters")
         for name in ("max_request_bytes", "max_instances", "cache_versions"):
@@ -84,6 +115,12 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.poll_s <= 0 or self.drain_s < 0:
             raise ValueError(f"poll_s must be positive and drain_s not negative, got {self.poll_s}, {self.drain_s}")
+
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def is_loopback(host: str) -> bool:
