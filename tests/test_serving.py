@@ -309,6 +309,35 @@ def test_beyond_loopback_a_token_is_required(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_sigterm_drains_a_request_in_flight_and_every_request_is_logged(tmp_path):
+    """A batch that waits 3 s for company is in flight when SIGTERM comes: it is answered, then the
+    server exits 0; the access log has one JSON line per request."""
+    exports = tmp_path / "ctr"
+    publish_version(exports, seed=5)
+    server = Served([*SERVE, "--model", f"ctr={exports}", "--batch-timeout-ms", "3000", "--drain-s", "20"],
+                    tmp_path / "log")
+    answers = []
+    try:
+        assert server.call("GET", "/v1/models/ctr")[0] == 200
+        caller = threading.Thread(target=lambda: answers.append(
+            server.call("POST", "/v1/models/ctr/records:predict", {"records": raw_lines(1)})))
+        caller.start()
+        time.sleep(1.0)
+        assert caller.is_alive(), answers     # the request waits in its batch
+        server.proc.send_signal(signal.SIGTERM)
+        caller.join(30)
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()[-3000:]
+    assert [a[0] for a in answers] == [200] and len(answers[0][1]["predictions"]) == 1, (answers, server.output()[-3000:])
+    logged = [json.loads(line) for line in server.output().splitlines() if line.startswith('{"method"')]
+    assert [(e["method"], e["path"], e["code"]) for e in logged if e["path"] != "/healthz"] == [
+        ("GET", "/v1/models/ctr", 200), ("POST", "/v1/models/ctr/records:predict", 200)], server.output()[-3000:]
+    assert all(e["ms"] >= 0 and e["client"] == "127.0.0.1" for e in logged), logged
+    assert [e["ms"] for e in logged if e["method"] == "POST"][0] >= 900, logged
+
+
 def make_pki(root):
     """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl; also a client
     certificate from another CA. Paths by name."""

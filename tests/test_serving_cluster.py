@@ -61,7 +61,7 @@ def test_serves_exports_from_hdfs_and_s3_and_swaps_in_a_new_hdfs_version(pseudo_
             np.testing.assert_allclose(np.array(body["predictions"]), expected, rtol=1e-6)
         publish_version(remote_exports["hdfs"], seed=2)
         deadline = time.monotonic() + 120
-        while served_version(server, "ctr") != ["2"] and time.monotonic() < deadline:
+        while "2" not in served_version(server, "ctr") and time.monotonic() < deadline:
             time.sleep(0.5)
         code, body, _ = server.call("POST", "/v1/models/ctr/records:predict", {"records": lines})
         assert code == 200 and body["model_version"] == "2", (body, server.output()[-3000:])
