@@ -82,6 +82,26 @@ def temp_sibling(loc: Location) -> Location:
     return loc.parent().child(f".{loc.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
 
 
+def create_new(uri: str, data: bytes) -> bool:
+    """Write a small file only if nothing is at ``uri``: True when this call created it, False when
+    something was there (then nothing is written). A reader sees it whole or not at all. Of writers
+    racing for one name exactly one wins: an atomic rename without overwrite (local disk, HDFS) or a
+    conditional PUT (S3). The registry's log of events is built on it."""
+    store, loc = backends.resolve(uri)
+    if not store.caps.atomic_rename:
+        return store.put_new(loc, bytes(data))
+    tmp = temp_sibling(loc)
+    try:
+        with store.open_temp_writer(loc, tmp) as sink:
+            sink.write(data)
+        store.rename_new(tmp, loc)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        store.remove_quietly(tmp)
+
+
 # --------------------------------------------------------------------------------------------- info
 def _to_info(loc: Location, fi: pafs.FileInfo) -> FileInfo:
     is_dir = fi.type == pafs.FileType.Directory

@@ -9,7 +9,9 @@ Two layouts, both read by :func:`export_dir` and :func:`saved_model_path`:
   ``--overwrite``, and only an export of the same job may be replaced;
 * numbered versions (``--export URI --version auto``): ``URI/<n>/`` in TF Serving's layout
   (``saved_model.pb`` and ``variables/`` directly in ``<n>/``, the other files beside them,
-  ``_SUCCESS`` last), each written once; ``n`` is one more than the highest number present.
+  ``_SUCCESS`` last), each written once. ``URI`` is a registered model (:mod:`tfos_jobs.registry`):
+  ``n`` is taken from its registry (one more than every number taken or present), and the version
+  is registered with its lineage once it is complete.
 
 Exports written before the publish protocol (files and ``_SUCCESS`` directly in ``URI``) still load.
 TFoS's ``compat.export_saved_model`` calls ``model.save(dir, save_format='tf')``, which Keras 3
@@ -27,6 +29,7 @@ import hdfs_io
 SAVED_MODEL = "saved_model"
 KERAS_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+LINEAGE_FILE = "lineage.json"
 SAVED_MODEL_PB = "saved_model.pb"
 
 
@@ -84,27 +87,48 @@ def check_export_target(export_uri: str, kind: str | None, version: str = "", ov
 
 
 def publish_export(export_uri: str, model, feature_dtypes: dict, metrics: dict, *, kind: str | None = None,
-                   files: dict | None = None, version: str = "", overwrite: bool = False) -> str:
+                   files: dict | None = None, version: str = "", overwrite: bool = False,
+                   lineage: dict | None = None) -> str:
     """Publish the model and its files as one unit (see module doc); returns the export's URI
-    (``URI/<n>`` for a numbered version)."""
+    (``URI/<n>`` for a numbered version, registered with ``lineage`` and ``metrics``)."""
     if version == "auto":
-        return _publish_version(export_uri, model, feature_dtypes, metrics, files)
+        return _publish_version(export_uri, model, feature_dtypes, metrics, files, lineage or {})
     with hdfs_io.publish(export_uri, overwrite=overwrite, kind=kind) as local_dir:
         write_export(local_dir, model, feature_dtypes, metrics, files)
     return export_uri
 
 
-def _publish_version(base_uri, model, feature_dtypes, metrics, files, tries=5):
+def _publish_version(base_uri, model, feature_dtypes, metrics, files, lineage):
     import tempfile
+    from tfos_jobs.registry import ModelRegistry
+    registry = ModelRegistry(base_uri)
+    lineage = {**lineage, "code": code_version()}
     with tempfile.TemporaryDirectory(prefix="tfos-export-") as local_dir:
-        write_export(local_dir, model, feature_dtypes, metrics, files, saved_model_dir="")
-        for _ in range(tries):   # another run may take the same number between listing and publishing
-            target = hdfs_io.join(base_uri, str(next_version(base_uri)))
-            try:
-                return hdfs_io.publish_once(local_dir, target, last=(SAVED_MODEL_PB,))
-            except FileExistsError:
-                continue
-    raise FileExistsError(f"could not allocate a new version under {base_uri} in {tries} tries")
+        write_export(local_dir, model, feature_dtypes, metrics, {**(files or {}), LINEAGE_FILE: lineage},
+                     saved_model_dir="")
+        number = registry.allocate()    # the number is ours alone: the registry's log orders the takers
+        target = hdfs_io.publish_once(local_dir, registry.version_uri(number), last=(SAVED_MODEL_PB,))
+    registry.register(number, lineage=lineage, metrics=metrics)
+    return target
+
+
+def code_version() -> dict:
+    """The installed package's version, and the git commit when it runs from a checkout."""
+    import importlib.metadata
+    import subprocess
+    found: dict = {}
+    try:
+        found["tfos_jobs"] = importlib.metadata.version("tfos-jobs")
+    except importlib.metadata.PackageNotFoundError:
+        found["tfos_jobs"] = "unknown"
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=5)
+        if head.returncode == 0:
+            found["git_commit"] = head.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return found
 
 
 def versions(base_uri: str) -> dict[int, bool]:
@@ -117,11 +141,6 @@ def versions(base_uri: str) -> dict[int, bool]:
         if info.is_dir and re.fullmatch(r"\d+", name):
             found[int(name)] = hdfs_io.exists(hdfs_io.join(info.uri, hdfs_io.SUCCESS))
     return found
-
-
-def next_version(base_uri: str) -> int:
-    """One more than every number present, complete or not (a crashed version is never reused)."""
-    return max(versions(base_uri), default=0) + 1
 
 
 def export_dir(export_uri: str) -> str:

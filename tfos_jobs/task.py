@@ -44,6 +44,11 @@ class TrainingTask:
         how raw rows become features), so the export is usable on its own."""
         return {}
 
+    def lineage(self) -> dict[str, Any]:
+        """Optional: what the model registry records of this model's data (the prep it was trained
+        on, its rows, the data window), beside the training config and the code version."""
+        return {}
+
 
 @dataclass
 class TrainResult:

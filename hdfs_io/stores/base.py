@@ -185,6 +185,16 @@ class Store:
     def remove_quietly(self, tmp: Location) -> None:
         """Best-effort removal of an abandoned temporary file."""
 
+    def rename_new(self, tmp: Location, loc: Location) -> None:
+        """Move the file ``tmp`` onto ``loc`` in one step only if nothing is at ``loc``, else raise
+        ``FileExistsError`` (stores with ``atomic_rename``)."""
+        raise NotImplementedError
+
+    def put_new(self, loc: Location, data: bytes) -> bool:
+        """Write the object ``loc`` only if it does not exist, in one request: False if it did
+        (stores without ``atomic_rename``)."""
+        raise NotImplementedError(f"{self.label} cannot create an object only if it is absent")
+
 
 def norm_path(path: str) -> str:
     """A normalised absolute POSIX path (``/`` for an empty one, no leading ``//``)."""

@@ -77,6 +77,9 @@ class HdfsStore(Store):
     def replace(self, tmp: Location, loc: Location) -> None:
         self.handler.rename_over(tmp.path, loc.path)
 
+    def rename_new(self, tmp: Location, loc: Location) -> None:
+        self.handler.move(tmp.path, loc.path)   # rename without OVERWRITE: FileAlreadyExistsException
+
     def remove_quietly(self, tmp: Location) -> None:
         try:
             self.handler.delete_quietly(tmp.path)

@@ -57,6 +57,10 @@ class LocalStore(Store):
     def replace(self, tmp: Location, loc: Location) -> None:
         os.replace(tmp.path, loc.path)
 
+    def rename_new(self, tmp: Location, loc: Location) -> None:
+        os.link(tmp.path, loc.path)     # fails if loc exists: rename(2) would replace it
+        os.unlink(tmp.path)
+
     def remove_quietly(self, tmp: Location) -> None:
         try:
             os.unlink(tmp.path)

@@ -200,6 +200,27 @@ class S3Store(Store):
         if paths:
             self.delete(loc, [p.partition("/")[2] for p in paths])
 
+    def put_new(self, loc: Location, data: bytes) -> bool:
+        # A conditional PUT (If-None-Match: *): S3 answers 412 when the key exists, so of writers
+        # racing for one key exactly one succeeds.
+        client = self.client()
+
+        def put() -> bool:
+            try:
+                client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, IfNoneMatch="*")
+                return True
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+        try:
+            return _timeout.call(loc.uri, "write", put)
+        except Exception as exc:
+            if exc.__class__.__module__.startswith("botocore"):
+                raise translate_s3_error(loc.uri, OSError(f"{type(exc).__name__}: {exc}")) from None
+            raise
+
     def read_snapshot(self, loc: Location) -> bytes:
         # One GET returns one version of the object. pyarrow's reader takes the size from a HEAD and
         # then reads ranges, which tears (measured) when the object is replaced in between.

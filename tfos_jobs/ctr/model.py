@@ -103,6 +103,7 @@ class CTRTask(TrainingTask):
         self.eval_batch_size = eval_batch_size
         self.max_eval_rows = max_eval_rows
         self.job_config: dict = {}     # published with the model as ctr.json (set by ctr.steps.train)
+        self.data_lineage: dict = {}   # the prep and its rows, for the registry (set by ctr.steps.train)
 
     def build_model(self) -> Any:
         return build_model(self.config)
@@ -114,6 +115,9 @@ class CTRTask(TrainingTask):
 
     def export_files(self) -> dict[str, Any]:
         return {"ctr.json": self.job_config} if self.job_config else {}
+
+    def lineage(self) -> dict[str, Any]:
+        return {"job": "ctr", **self.data_lineage}
 
     def describe(self) -> dict[str, Any]:
         return dict(asdict(self.config), hidden=list(self.config.hidden))

@@ -45,6 +45,8 @@ def train(sc: Any, prep_uri: str, model: ModelConfig = ModelConfig(), *, scaling
     task.job_config = {"model": task.describe(), "hash_buckets": model.hash_buckets, "features": schema.FEATURES,
                        "label": schema.LABEL, "prep": prep_uri, "strategy": scaling.strategy,
                        "num_workers": scaling.num_workers, "batch_size": loop.batch_size}
+    task.data_lineage = {"prep": prep_uri, **{k: report[k] for k in ("input", "train", "valid", "train_rows",
+                                                                      "valid_rows", "rows", "bad") if k in report}}
     started = time.monotonic()
     result = fit(sc, task, source, config=TrainConfig(scaling, run, loop))
     result.metrics["train_seconds"] = round(time.monotonic() - started, 2)

@@ -104,6 +104,10 @@ class SurveyTask(TrainingTask):
     def export_files(self) -> dict[str, Any]:
         return {PLAN_FILE: self.full_plan}
 
+    def lineage(self) -> dict[str, Any]:
+        return {"job": "survey", "data": self.full_plan.get("data"), "rows": self.full_plan.get("rows"),
+                "plan_id": self.plan_id}
+
     def build_model(self) -> Any:
         return build_survey_model(self.plan, hidden=self.options["hidden"],
                                   embedding_dim=self.options["embedding_dim"], dropout=self.options["dropout"])

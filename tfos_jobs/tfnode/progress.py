@@ -71,5 +71,6 @@ def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate
         features = {name: spec.reader.dtypes[name] for name in spec.reader.features}
         export_uri = publish_export(export_uri, plain, features, metrics, kind=spec.task.export_kind,
                                     files=spec.task.export_files(), version=run.export_version,
-                                    overwrite=run.overwrite_export)
+                                    overwrite=run.overwrite_export,
+                                    lineage={"training": spec.config.as_dict(), "data": spec.task.lineage()})
     return {"metrics": metrics, "export_uri": export_uri, "steps": steps, "resumed_from": progress.start_step}

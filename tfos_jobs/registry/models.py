@@ -1,0 +1,320 @@
+"""A model registry kept on storage: no server, any URI ``hdfs_io`` reaches (hdfs://, s3://, file://).
+
+A registered model is a directory of numbered exports in TF Serving's layout plus the registry's files::
+
+    <model>/1/, <model>/2/, ...                  exports, write-once (:func:`tfos_jobs.export.publish_export`)
+    <model>/_registry/events/0000000001.json     the log: one event per change, write-once, numbered
+    <model>/_registry/state.json                 the pointer object: aliases and versions as of event N
+
+Every change (a version number taken, a published version registered with its lineage, an alias
+moved or rolled back, versions deleted) is an event appended with :func:`hdfs_io.create_new`: of
+writers racing for event N exactly one wins, and the others re-read and try N+1. So two trainings
+never get one version number and two promotions are ordered. The state is the events applied in order;
+``state.json`` is that state as of some event, replaced atomically after each change, so a reader needs
+one read and one probe for a newer event. A reader applies any newer events it finds: a writer that
+died between its event and the pointer costs readers a read, never a wrong answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import getpass
+import json
+import os
+import re
+import socket
+from typing import Any
+
+import hdfs_io
+
+FORMAT = "tfos.registry/1"
+REGISTRY_DIR = "_registry"
+CHAMPION, CHALLENGER = "champion", "challenger"
+ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
+MAX_TRIES = 20          # events lost to other writers before a change gives up
+
+
+class RegistryError(ValueError):
+    """A change the registry refuses (unknown version, alias not set, nothing to roll back to)."""
+
+
+@dataclasses.dataclass
+class State:
+    """The registry's state after event ``seq``: versions (number -> record) and aliases (name -> the
+    versions it pointed to, oldest first: the last is current, the one before is what rollback restores)."""
+    seq: int = 0
+    versions: dict[int, dict] = dataclasses.field(default_factory=dict)
+    aliases: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def alias(self, name: str) -> int | None:
+        stack = self.aliases.get(name)
+        return stack[-1] if stack else None
+
+    def current_aliases(self) -> dict[str, int]:
+        return {name: stack[-1] for name, stack in sorted(self.aliases.items()) if stack}
+
+    def ready(self) -> list[int]:
+        return sorted(n for n, v in self.versions.items() if v["state"] == "ready")
+
+    def apply(self, event: dict) -> None:
+        op = event["op"]
+        if op == "adopt":
+            for n in event["versions"]:
+                self.versions[int(n)] = {"state": "ready", "registered": event["time"], "lineage": {"adopted": True},
+                                         "metrics": {}}
+        elif op == "allocate":
+            self.versions[int(event["version"])] = {"state": "allocated", "allocated": event["time"], "by": event["by"]}
+        elif op == "register":
+            self.versions[int(event["version"])] = {"state": "ready", "registered": event["time"], "by": event["by"],
+                                                    "lineage": event.get("lineage", {}),
+                                                    "metrics": event.get("metrics", {})}
+        elif op == "alias":
+            stack = self.aliases.setdefault(event["alias"], [])
+            if event.get("rollback"):
+                stack.pop()
+            else:
+                stack.append(int(event["version"]))
+        elif op == "unalias":
+            self.aliases.pop(event["alias"], None)
+        elif op == "delete":
+            for n in event["versions"]:
+                self.versions[int(n)]["state"] = "deleted"
+        else:
+            raise RegistryError(f"unknown registry event {op!r} (seq {event.get('seq')}): written by a newer version?")
+        self.seq = int(event["seq"])
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "seq": self.seq, "aliases": self.current_aliases(),
+                "alias_history": {k: v for k, v in sorted(self.aliases.items())},
+                "versions": {str(n): v for n, v in sorted(self.versions.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "State":
+        if data.get("format") != FORMAT:
+            raise RegistryError(f"registry state format {data.get('format')!r}, expected {FORMAT!r}")
+        return cls(int(data["seq"]), {int(n): v for n, v in data["versions"].items()},
+                   {k: [int(x) for x in v] for k, v in data["alias_history"].items()})
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+def check_alias(name: str) -> str:
+    if not re.fullmatch(ALIAS_PATTERN, name or ""):
+        raise RegistryError(f"alias {name!r}: a letter, then letters, digits, '_' or '-' (at most 64)")
+    return name
+
+
+class ModelRegistry:
+    """One registered model: the versioned export URI ``uri`` and its registry files (see module doc).
+
+    Reading is cheap (``state()``: one small read and one probe); every change is one event.
+    ``by`` names who changed it in the log (default: user@host:pid)."""
+
+    def __init__(self, uri: str, by: str | None = None):
+        self.uri = uri.rstrip("/")
+        self.by = by or _who()
+        self._events = hdfs_io.join(self.uri, REGISTRY_DIR, "events")
+        self._pointer = hdfs_io.join(self.uri, REGISTRY_DIR, "state.json")
+
+    # -- reading --------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return hdfs_io.exists(self._pointer) or hdfs_io.exists(self._event_uri(1))
+
+    def state(self) -> State:
+        """The state after the last event (the pointer, then any events written after it)."""
+        state = State()
+        if hdfs_io.exists(self._pointer):
+            with hdfs_io.open(self._pointer, "r") as handle:
+                state = State.from_json(json.load(handle))
+        while True:
+            event = self._read_event(state.seq + 1)
+            if event is None:
+                return state
+            state.apply(event)
+
+    def history(self) -> list[dict]:
+        """Every event, oldest first."""
+        events, seq = [], 1
+        while (event := self._read_event(seq)) is not None:
+            events.append(event)
+            seq += 1
+        return events
+
+    def version_uri(self, version: int) -> str:
+        return hdfs_io.join(self.uri, str(int(version)))
+
+    def resolve(self, ref: str | int, state: State | None = None) -> int:
+        """A version number from ``ref``: a number, an alias, or ``latest`` (the highest ready version)."""
+        state = state or self.state()
+        text = str(ref)
+        if text.isdigit():
+            version = int(text)
+            if state.versions.get(version, {}).get("state") != "ready":
+                raise RegistryError(f"{self.uri}: version {version} is not a registered, ready version "
+                                    f"(ready: {state.ready() or 'none'})")
+            return version
+        if text == "latest":
+            if not state.ready():
+                raise RegistryError(f"{self.uri}: no ready version")
+            return state.ready()[-1]
+        version = state.alias(check_alias(text))
+        if version is None:
+            raise RegistryError(f"{self.uri}: alias {text!r} is not set (set: {state.current_aliases() or 'none'}); "
+                                f"set it with `tfos-registry promote {self.uri} <version> --alias {text}`")
+        return version
+
+    # -- changes --------------------------------------------------------------------------------------
+    def allocate(self) -> int:
+        """Take the next version number (one more than every number taken or present on storage)."""
+        def change(state: State) -> dict:
+            present = _numbered_dirs(self.uri)
+            return {"op": "allocate", "version": max([*state.versions, *present], default=0) + 1}
+        return int(self._append(change)["version"])
+
+    def register(self, version: int, *, lineage: dict, metrics: dict) -> dict:
+        """Mark an allocated version ready once its export is complete (``_SUCCESS`` written)."""
+        def change(state: State) -> dict:
+            record = state.versions.get(int(version))
+            if record is None or record["state"] != "allocated":
+                raise RegistryError(f"{self.uri}: version {version} was not allocated by the registry "
+                                    f"({record['state'] if record else 'unknown'})")
+            if not hdfs_io.exists(hdfs_io.join(self.version_uri(version), hdfs_io.SUCCESS)):
+                raise RegistryError(f"{self.version_uri(version)} is not a complete export (no _SUCCESS)")
+            return {"op": "register", "version": int(version), "lineage": lineage, "metrics": metrics}
+        return self._append(change)
+
+    def promote(self, ref: str | int, alias: str = CHAMPION, *, reason: str = "", extra: dict | None = None) -> dict:
+        """Point ``alias`` at a ready version (a number, another alias, or ``latest``)."""
+        check_alias(alias)
+
+        def change(state: State) -> dict:
+            version = self.resolve(ref, state)
+            return {"op": "alias", "alias": alias, "version": version, "previous": state.alias(alias),
+                    "reason": reason, **(extra or {})}
+        return self._append(change)
+
+    def rollback(self, alias: str = CHAMPION, *, reason: str = "") -> dict:
+        """Point ``alias`` back at the version it pointed to before its last promotion."""
+        check_alias(alias)
+
+        def change(state: State) -> dict:
+            stack = state.aliases.get(alias, [])
+            if len(stack) < 2:
+                raise RegistryError(f"{self.uri}: alias {alias!r} has no earlier version to roll back to "
+                                    f"(history: {stack or 'never set'})")
+            target = stack[-2]
+            if state.versions[target]["state"] != "ready":
+                raise RegistryError(f"{self.uri}: cannot roll {alias!r} back to version {target}: it was deleted")
+            return {"op": "alias", "alias": alias, "version": target, "previous": stack[-1], "rollback": True,
+                    "reason": reason}
+        return self._append(change)
+
+    def unalias(self, alias: str, *, reason: str = "") -> dict:
+        check_alias(alias)
+
+        def change(state: State) -> dict:
+            if alias not in state.aliases:
+                raise RegistryError(f"{self.uri}: alias {alias!r} is not set")
+            return {"op": "unalias", "alias": alias, "reason": reason}
+        return self._append(change)
+
+    def retention(self, keep_last: int, state: State | None = None) -> list[int]:
+        """The versions a retention of ``keep_last`` would delete: every ready or abandoned version but
+        the last ``keep_last`` ready ones, the aliased ones and each alias's rollback target."""
+        if keep_last < 1:
+            raise RegistryError(f"keep_last must be at least 1, got {keep_last}")
+        state = state or self.state()
+        kept = set(state.ready()[-keep_last:])
+        for stack in state.aliases.values():
+            kept.update(stack[-2:])
+        newest = max(state.versions, default=0)
+        return sorted(n for n, v in state.versions.items()
+                      if n not in kept and v["state"] != "deleted"
+                      and not (v["state"] == "allocated" and n == newest))   # may still be training
+
+    def retain(self, keep_last: int, *, reason: str = "") -> list[int]:
+        """Delete what :meth:`retention` names: the event first (readers stop using them), then the files."""
+        doomed: list[int] = []
+
+        def change(state: State) -> dict:
+            doomed[:] = self.retention(keep_last, state)
+            if not doomed:
+                raise _Nothing()
+            return {"op": "delete", "versions": doomed, "keep_last": keep_last, "reason": reason}
+        try:
+            self._append(change)
+        except _Nothing:
+            pass
+        self.sweep()
+        return doomed
+
+    def sweep(self) -> list[int]:
+        """Delete the files of versions the log says are deleted (left by a crash after the event)."""
+        state = self.state()
+        gone = [n for n in _numbered_dirs(self.uri) if state.versions.get(n, {}).get("state") == "deleted"]
+        for n in gone:
+            hdfs_io.delete(self.version_uri(n), recursive=True, missing_ok=True)
+        return gone
+
+    # -- the log --------------------------------------------------------------------------------------
+    def _event_uri(self, seq: int) -> str:
+        return hdfs_io.join(self._events, f"{seq:010d}.json")
+
+    def _read_event(self, seq: int) -> dict | None:
+        uri = self._event_uri(seq)
+        try:
+            with hdfs_io.open(uri, "r") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+
+    def _append(self, change) -> dict:
+        """Compute an event from the newest state and append it as the next one; recompute and retry when
+        another writer took that number first."""
+        for _ in range(MAX_TRIES):
+            state = self.state()
+            if state.seq == 0:
+                adopted = sorted(n for n, complete in _numbered_dirs(self.uri).items() if complete)
+                if adopted and self._write(state, {"op": "adopt", "versions": adopted}) is None:
+                    continue
+                state = self.state()
+            event = self._write(state, change(state))
+            if event is not None:
+                return event
+        raise RegistryError(f"{self.uri}: gave up after {MAX_TRIES} tries: other writers keep changing it")
+
+    def _write(self, state: State, body: dict) -> dict | None:
+        event = {"seq": state.seq + 1, "time": _now(), "by": self.by, **body}
+        if not hdfs_io.create_new(self._event_uri(event["seq"]), json.dumps(event, sort_keys=True).encode()):
+            return None
+        state.apply(event)
+        with hdfs_io.open(self._pointer, "w") as handle:   # replaced atomically; readers catch up anyway
+            json.dump(state.to_json(), handle, indent=1, sort_keys=True)
+        return event
+
+
+class _Nothing(Exception):
+    pass
+
+
+def _numbered_dirs(uri: str) -> dict[int, bool]:
+    from tfos_jobs.export import versions
+    return versions(uri)
+
+
+def list_models(root: str) -> list[str]:
+    """The registered models directly under ``root`` (directories holding ``_registry``)."""
+    if not hdfs_io.exists(root):
+        raise FileNotFoundError(f"registry {root} does not exist")
+    return sorted(info.uri.rstrip("/") for info in hdfs_io.ls(root)
+                  if info.is_dir and hdfs_io.exists(hdfs_io.join(info.uri, REGISTRY_DIR)))
