@@ -310,6 +310,38 @@ def test_beyond_loopback_a_token_is_required(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.slow
+def test_a_registry_alias_is_followed_through_promotion_and_rollback(tmp_path):
+    from tfos_jobs.registry import ModelRegistry
+    base = tmp_path / "registry" / "ctr"
+    publish_version(base, seed=1)
+    publish_version(base, seed=2)
+    done = subprocess.run([*SERVE, "--model", f"ctr={base}@champion"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "alias 'champion' is not set" in done.stderr, done.stderr[-2000:]
+    registry = ModelRegistry(str(base))
+    registry.promote(1)
+    server = Served([*SERVE, "--model", f"ctr={base}@champion", "--poll-s", "0.3"], tmp_path / "log")
+
+    def answered_by():
+        code, body, _ = server.call("POST", "/v1/models/ctr/records:predict", {"records": raw_lines(1)})
+        assert code == 200, body
+        return body["model_version"]
+
+    def wait_for(version):
+        deadline = time.monotonic() + 60
+        while answered_by() != version and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answered_by() == version, server.output()[-3000:]
+    try:
+        assert answered_by() == "1"                     # the champion, not the newest version
+        registry.promote(2)
+        wait_for("2")
+        registry.rollback()
+        wait_for("1")
+    finally:
+        assert server.stop() == 0, server.output()[-3000:]
+
+
+@pytest.mark.slow
 def test_sigterm_drains_a_request_in_flight_and_every_request_is_logged(tmp_path):
     """A batch that waits 3 s for company is in flight when SIGTERM comes: it is answered, then the
     server exits 0; the access log has one JSON line per request."""
@@ -468,6 +500,10 @@ def test_config_refuses_what_would_be_unsafe_or_meaningless():
     source = (ModelSource("ctr", "file:///x"),)
     with pytest.raises(ValueError, match="give a bearer token"):
         ServerConfig(source, host="0.0.0.0")
+    assert ModelSource.parse("ctr=hdfs://nn/reg/ctr@champion") == ModelSource("ctr", "hdfs://nn/reg/ctr", "champion")
+    assert ModelSource.parse("ctr=s3://b/x@y/ctr").alias == ""
+    with pytest.raises(ValueError, match="alias '9x'"):
+        ModelSource.parse("ctr=file:///x@9x")
     with pytest.raises(ValueError, match="--tls-key /nonexistent: no such file"):
         TlsConfig(__file__, "/nonexistent")
     with pytest.raises(ValueError, match="at least 16"):

@@ -13,9 +13,11 @@ LOOPBACK_NAMES = ("localhost",)
 @dataclass(frozen=True)
 class ModelSource:
     """A served name and where its exports are: a directory of numbered versions (``URI/<n>/``, TF
-    Serving's layout; the highest complete one is served) or one replaceable export."""
+    Serving's layout; the highest complete one is served), one replaceable export, or a registered
+    model and an alias (``URI@champion``: the version the alias points to, followed as it moves)."""
     name: str
     uri: str
+    alias: str = ""
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
@@ -23,12 +25,18 @@ class ModelSource:
         if not self.uri:
             raise ValueError(f"model {self.name}: no export URI")
 
+        if self.alias and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", self.alias):
+            raise ValueError(f"model {self.name}: alias {self.alias!r}: a letter, then letters, digits, '_' or '-'")
+
     @classmethod
     def parse(cls, text: str) -> "ModelSource":
-        """``name=URI``."""
+        """``name=URI`` or ``name=URI@alias``."""
         name, sep, uri = text.partition("=")
         if not sep:
-            raise ValueError(f"expected NAME=URI, got {text!r}")
+            raise ValueError(f"expected NAME=URI or NAME=URI@ALIAS, got {text!r}")
+        base, at, alias = uri.rpartition("@")
+        if at and "/" not in alias:
+            return cls(name, base, alias)
         return cls(name, uri)
 
 

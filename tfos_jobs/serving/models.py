@@ -121,7 +121,7 @@ class ServedModel:
         """Look at the export URI once; load, check and swap to a new version. True when it swapped.
         With nothing served yet (at start), a newest version that fails gives way to the next older."""
         with self._lock:
-            directory = export_dir(self.source.uri)
+            directory = self.directory()
             if self.current and self.current.directory == directory:
                 return False
             for candidate in [directory] if self.current else self._newest_first(directory):
@@ -143,8 +143,19 @@ class ServedModel:
                 return True
             return False
 
+    def directory(self) -> str:
+        """The export directory to serve now: the alias's version, or the newest complete one."""
+        if self.source.alias:
+            from tfos_jobs.registry import ModelRegistry
+            registry = ModelRegistry(self.source.uri)
+            return registry.version_uri(registry.resolve(self.source.alias))
+        return export_dir(self.source.uri)
+
     def _newest_first(self, directory: str) -> list[str]:
-        """``directory``, then the older complete numbered versions beside it (if it is one)."""
+        """``directory``, then the older complete numbered versions beside it (if it is one); only the
+        alias's version when an alias is followed (another version was not chosen by anyone)."""
+        if self.source.alias:
+            return [directory]
         numbered = {n for n, complete in versions(self.source.uri).items() if complete}
         older = sorted((n for n in numbered if hdfs_io.join(self.source.uri, str(n)) != directory), reverse=True)
         return [directory] + [hdfs_io.join(self.source.uri, str(n)) for n in older]
