@@ -1,0 +1,79 @@
+"""The autopilot's policy file and judgements, on numbers alone."""
+from __future__ import annotations
+
+import pytest
+
+from tfos_jobs.autopilot import decide, policy as policies
+from tfos_jobs.autopilot.policy import PolicyError
+
+
+def window(end_min, value, version="1", count=1000, metric="auc", kind="sliding", name="3600s every 900s", series=""):
+    return {"window_kind": kind, "window": name, "model_version": version, "series": series, "count": count,
+            "window_end_ms": end_min * 60_000, metric: value}
+
+
+def test_a_policy_file_is_read_and_checked(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("model: hdfs://nn/registry/ctr\nmetric: log_loss\nwindow: sliding 600s every 300s\n"
+                    "trigger: {drop: 0.05, consecutive: 2}\nretrain: {last_rows: 5000}\nblessing: {floor: 0.6}\n")
+    p = policies.load(str(path))
+    assert (p.metric, p.trigger.drop, p.trigger.consecutive, p.retrain.last_rows, p.direction) == (
+        "log_loss", 0.05, 2, 5000, -1)
+    assert p.window_kind() == ("sliding", "600s every 300s") and p.trigger.min_count == 500
+    bad = {"trigger: {drop: -1}": "trigger: drop: must be at least 0, got -1",
+           "trigger: {dorp: 1}": "trigger: unknown key(s) ['dorp']",
+           "metric: accuracy": "metric: one of auc, log_loss, accuracy:<question>",
+           "window: hourly": "window: 'sliding <L>s every <S>s'",
+           "retrain: {last_rows: 10, last_s: 60}": "retrain: give one of last_rows and last_s",
+           "approval: maybe": "approval: auto or manual",
+           "shadow_windows: 1.5": "shadow_windows: expected an integer"}
+    for line, message in bad.items():
+        path.write_text(f"model: file:///m\n{line}\n")
+        with pytest.raises(PolicyError) as caught:
+            policies.load(str(path))
+        assert str(caught.value) == f"{path}: {message}" or message in str(caught.value), (line, str(caught.value))
+        assert str(path) in str(caught.value)
+    path.write_text("metric: auc\n")
+    with pytest.raises(PolicyError, match="model: the registered model's URI is required"):
+        policies.load(str(path))
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(PolicyError, match="not YAML"):
+        policies.load(str(path))
+
+
+def test_a_drop_in_consecutive_windows_triggers_and_a_dip_does_not():
+    p = policies.parse({"model": "file:///m", "trigger": {"drop": 0.02, "consecutive": 3, "baseline_windows": 2}})
+    live = [window(15 * i, v) for i, v in enumerate([0.80, 0.78, 0.79, 0.75, 0.79, 0.74, 0.75, 0.76], start=1)]
+    live.append(window(200, 0.50, count=10))                      # too few rows: not counted
+    live.append(window(210, 0.50, version="2"))                   # another version's window
+    windows = decide.champion_windows(p, live, "1", since_ms=0)
+    assert len(windows) == 8
+    baseline = decide.live_baseline(p, windows)
+    assert baseline == pytest.approx(0.79)
+    assert not decide.judge(p, windows[:6], baseline).retrain     # 0.75, 0.79, 0.74: one recovered
+    verdict = decide.judge(p, windows, baseline)
+    assert verdict.retrain and verdict.numbers["recent"] == [0.74, 0.75, 0.76], verdict
+    assert not decide.judge(p, decide.champion_windows(p, live, "1", since_ms=16 * 60_000 * 15), baseline).retrain
+    assert not decide.judge(p, windows[:1], decide.live_baseline(p, windows[:1])).retrain
+
+
+def test_log_loss_is_better_lower_and_survey_accuracy_reads_its_question():
+    p = policies.parse({"model": "file:///m", "metric": "log_loss", "trigger": {"drop": 0.05, "consecutive": 2}})
+    assert decide.judge(p, [window(i, v, metric="log_loss") for i, v in enumerate([0.4, 0.4, 0.4, 0.5, 0.5])],
+                        0.4).retrain
+    assert not decide.judge(p, [window(i, v, metric="log_loss") for i, v in enumerate([0.4, 0.4, 0.4, 0.3, 0.3])],
+                            0.4).retrain
+    q = policies.parse({"model": "file:///m", "metric": "accuracy:q7"})
+    records = [window(1, 0.6, metric="ctr", series="q7"), window(2, 0.9, metric="ctr", series="q1")]
+    assert [decide.metric_of(q, r) for r in decide.champion_windows(q, records, "1", 0)] == [0.6]
+
+
+def test_blessing_needs_the_floor_and_the_change():
+    p = policies.parse({"model": "file:///m", "blessing": {"floor": 0.7, "min_change": 0.01}})
+    assert decide.bless(p, 0.72, 0.74).retrain
+    assert not decide.bless(p, 0.72, 0.725).retrain              # better, by less than min_change
+    assert "floor" in decide.bless(p, None, 0.65).reason
+    assert decide.bless(p, None, 0.71).retrain                   # no champion yet
+    assert not decide.bless(p, 0.72, float("nan")).retrain
+    lower = policies.parse({"model": "file:///m", "metric": "log_loss", "blessing": {"floor": 0.5}})
+    assert decide.bless(lower, 0.45, 0.40).retrain and not decide.bless(lower, 0.45, 0.55).retrain

@@ -1,0 +1,1 @@
+"""Automated retraining: a policy (:mod:`.policy`), its judgements (:mod:`.decide`) and the loop that acts on them."""

@@ -1,0 +1,81 @@
+"""The autopilot's judgements, as pure functions of the numbers (no storage, no Spark): whether the
+live windows call for a retraining, and whether a challenger is blessed. Each returns its numbers so
+the decisions log can say why."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tfos_jobs.autopilot.policy import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    retrain: bool
+    reason: str
+    numbers: dict
+
+
+def metric_of(policy: Policy, record: dict) -> float | None:
+    """The policy's metric in one metrics record (survey accuracy is the record's "ctr": the share of
+    answers predicted right, see tfos_jobs.streaming.quality)."""
+    name = policy.metric.split(":", 1)[0]
+    value = record.get("ctr" if name == "accuracy" else name)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def champion_windows(policy: Policy, records: list[dict], version: str, since_ms: int) -> list[dict]:
+    """The policy's windows of the champion ``version`` that ended after ``since_ms`` (its promotion)
+    with enough labelled rows and a value, oldest first."""
+    kind, window = policy.window_kind()
+    series = policy.metric.split(":", 1)[1] if ":" in policy.metric else ""
+    chosen = [r for r in records
+              if r["window_kind"] == kind and r["window"] == window and str(r["model_version"]) == str(version)
+              and r.get("series", "") == series and r["window_end_ms"] > since_ms
+              and (r.get("count") or 0) >= policy.trigger.min_count and metric_of(policy, r) is not None]
+    return sorted(chosen, key=lambda r: r["window_end_ms"])
+
+
+def live_baseline(policy: Policy, windows: list[dict]) -> float | None:
+    """The mean of the champion's first ``baseline_windows`` windows; None until there are that many."""
+    first = windows[:policy.trigger.baseline_windows]
+    if len(first) < policy.trigger.baseline_windows:
+        return None
+    return sum(metric_of(policy, r) for r in first) / len(first)
+
+
+def judge(policy: Policy, windows: list[dict], baseline: float | None) -> Verdict:
+    """Retrain when each of the last ``consecutive`` windows (after those the live baseline was taken
+    from) is worse than ``baseline`` by more than ``drop``."""
+    t = policy.trigger
+    if baseline is None:
+        return Verdict(False, f"no baseline yet ({len(windows)} of {t.baseline_windows} windows)",
+                       {"windows": len(windows)})
+    judged = windows[t.baseline_windows:] if t.baseline == "live" else windows
+    recent = judged[-t.consecutive:]
+    values = [metric_of(policy, r) for r in recent]
+    worse = [not policy.better(v, baseline, -t.drop) for v in values]   # v is worse than baseline - drop
+    numbers = {"baseline": baseline, "drop": t.drop, "recent": values,
+               "recent_end_ms": [r["window_end_ms"] for r in recent], "windows": len(windows)}
+    if len(recent) == t.consecutive and all(worse):
+        return Verdict(True, f"{policy.metric} below the baseline {baseline:.4f} by more than {t.drop} in "
+                             f"{t.consecutive} consecutive windows", numbers)
+    return Verdict(False, f"{sum(worse)} of the last {len(recent)} windows below the baseline by more than {t.drop}",
+                   numbers)
+
+
+def bless(policy: Policy, champion: float | None, challenger: float) -> Verdict:
+    """The challenger is blessed when it is at least the floor and better than the champion (scored on the
+    same held-out rows) by at least ``min_change``."""
+    b = policy.blessing
+    numbers = {"champion": champion, "challenger": challenger, "floor": b.floor, "min_change": b.min_change}
+    if not math.isfinite(challenger):
+        return Verdict(False, f"the challenger's {policy.metric} is {challenger}", numbers)
+    if b.floor is not None and not policy.better(challenger, b.floor):
+        return Verdict(False, f"the challenger's {policy.metric} {challenger:.4f} does not reach the floor {b.floor}",
+                       numbers)
+    if champion is not None and not policy.better(challenger, champion, b.min_change):
+        return Verdict(False, f"the challenger's {policy.metric} {challenger:.4f} is not better than the champion's "
+                              f"{champion:.4f} by {b.min_change}", numbers)
+    return Verdict(True, f"blessed: {policy.metric} {challenger:.4f} against the champion's "
+                         f"{'none' if champion is None else f'{champion:.4f}'}", numbers)
