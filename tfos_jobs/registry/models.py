@@ -17,21 +17,15 @@ died between its event and the pointer costs readers a read, never a wrong answe
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import getpass
-import json
-import os
 import re
-import socket
-from typing import Any
 
 import hdfs_io
+from tfos_jobs.registry.ledger import MAX_TRIES, Ledger
 
 FORMAT = "tfos.registry/1"
 REGISTRY_DIR = "_registry"
 CHAMPION, CHALLENGER = "champion", "challenger"
 ALIAS_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,63}"
-MAX_TRIES = 20          # events lost to other writers before a change gives up
 
 
 class RegistryError(ValueError):
@@ -96,18 +90,6 @@ class State:
                    {k: [int(x) for x in v] for k, v in data["alias_history"].items()})
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
-
-
 def check_alias(name: str) -> str:
     if not re.fullmatch(ALIAS_PATTERN, name or ""):
         raise RegistryError(f"alias {name!r}: a letter, then letters, digits, '_' or '-' (at most 64)")
@@ -117,38 +99,25 @@ def check_alias(name: str) -> str:
 class ModelRegistry:
     """One registered model: the versioned export URI ``uri`` and its registry files (see module doc).
 
-    Reading is cheap (``state()``: one small read and one probe); every change is one event.
-    ``by`` names who changed it in the log (default: user@host:pid)."""
+    Reading is cheap (``state()``: one small read and one probe); every change is one event of its
+    :class:`~tfos_jobs.registry.ledger.Ledger`. ``by`` names who changed it in the log (default:
+    user@host:pid)."""
 
     def __init__(self, uri: str, by: str | None = None):
         self.uri = uri.rstrip("/")
-        self.by = by or _who()
-        self._events = hdfs_io.join(self.uri, REGISTRY_DIR, "events")
-        self._pointer = hdfs_io.join(self.uri, REGISTRY_DIR, "state.json")
+        self.ledger = Ledger(hdfs_io.join(self.uri, REGISTRY_DIR), State, State.from_json, by)
 
     # -- reading --------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return hdfs_io.exists(self._pointer) or hdfs_io.exists(self._event_uri(1))
+        return self.ledger.exists()
 
     def state(self) -> State:
         """The state after the last event (the pointer, then any events written after it)."""
-        state = State()
-        if hdfs_io.exists(self._pointer):
-            with hdfs_io.open(self._pointer, "r") as handle:
-                state = State.from_json(json.load(handle))
-        while True:
-            event = self._read_event(state.seq + 1)
-            if event is None:
-                return state
-            state.apply(event)
+        return self.ledger.state()
 
     def history(self) -> list[dict]:
         """Every event, oldest first."""
-        events, seq = [], 1
-        while (event := self._read_event(seq)) is not None:
-            events.append(event)
-            seq += 1
-        return events
+        return self.ledger.history()
 
     def version_uri(self, version: int) -> str:
         return hdfs_io.join(self.uri, str(int(version)))
@@ -246,15 +215,12 @@ class ModelRegistry:
         """Delete what :meth:`retention` names: the event first (readers stop using them), then the files."""
         doomed: list[int] = []
 
-        def change(state: State) -> dict:
+        def change(state: State) -> dict | None:
             doomed[:] = self.retention(keep_last, state)
             if not doomed:
-                raise _Nothing()
+                return None
             return {"op": "delete", "versions": doomed, "keep_last": keep_last, "reason": reason}
-        try:
-            self._append(change)
-        except _Nothing:
-            pass
+        self._append(change)
         self.sweep()
         return doomed
 
@@ -267,44 +233,20 @@ class ModelRegistry:
         return gone
 
     # -- the log --------------------------------------------------------------------------------------
-    def _event_uri(self, seq: int) -> str:
-        return hdfs_io.join(self._events, f"{seq:010d}.json")
-
-    def _read_event(self, seq: int) -> dict | None:
-        uri = self._event_uri(seq)
-        try:
-            with hdfs_io.open(uri, "r") as handle:
-                return json.load(handle)
-        except FileNotFoundError:
-            return None
-
     def _append(self, change) -> dict:
-        """Compute an event from the newest state and append it as the next one; recompute and retry when
-        another writer took that number first."""
-        for _ in range(MAX_TRIES):
-            state = self.state()
+        """Append ``change(newest state)`` (see :class:`Ledger`); the first change also adopts the
+        complete numbered versions published before the registry existed."""
+        def first_adopting(state: State) -> dict:
             if state.seq == 0:
                 adopted = sorted(n for n, complete in _numbered_dirs(self.uri).items() if complete)
-                if adopted and self._write(state, {"op": "adopt", "versions": adopted}) is None:
-                    continue
-                state = self.state()
-            event = self._write(state, change(state))
-            if event is not None:
+                if adopted:
+                    return {"op": "adopt", "versions": adopted}
+            return change(state)
+        for _ in range(MAX_TRIES):
+            event = self.ledger.append(first_adopting)
+            if event is None or event["op"] != "adopt":
                 return event
-        raise RegistryError(f"{self.uri}: gave up after {MAX_TRIES} tries: other writers keep changing it")
-
-    def _write(self, state: State, body: dict) -> dict | None:
-        event = {"seq": state.seq + 1, "time": _now(), "by": self.by, **body}
-        if not hdfs_io.create_new(self._event_uri(event["seq"]), json.dumps(event, sort_keys=True).encode()):
-            return None
-        state.apply(event)
-        with hdfs_io.open(self._pointer, "w") as handle:   # replaced atomically; readers catch up anyway
-            json.dump(state.to_json(), handle, indent=1, sort_keys=True)
-        return event
-
-
-class _Nothing(Exception):
-    pass
+        raise RegistryError(f"{self.uri}: could not adopt its versions")
 
 
 def _numbered_dirs(uri: str) -> dict[int, bool]:
