@@ -1,6 +1,8 @@
 """The autopilot's policy file and judgements, on numbers alone."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tfos_jobs.autopilot import decide, policy as policies
@@ -77,3 +79,124 @@ def test_blessing_needs_the_floor_and_the_change():
     assert not decide.bless(p, 0.72, float("nan")).retrain
     lower = policies.parse({"model": "file:///m", "metric": "log_loss", "blessing": {"floor": 0.5}})
     assert decide.bless(lower, 0.45, 0.40).retrain and not decide.bless(lower, 0.45, 0.55).retrain
+
+
+# ------------------------------------------------------------------------------------ the loop
+class FakeJob:
+    """Hooks with scripted numbers: windows of the champion, a retraining that publishes a stand-in
+    version, and the scores the evaluation reports."""
+
+    def __init__(self, registry, tmp_path, scores=(0.70, 0.80), fail=None, incompatible=None):
+        self.registry, self.tmp_path = registry, tmp_path
+        self.scores, self.fail, self.why = scores, fail, incompatible
+        self.values, self.trained = [], []
+
+    def windows(self):
+        start = int(time.time() * 1000) + 60_000
+        return [window(0, v) | {"window_end_ms": start + 60_000 * i, "model_version": str(self.registry.state().alias("champion"))}
+                for i, v in enumerate(self.values)]
+
+    def retrain(self, decision):
+        self.trained.append(decision["id"])
+        if self.fail:
+            raise self.fail
+        from test_registry import publish_fake
+        return publish_fake(self.registry, self.tmp_path, f"retrain-{decision['id']}-{len(self.trained)}")
+
+    def evaluate(self, decision, versions):
+        return {"champion": self.scores[0], "challenger": self.scores[1]}
+
+    def incompatible(self, champion, challenger):
+        return self.why
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def autopilot_for(tmp_path, job=None, clock=None, by="a", **policy):
+    from tfos_jobs.autopilot.loop import Autopilot
+    from tfos_jobs.registry import ModelRegistry
+    from test_registry import publish_fake
+    uri = f"file://{tmp_path}/reg/ctr"
+    registry = ModelRegistry(uri)
+    if not registry.exists():
+        publish_fake(registry, tmp_path, "first")
+        registry.promote(1)
+    p = policies.parse({"model": uri, "trigger": {"drop": 0.02, "consecutive": 2, "baseline_windows": 2, "min_count": 1},
+                        "cooldown_s": 600, **policy})
+    job = job or FakeJob(registry, tmp_path)
+    pilot = Autopilot(p, job, clock=clock or Clock(), by=by, lease_s=60)
+    pilot.acquire()
+    return pilot, job, registry
+
+
+def ops(pilot):
+    from tfos_jobs.autopilot.loop import decisions
+    return [e["op"] for e in decisions(pilot.policy.model)]
+
+
+def test_a_drop_retrains_blesses_and_promotes(tmp_path):
+    pilot, job, registry = autopilot_for(tmp_path)
+    job.values = [0.80, 0.80, 0.79]
+    assert pilot.step() is None                           # baseline taken, no drop
+    job.values += [0.70, 0.71]
+    promoted = pilot.step()
+    assert promoted["op"] == "promoted" and promoted["challenger"] == 2, promoted
+    assert registry.state().alias("champion") == 2 and registry.history()[-1]["decision"] == promoted["decision"]
+    assert ops(pilot) == ["lease", "baseline", "retrain", "trained", "evaluated", "promoted"]
+    job.values = [0.70, 0.70]
+    assert pilot.step() is None                           # the new champion's windows start afresh
+
+
+def test_a_worse_challenger_is_rejected_and_the_cooldown_holds(tmp_path):
+    clock = Clock()
+    pilot, job, registry = autopilot_for(tmp_path, clock=clock)
+    job.scores = (0.75, 0.74)
+    job.values = [0.80, 0.80, 0.70, 0.70]
+    rejected = pilot.step()
+    assert rejected["op"] == "rejected" and "not better than the champion" in rejected["reason"], rejected
+    assert registry.state().alias("champion") == 1
+    clock.now += 300
+    assert pilot.step() is None and len(job.trained) == 1     # cooling down
+    clock.now += 400
+    assert pilot.step()["op"] == "rejected" and len(job.trained) == 2
+
+
+def test_manual_approval_incompatibility_and_failure_keep_the_champion(tmp_path):
+    pilot, job, registry = autopilot_for(tmp_path / "manual", approval="manual")
+    job.values = [0.80, 0.80, 0.70, 0.70]
+    assert pilot.step()["op"] == "awaiting-approval"
+    assert registry.state().current_aliases() == {"champion": 1, "challenger": 2}
+    pilot, job, registry = autopilot_for(tmp_path / "incompatible")
+    job.why, job.values = "input C1 is int32 in the challenger, int64 in the champion", [0.8, 0.8, 0.7, 0.7]
+    assert "int32" in pilot.step()["reason"] and registry.state().alias("champion") == 1
+    pilot, job, registry = autopilot_for(tmp_path / "failing")
+    job.fail, job.values = RuntimeError("executor lost"), [0.8, 0.8, 0.7, 0.7]
+    failed = pilot.step()
+    assert failed["op"] == "failed" and "executor lost" in failed["error"] and registry.state().alias("champion") == 1
+
+
+def test_a_killed_autopilot_is_resumed_by_the_next_and_two_never_run_at_once(tmp_path):
+    from tfos_jobs.autopilot.loop import Autopilot, Busy
+    clock = Clock()
+    pilot, job, registry = autopilot_for(tmp_path, clock=clock, by="first")
+    job.values, job.fail = [0.8, 0.8, 0.7, 0.7], KeyboardInterrupt()      # killed inside the training
+    with pytest.raises(KeyboardInterrupt):
+        pilot.step()
+    assert ops(pilot) == ["lease", "baseline", "retrain"]
+    second = Autopilot(pilot.policy, job, clock=clock, by="second", lease_s=60)
+    with pytest.raises(Busy, match="autopilot first is running"):
+        second.acquire()
+    clock.now += 61                                                       # the first's heartbeat went stale
+    second.acquire()
+    job.fail = None
+    done = second.step()
+    assert done["op"] == "promoted" and job.trained == [3, 3], (done, job.trained)   # the same decision, resumed
+    assert ops(pilot).count("retrain") == 1 and registry.state().alias("champion") == 2
+    with pytest.raises(Busy, match="the lease was taken by second"):
+        pilot.step()

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 def publish_fake(registry: ModelRegistry, tmp_path: Path, tag: str, metrics: dict | None = None) -> int:
     """A version as `train --version auto` makes one, with a stand-in for the SavedModel."""
     local = tmp_path / f"export-{tag}"
-    local.mkdir()
+    local.mkdir(parents=True)
     (local / "saved_model.pb").write_text(tag)
     number = registry.allocate()
     hdfs_io.publish_once(str(local), registry.version_uri(number), last=("saved_model.pb",))

@@ -39,6 +39,7 @@ class State:
     seq: int = 0
     versions: dict[int, dict] = dataclasses.field(default_factory=dict)
     aliases: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    alias_moved: dict[str, str] = dataclasses.field(default_factory=dict)   # alias -> time of its last move
 
     def alias(self, name: str) -> int | None:
         stack = self.aliases.get(name)
@@ -63,6 +64,7 @@ class State:
                                                     "lineage": event.get("lineage", {}),
                                                     "metrics": event.get("metrics", {})}
         elif op == "alias":
+            self.alias_moved[event["alias"]] = event["time"]
             stack = self.aliases.setdefault(event["alias"], [])
             if event.get("rollback"):
                 stack.pop()
@@ -70,6 +72,7 @@ class State:
                 stack.append(int(event["version"]))
         elif op == "unalias":
             self.aliases.pop(event["alias"], None)
+            self.alias_moved.pop(event["alias"], None)
         elif op == "delete":
             for n in event["versions"]:
                 self.versions[int(n)]["state"] = "deleted"
@@ -80,6 +83,7 @@ class State:
     def to_json(self) -> dict:
         return {"format": FORMAT, "seq": self.seq, "aliases": self.current_aliases(),
                 "alias_history": {k: v for k, v in sorted(self.aliases.items())},
+                "alias_moved": dict(sorted(self.alias_moved.items())),
                 "versions": {str(n): v for n, v in sorted(self.versions.items())}}
 
     @classmethod
@@ -87,7 +91,7 @@ class State:
         if data.get("format") != FORMAT:
             raise RegistryError(f"registry state format {data.get('format')!r}, expected {FORMAT!r}")
         return cls(int(data["seq"]), {int(n): v for n, v in data["versions"].items()},
-                   {k: [int(x) for x in v] for k, v in data["alias_history"].items()})
+                   {k: [int(x) for x in v] for k, v in data["alias_history"].items()}, dict(data["alias_moved"]))
 
 
 def check_alias(name: str) -> str:
