@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import signal
 import threading
 import time
 from typing import Callable, Protocol
@@ -224,8 +225,8 @@ class Autopilot:
         return self._record({"op": "promoted" if alias == CHAMPION else "awaiting-approval", **outcome})
 
     def run(self, poll_s: float, stop: threading.Event) -> None:
-        """Step every ``poll_s`` until ``stop`` is set (a failed look is logged and retried)."""
-        self.acquire()
+        """Step every ``poll_s`` until ``stop`` is set (a failed look is logged and retried); after
+        :meth:`acquire`."""
         while not stop.is_set():
             try:
                 self.step()
@@ -234,6 +235,26 @@ class Autopilot:
             except Exception as exc:   # noqa: BLE001 - storage or metrics unreachable: look again later
                 log.warning("autopilot %s: %s", self.policy.model, exc)
             stop.wait(poll_s)
+
+
+def run_until_signalled(pilot: Autopilot, poll_s: float, once: bool = False) -> int:
+    """The command line's loop: take the lease, then step until SIGTERM/SIGINT (the first lets the
+    current step finish; a second stops at once, and the next start resumes). ``once``: one step,
+    its decision printed as JSON."""
+    pilot.acquire()
+    if once:
+        print(json.dumps({"model": pilot.policy.model, "decision": pilot.step()}, sort_keys=True), flush=True)
+        return 0
+    stop = threading.Event()
+
+    def stop_after_this_step(signum, _frame):
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_after_this_step)
+    print(json.dumps({"model": pilot.policy.model, "autopilot": pilot.me, "poll_s": poll_s}), flush=True)
+    pilot.run(poll_s, stop)
+    return 0
 
 
 def _epoch_ms(iso: str) -> int:

@@ -32,7 +32,7 @@ from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stre
                            dropout_rate, fraction, job_session, layer_sizes, non_negative_float, non_negative_int,
                            positive_float, positive_int, print_train_result, run_command, run_monitor_stream,
                            run_scoring_stream, training_configs)
-from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
+from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.ctr import prep, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
 from tfos_jobs.spark import java_version  # noqa: E402
@@ -178,13 +178,28 @@ def _add_stream_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", help="a `generate-stream` output: its drift time is marked on the plot")
 
 
+def _add_autopilot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("autopilot", help="watch the champion's live quality; retrain, check and promote when it falls")
+    p.add_argument("--policy", required=True, help="the retraining policy (YAML; see tfos_jobs.autopilot.policy)")
+    p.add_argument("--impressions", required=True, help="the impression lines the stream scores")
+    p.add_argument("--labeled", required=True, help="what `stream-monitor --labeled` writes")
+    p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
+    p.add_argument("--work", required=True, help="URI for the retrainings' data, checkpoints and evaluations")
+    p.add_argument("--poll-s", type=positive_float, default=60.0, help="look this often (default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="look once, act if called for, print the decision, exit")
+    _model_args(p)
+    add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
+    add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
+    add_spark_args(p)
+
+
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description=__doc__.splitlines()[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n".join(__doc__.splitlines()[2:13]))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_generate, _add_prep, _add_train, _add_evaluate, _add_score, _add_demo, _add_generate_stream,
-                _add_stream_score, _add_stream_monitor, _add_stream_report):
+                _add_stream_score, _add_stream_monitor, _add_stream_report, _add_autopilot):
         add(sub)
     return parser
 
@@ -328,10 +343,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_autopilot(args: argparse.Namespace) -> int:
+    from tfos_jobs.autopilot import policy as policies
+    from tfos_jobs.autopilot.loop import Autopilot, run_until_signalled
+    from tfos_jobs.ctr.autopilot import CtrRetraining
+    policy = policies.load(args.policy)
+    scaling, loop = from_flags(ScalingConfig, args), from_flags(LoopConfig, args)
+    spark = job_session(args, PROG, scaling.num_nodes)
+    try:
+        hooks = CtrRetraining(spark, policy, args.impressions, args.labeled, args.metrics, args.work,
+                              model=_model_config(args), scaling=scaling, loop=loop)
+        return run_until_signalled(Autopilot(policy, hooks), args.poll_s, once=args.once)
+    finally:
+        spark.stop()
+
+
 COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
             "score": cmd_score, "demo": cmd_demo, "generate-stream": cmd_generate_stream,
             "stream-score": cmd_stream_score, "stream-monitor": cmd_stream_monitor,
-            "stream-report": cmd_stream_report}
+            "stream-report": cmd_stream_report, "autopilot": cmd_autopilot}
 
 
 def main(argv: list[str] | None = None) -> int:
