@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tfos_jobs import scoring
+from tfos_jobs import registry, scoring
 from tfos_jobs.ctr import prep, schema, steps
 from tfos_jobs.streaming import pipeline
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
@@ -49,17 +49,27 @@ def read_clicks(spark: Any, source: str, config: StreamConfig) -> Any:
 
 
 def stream_score(spark: Any, export_uri: str, input_uri: str, output_uri: str, quarantine_uri: str,
-                 config: StreamConfig, batch_size: int = 4096) -> Pipeline:
+                 config: StreamConfig, batch_size: int = 4096, follow_s: float = 30.0) -> Pipeline:
     """Score impressions landing at ``input_uri`` (a directory or ``kafka://host:port/topic``) with the
-    export, encoded with the export's own prep settings."""
-    job = steps.read_config(export_uri)
+    export, encoded with the export's own prep settings. ``export_uri`` may name a registry alias
+    (``URI@champion``): the stream follows it, looking every ``follow_s`` seconds."""
+    export = registry.resolver(export_uri)
+    first = export()
+    job = steps.read_config(first)
     encoded = encode_impressions(pipeline.read_lines(spark, input_uri, config), int(job["hash_buckets"]))
 
-    def score(good):
-        return scoring.score_dataframe(good, export_uri, schema.FEATURES, keep=["id", "event_time"],
+    def score(good, directory):
+        return scoring.score_dataframe(good, directory, schema.FEATURES, keep=["id", "event_time"],
                                        batch_size=batch_size)
-    return pipeline.start_scoring(encoded, score=score, output_uri=output_uri, quarantine_uri=quarantine_uri,
-                                  config=config)
+
+    def check(directory):   # the stream's encoding was fixed at its start
+        buckets = int(steps.read_config(directory)["hash_buckets"])
+        return None if buckets == int(job["hash_buckets"]) else (
+            f"its hash_buckets {buckets} differ from the {job['hash_buckets']} this stream encodes with: restart it")
+    following = registry.parse_ref(export_uri)[1] is not None
+    return pipeline.start_scoring(encoded, score=score, export=export, output_uri=output_uri,
+                                  quarantine_uri=quarantine_uri, config=config,
+                                  follow_s=follow_s if following else None, check=check)
 
 
 def stream_monitor(spark: Any, predictions_uri: str, clicks_uri: str, labeled_uri: str, metrics_uri: str,

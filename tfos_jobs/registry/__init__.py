@@ -7,6 +7,8 @@ from tfos_jobs.registry.models import (
     RegistryError,
     State,
     list_models,
+    parse_ref,
+    resolver,
 )
 
-__all__ = ["CHALLENGER", "CHAMPION", "ModelRegistry", "RegistryError", "State", "list_models"]
+__all__ = ["CHALLENGER", "CHAMPION", "ModelRegistry", "RegistryError", "State", "list_models", "parse_ref", "resolver"]

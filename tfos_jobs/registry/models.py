@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Callable
 
 import hdfs_io
 from tfos_jobs.registry.ledger import MAX_TRIES, Ledger
@@ -256,6 +257,25 @@ class ModelRegistry:
 def _numbered_dirs(uri: str) -> dict[int, bool]:
     from tfos_jobs.export import versions
     return versions(uri)
+
+
+def parse_ref(text: str) -> tuple[str, str | None]:
+    """``URI@alias`` -> ``(URI, alias)``; a plain URI -> ``(URI, None)``."""
+    base, at, alias = text.rpartition("@")
+    if at and base and "/" not in alias:
+        return base, check_alias(alias)
+    return text, None
+
+
+def resolver(text: str) -> Callable[[], str]:
+    """A function giving the export directory ``text`` names now: the version an alias points to
+    (``URI@champion``, asked again at each call), or :func:`tfos_jobs.export.export_dir` of a URI."""
+    uri, alias = parse_ref(text)
+    if alias is None:
+        from tfos_jobs.export import export_dir
+        return lambda: export_dir(uri)
+    registry = ModelRegistry(uri)
+    return lambda: registry.version_uri(registry.resolve(alias))
 
 
 def list_models(root: str) -> list[str]:

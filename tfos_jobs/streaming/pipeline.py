@@ -6,6 +6,8 @@ is its own; re-starting a query with the same checkpoint resumes it where it sto
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -16,6 +18,7 @@ from tfos_jobs.streaming import quality
 from tfos_jobs.streaming.labels import LabelBuffer
 from tfos_jobs.streaming.windows import WindowSet, WindowSpec
 
+log = logging.getLogger("tfos_jobs.streaming")
 # pyspark (heavy) is imported inside the functions that build queries.
 PREDICTION_COLUMNS = ("id", "event_time", "prediction", scoring.VERSION_COLUMN)
 LABELED_COLUMNS = PREDICTION_COLUMNS + ("label", "label_time")
@@ -121,21 +124,94 @@ class Pipeline:
             query.stop()
 
 
-def start_scoring(encoded: Any, *, score: Callable[[Any], Any], output_uri: str, quarantine_uri: str,
-                  config: StreamConfig) -> Pipeline:
+def start_scoring(encoded: Any, *, score: Callable[[Any, str], Any], export: Callable[[], str], output_uri: str,
+                  quarantine_uri: str, config: StreamConfig, follow_s: float | None = None,
+                  check: Callable[[str], str | None] = lambda directory: None) -> Pipeline:
     """Score the good rows of ``encoded`` (a job's encoding of a :func:`read_lines` stream: ``id``,
     ``event_time``, ``reason_code``/``reason`` (null when good), ``source``, ``line`` and the
-    features) with ``score`` (the job's batch scoring of a DataFrame, the same code ``score``/``predict``
-    run) into Parquet predictions at ``output_uri``; the bad rows go to ``quarantine_uri`` with their
-    reason. Two queries."""
+    features) with ``score(rows, export_directory)`` (the job's batch scoring of a DataFrame, the same
+    code ``score``/``predict`` run) into Parquet predictions at ``output_uri``; the bad rows go to
+    ``quarantine_uri`` with their reason. Two queries.
+
+    ``export()`` names the export directory to score with. With ``follow_s`` it is asked again every
+    ``follow_s`` seconds (a registry alias that moves): the predictions query is then restarted from
+    its checkpoint with the new version, so a micro-batch is scored by one version, whole (one cut off
+    by the restart is scored again, by the new one: the sink commits a batch only when it is done).
+    ``check(directory)`` says why a new version cannot be used by this stream (None: it can)."""
     from pyspark.sql import functions as F
-    scored = score(encoded.where(F.col("reason_code").isNull()))
-    predictions = _start(scored.writeStream.format("parquet"), config, "predictions").start(
-        sparkprep.spark_uri(output_uri))
+    good = encoded.where(F.col("reason_code").isNull())
+
+    def start(directory: str) -> Any:
+        return _start(score(good, directory).writeStream.format("parquet"), config, "predictions").start(
+            sparkprep.spark_uri(output_uri))
+    predictions = Following(start, export, follow_s, check) if follow_s else start(export())
     bad = encoded.where(F.col("reason_code").isNotNull()).select("source", "reason_code", "reason", "line")
     quarantine = _start(bad.writeStream.format("parquet"), config, "quarantine").start(
         sparkprep.spark_uri(quarantine_uri))
     return Pipeline([predictions, quarantine])
+
+
+class Following:
+    """A streaming query that follows the export ``export()`` names: restarted from its checkpoint with
+    the new export when the name moves (see :func:`start_scoring`). Answers what a query answers."""
+
+    def __init__(self, start: Callable[[str], Any], export: Callable[[], str], poll_s: float,
+                 check: Callable[[str], str | None]):
+        self._start, self._export, self.poll_s, self._check = start, export, poll_s, check
+        self.directory = export()
+        self.query = start(self.directory)
+        self.name = self.query.name
+        self.switches: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name=f"follow-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stopped.wait(self.poll_s):
+            if not self.query.isActive:
+                return                         # finished (available-now) or failed: awaitTermination says
+            try:
+                directory = self._export()
+                why = None if directory == self.directory else self._check(directory)
+            except Exception as exc:   # noqa: BLE001 - storage unreachable: keep scoring, ask again later
+                log.warning("stream %s: could not look for a new export: %s", self.name, exc)
+                continue
+            if directory == self.directory:
+                continue
+            if why:
+                log.error("stream %s: not switching to %s: %s", self.name, directory, why)
+                continue
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self.query.stop()
+                log.info("stream %s: switching from %s to %s", self.name, self.directory, directory)
+                self.switches.append((self.directory, directory))
+                self.directory = directory
+                self.query = self._start(directory)
+
+    @property
+    def isActive(self) -> bool:
+        return self.query.isActive
+
+    def awaitTermination(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            query = self.query
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ended = query.awaitTermination(left) if left is not None else query.awaitTermination()
+            if query is self.query or self._stopped.is_set():   # not a switch: really over (or timed out)
+                if ended is None or ended:
+                    return True
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            self.query.stop()
 
 
 def prediction_schema() -> Any:

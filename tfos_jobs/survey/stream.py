@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from tfos_jobs import scoring
+from tfos_jobs.export import export_dir
 from tfos_jobs.streaming import pipeline, quality
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
 from tfos_jobs.streaming.windows import WindowSpec
@@ -70,10 +71,10 @@ def stream_predict(spark: Any, export_uri: str, input_uri: str, output_uri: str,
     steps.check_export(plan, export_uri)
     encoded = encode_records(pipeline.read_lines(spark, input_uri, config), plan)
 
-    def score(good):
-        return steps.score_respondents(good, plan, export_uri, keep=["id", "event_time"], batch_size=batch_size)
-    return pipeline.start_scoring(encoded, score=score, output_uri=output_uri, quarantine_uri=quarantine_uri,
-                                  config=config)
+    def score(good, directory):
+        return steps.score_respondents(good, plan, directory, keep=["id", "event_time"], batch_size=batch_size)
+    return pipeline.start_scoring(encoded, score=score, export=lambda: export_dir(export_uri), output_uri=output_uri,
+                                  quarantine_uri=quarantine_uri, config=config)
 
 
 # ------------------------------------------------------------------------------ later answers
