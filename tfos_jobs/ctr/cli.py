@@ -150,7 +150,10 @@ def _add_generate_stream(sub: argparse._SubParsersAction) -> None:
 
 def _add_stream_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream-score", help="Structured Streaming: score impressions as they land")
-    p.add_argument("--export", required=True)
+    p.add_argument("--export", required=True, help="the export URI, or a registered model's alias to follow "
+                                                   "(URI@champion: a promotion switches the stream to it)")
+    p.add_argument("--follow-s", type=positive_float, default=30.0,
+                   help="with URI@alias: look for a promotion this often (default: %(default)s)")
     p.add_argument("--input", required=True, help="directory URI new impression files land in, or "
                                                   "kafka://host:port/topic")
     p.add_argument("--output", required=True, help="Parquet URI of the predictions (Spark file sink)")
@@ -282,9 +285,11 @@ def cmd_generate_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_score(args: argparse.Namespace) -> int:
-    steps.read_config(args.export)      # before Spark starts: not an export is the one error
+    from tfos_jobs.registry import resolver
+    steps.read_config(resolver(args.export)())   # before Spark starts: not an export is the one error
     return run_scoring_stream(args, PROG, lambda spark, quarantine, config: stream.stream_score(
-        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
+        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size,
+        follow_s=args.follow_s))
 
 
 def cmd_stream_monitor(args: argparse.Namespace) -> int:
