@@ -188,11 +188,12 @@ def test_a_killed_autopilot_is_resumed_by_the_next_and_two_never_run_at_once(tmp
     job.values, job.fail = [0.8, 0.8, 0.7, 0.7], KeyboardInterrupt()      # killed inside the training
     with pytest.raises(KeyboardInterrupt):
         pilot.step()
+    pilot.release()                                                       # its process is gone ...
     assert ops(pilot) == ["lease", "baseline", "retrain"]
     second = Autopilot(pilot.policy, job, clock=clock, by="second", lease_s=60)
     with pytest.raises(Busy, match="autopilot first is running"):
         second.acquire()
-    clock.now += 61                                                       # the first's heartbeat went stale
+    clock.now += 61                                                       # ... and its heartbeat went stale
     second.acquire()
     job.fail = None
     done = second.step()
@@ -200,3 +201,23 @@ def test_a_killed_autopilot_is_resumed_by_the_next_and_two_never_run_at_once(tmp
     assert ops(pilot).count("retrain") == 1 and registry.state().alias("champion") == 2
     with pytest.raises(Busy, match="the lease was taken by second"):
         pilot.step()
+
+
+def test_on_this_host_a_dead_autopilot_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from tfos_jobs.autopilot.loop import Autopilot, Busy
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(30)
+    clock = Clock()
+    dead = f"someone@{socket.gethostname()}:{gone.pid}"
+    first, job, _ = autopilot_for(tmp_path, clock=clock, by=dead)
+    first.release()
+    second = Autopilot(first.policy, job, clock=clock, by="next", lease_s=60)
+    second.acquire()                                      # at once: no wait for the dead one's lease to expire
+    try:
+        with pytest.raises(Busy, match="autopilot next is running"):
+            Autopilot(first.policy, job, clock=clock, by="third", lease_s=60).acquire()
+    finally:
+        second.release()

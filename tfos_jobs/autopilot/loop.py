@@ -15,7 +15,9 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from typing import Callable, Protocol
@@ -103,15 +105,33 @@ class Autopilot:
 
     # -- the lease ------------------------------------------------------------------------------------
     def acquire(self) -> None:
-        """Take the model's lease, or raise :class:`Busy` while another autopilot's is fresh."""
+        """Take the model's lease, or raise :class:`Busy` while another autopilot holds it (its heartbeat
+        is fresh, or its process is alive on this host); then keep the heartbeat until :meth:`release`."""
         def change(state: Decisions) -> dict:
             holder = state.lease
-            if holder and holder["owner"] != self.me and self._heartbeat_of(holder["owner"]) > self.clock() - self.lease_s:
+            if holder and holder["owner"] != self.me and self._alive(holder["owner"]):
                 raise Busy(f"{self.policy.model}: autopilot {holder['owner']} is running (its heartbeat is fresh); "
                            f"stop it first, or wait {self.lease_s:g} s after it stopped")
             return {"op": "lease", "owner": self.me, "until": self.clock() + self.lease_s}
         self.ledger.append(change)
         self.beat()
+        self._beating = threading.Event()
+        threading.Thread(target=self._keep_beating, args=(self._beating,), daemon=True,
+                         name="autopilot-heartbeat").start()
+
+    def release(self) -> None:
+        """Stop the heartbeat (the lease goes stale; the next autopilot takes over without waiting on
+        this host, where it sees that the process is gone)."""
+        if self._beating:
+            self._beating.set()
+
+    def _alive(self, owner: str) -> bool:
+        user_host, _, pid = owner.rpartition(":")
+        if user_host.rpartition("@")[2] == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+            import psutil
+            if not psutil.pid_exists(int(pid)):
+                return False
+        return self._heartbeat_of(owner) > self.clock() - self.lease_s
 
     def beat(self) -> None:
         with hdfs_io.open(self.heartbeat_uri, "w") as handle:
@@ -179,19 +199,13 @@ class Autopilot:
 
     def _carry_on(self, decision: dict) -> dict:
         """Take an open retraining from where it stands to its end: train, check, evaluate, promote or not."""
-        done = threading.Event()
-        beater = threading.Thread(target=self._keep_beating, args=(done,), daemon=True)
-        beater.start()
         try:
             return self._finish(decision)
+        except Busy:
+            raise
         except Exception as exc:   # noqa: BLE001 - a failed retraining is a decision too; the champion stays
-            if isinstance(exc, Busy):
-                raise
             log.exception("autopilot %s: retraining %s failed", self.policy.model, decision["id"])
             return self._record({"op": "failed", "decision": decision["id"], "error": f"{type(exc).__name__}: {exc}"[:1000]})
-        finally:
-            done.set()
-            beater.join(10)
 
     def _keep_beating(self, done: threading.Event) -> None:
         while not done.wait(self.lease_s / 3):
@@ -242,9 +256,17 @@ def run_until_signalled(pilot: Autopilot, poll_s: float, once: bool = False) -> 
     current step finish; a second stops at once, and the next start resumes). ``once``: one step,
     its decision printed as JSON."""
     pilot.acquire()
-    if once:
-        print(json.dumps({"model": pilot.policy.model, "decision": pilot.step()}, sort_keys=True), flush=True)
+    try:
+        if once:
+            print(json.dumps({"model": pilot.policy.model, "decision": pilot.step()}, sort_keys=True), flush=True)
+            return 0
+        _until_signalled(pilot, poll_s)
         return 0
+    finally:
+        pilot.release()
+
+
+def _until_signalled(pilot: Autopilot, poll_s: float) -> None:
     stop = threading.Event()
 
     def stop_after_this_step(signum, _frame):
@@ -254,7 +276,6 @@ def run_until_signalled(pilot: Autopilot, poll_s: float, once: bool = False) -> 
         signal.signal(signum, stop_after_this_step)
     print(json.dumps({"model": pilot.policy.model, "autopilot": pilot.me, "poll_s": poll_s}), flush=True)
     pilot.run(poll_s, stop)
-    return 0
 
 
 def _epoch_ms(iso: str) -> int:
