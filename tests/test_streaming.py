@@ -209,3 +209,58 @@ def test_the_report_shows_every_window_losing_auc_after_the_drift(monitored):
     assert sliding["mean_auc_before"] > sliding["mean_auc_after"] + 0.03, (out, gen)
     fading = [v for k, v in out["series"].items() if k.startswith("fading")][0]
     assert fading["mean_auc_before"] > fading["last_auc"] + 0.03, (out, gen)
+
+
+def test_a_stream_following_the_champion_switches_at_a_micro_batch_boundary(stream_root, local_spark):
+    """``--export URI@champion``: a promotion while the stream runs is picked up between micro-batches
+    (the query restarts from its checkpoint); each prediction says the version that made it."""
+    import keras
+    from tfos_jobs.ctr import schema
+    from tfos_jobs.ctr.model import ModelConfig, build_model
+    from tfos_jobs.export import publish_export
+    from tfos_jobs.registry import ModelRegistry
+    root, gen, data = stream_root
+    registry = ModelRegistry(str(root / "registry" / "ctr"))
+    dtypes = {n: ("int64" if n in schema.CATEGORICAL else "float32") for n in schema.FEATURES}
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = build_model(ModelConfig(embedding_dim=2, hidden=(8,), cross_layers=1, hash_buckets=500).validate())
+        publish_export(registry.uri, model, dtypes, {}, kind="ctr-export", version="auto",
+                       files={"ctr.json": {"hash_buckets": 500}})
+    registry.promote(1)
+    landing, out, ckpt = root / "landing-follow", root / "pred-follow", root / "ckpt-follow"
+    landing.mkdir()
+    log_path = root / "follow.log"
+    log = open(log_path, "w")
+    driver = subprocess.Popen([sys.executable, "-m", "tfos_jobs.ctr", "stream-score", "--export",
+                               f"{registry.uri}@champion", "--follow-s", "1", "--input", str(landing), "--output",
+                               str(out), "--checkpoint", str(ckpt), "--max-files-per-trigger", "1", "--trigger", "1",
+                               *SPARK], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def land(i):
+        shutil.copy(os.path.join(data, "impressions", f"part-{i:05d}.tsv"), landing / f".part-{i}.tmp")
+        os.rename(landing / f".part-{i}.tmp", landing / f"part-{i:05d}.tsv")
+
+    def wait_until(what, ok, limit=240):
+        deadline = time.monotonic() + limit
+        while not ok() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+        assert ok(), f"{what}; the driver's output:\n{log_path.read_text()[-4000:]}"
+    try:
+        land(0)
+        wait_until("no micro-batch committed", lambda: committed_batches(ckpt) >= 1)
+        registry.promote(2)
+        wait_until("the promotion was not picked up", lambda: "switching from" in log_path.read_text(), 60)
+        land(1)
+        wait_until("the second file was not scored", lambda: committed_batches(ckpt) >= 2)
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(120)
+    finally:
+        stop_tree(driver)
+        log.close()
+    assert driver.returncode == 0, log_path.read_text()[-4000:]
+    rows = committed_rows(local_spark, out)
+    part = rows["id"].map(lambda i: int(i.split("-")[1], 16) * FILES // ROWS)
+    versions = rows.groupby(part)[scoring.VERSION_COLUMN].agg(set).to_dict()
+    assert versions == {0: {"1"}, 1: {"2"}}, versions
+    assert rows["id"].is_unique, rows["id"].value_counts().head()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ class Following:
         self.query = start(self.directory)
         self.name = self.query.name
         self.switches: list[tuple[str, str]] = []
+        self._switching = False
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._follow, name=f"follow-{self.name}", daemon=True)
@@ -185,15 +187,23 @@ class Following:
             with self._lock:
                 if self._stopped.is_set():
                     return
-                self.query.stop()
-                log.info("stream %s: switching from %s to %s", self.name, self.directory, directory)
-                self.switches.append((self.directory, directory))
-                self.directory = directory
-                self.query = self._start(directory)
+                self._switching = True
+                try:
+                    self.query.stop()
+                    self.switches.append((self.directory, directory))
+                    print(f"[tfos-stream] {self.name}: switching from {self.directory} to {directory}",
+                          file=sys.stderr, flush=True)
+                    self.directory = directory
+                    self.query = self._start(directory)
+                finally:
+                    self._switching = False
 
     @property
     def isActive(self) -> bool:
-        return self.query.isActive
+        return self._switching or self.query.isActive
+
+    def exception(self) -> Any:
+        return self.query.exception()
 
     def awaitTermination(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
