@@ -34,6 +34,7 @@ def test_numbered_versions_use_tf_serving_layout_and_are_write_once(tmp_path):
                            files={"ctr.json": {"hash_buckets": 10}}, version="auto")
     second = publish_export(base, _model(3.0), FEATURES, {"auc": 0.8}, kind="ctr-export", version="auto")
     assert (first, second) == (os.path.join(base, "1"), os.path.join(base, "2"))
+    check_export_target(base, "ctr-export", version="auto")      # a third `train --version auto` may start
     listing = sorted(os.listdir(first))
     for name in ("saved_model.pb", "variables", "metrics.json", "ctr.json", "model.keras", "_SUCCESS"):
         assert name in listing, listing

@@ -72,7 +72,7 @@ def write_export(local_dir: str, model, feature_dtypes: dict, metrics: dict, fil
 def check_export_target(export_uri: str, kind: str | None, version: str = "", overwrite: bool = False) -> None:
     """Before training: fail now, not after it, if the export could not be published (driver side)."""
     if version == "auto":
-        if hdfs_io.exists(export_uri) and (hdfs_io.is_published(export_uri) or hdfs_io.published_kind(export_uri)):
+        if hdfs_io.exists(export_uri) and hdfs_io.is_published(export_uri):
             raise FileExistsError(f"{export_uri} is a published {hdfs_io.published_kind(export_uri) or 'output'}, "
                                   "not a directory of numbered model versions: choose another --export")
         return

@@ -12,7 +12,6 @@ the first's lease is fresh (renewed by a heartbeat), and takes over once it has 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -169,8 +168,9 @@ class Autopilot:
         champion = registry.alias(CHAMPION)
         if champion is None:
             return None                                 # nothing served yet: a person promotes the first
-        since_ms = _epoch_ms(registry.alias_moved[CHAMPION])
-        windows = decide.champion_windows(self.policy, self.hooks.windows(), str(champion), since_ms)
+        # The champion's own windows (records are per model version), by event time: not "since its
+        # promotion" in wall-clock time, which a replayed or lagging stream's event times do not follow.
+        windows = decide.champion_windows(self.policy, self.hooks.windows(), str(champion), since_ms=0)
         baseline = self._baseline(decisions, registry, champion, windows)
         verdict = decide.judge(self.policy, windows, baseline)
         if not verdict.retrain:
@@ -276,10 +276,6 @@ def _until_signalled(pilot: Autopilot, poll_s: float) -> None:
         signal.signal(signum, stop_after_this_step)
     print(json.dumps({"model": pilot.policy.model, "autopilot": pilot.me, "poll_s": poll_s}), flush=True)
     pilot.run(poll_s, stop)
-
-
-def _epoch_ms(iso: str) -> int:
-    return int(datetime.datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def decisions(model_uri: str) -> list[dict]:
