@@ -57,7 +57,8 @@ class CtrRetraining:
         if not hdfs_io.is_published(prepped):
             champion = steps.read_config(registry.version_uri(decision["champion"]))
             prep.prep(self.spark, raw, prepped, hash_buckets=int(champion["hash_buckets"]),
-                      validation_fraction=self.policy.retrain.holdout_fraction, max_bad_fraction=0.05)
+                      validation_fraction=self.policy.retrain.holdout_fraction, max_bad_fraction=0.05,
+                      partitions=2 * self.scaling.num_workers)     # every TF worker needs files of its own
         run = RunConfig(model_dir=self._work(decision, "model"), export_uri=self.policy.model, export_version="auto",
                         allow_no_new_steps=True)
         result = steps.train(self.spark.sparkContext, prepped, self.model, scaling=self.scaling, loop=self.loop, run=run)
