@@ -28,7 +28,9 @@ def test_a_policy_file_is_read_and_checked(tmp_path):
            "window: hourly": "window: 'sliding <L>s every <S>s'",
            "retrain: {last_rows: 10, last_s: 60}": "retrain: give one of last_rows and last_s",
            "approval: maybe": "approval: auto or manual",
-           "shadow_windows: 1.5": "shadow_windows: expected an integer"}
+           "shadow_windows: 1.5": "shadow_windows: expected an integer",
+           "shadow_windows: 2": "shadow_windows: shadow mode is not built yet",
+           "trigger: {psi: 0.2}": "trigger: psi: the drift trigger is not built yet"}
     for line, message in bad.items():
         path.write_text(f"model: file:///m\n{line}\n")
         with pytest.raises(PolicyError) as caught:

@@ -10,7 +10,7 @@ trigger:
   drop: 0.02                              # worse than the baseline by more than this ...
   consecutive: 3                          # ... in this many consecutive windows
   min_count: 500                          # windows with fewer labelled rows do not count
-  psi: 0.25                               # and/or: prediction drift (PSI) above this (null: off)
+  psi: null                               # prediction drift (PSI): not built yet, must stay null
 retrain:
   last_rows: 200000                       # the newest labelled rows (or last_s: seconds of them)
   holdout_fraction: 0.2                   # held out of them to judge champion and challenger alike
@@ -18,7 +18,7 @@ cooldown_s: 3600                          # after a retraining, none before this
 blessing:
   floor: 0.70                             # the challenger's metric on the held-out rows: at least this
   min_change: 0.0                         # and better than the champion's by at least this
-shadow_windows: 0                         # >0: score beside the champion this many windows first
+shadow_windows: 0                         # shadow mode: not built yet, must stay 0
 approval: auto                            # auto | manual (stop before promoting; a person promotes)
 ```
 
@@ -174,3 +174,8 @@ def _check(p: Policy, source: str) -> None:
     _number(p.shadow_windows, f"{source}: shadow_windows", 0, integer=True)
     if p.approval not in ("auto", "manual"):
         raise PolicyError(f"{source}: approval: auto or manual, got {p.approval!r}")
+    # Parsed so that a policy file can say them, refused until they are built: never silently ignored.
+    if t.psi is not None:
+        raise PolicyError(f"{source}: trigger: psi: the drift trigger is not built yet; leave it out")
+    if p.shadow_windows:
+        raise PolicyError(f"{source}: shadow_windows: shadow mode is not built yet; leave it at 0")
