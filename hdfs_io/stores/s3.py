@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Callable, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -24,6 +24,8 @@ from .base import READ_BUFFER, Capabilities, Store, norm_path
 
 if TYPE_CHECKING:
     from ..uri import Location
+
+T = TypeVar("T")
 
 
 def _make_s3() -> pafs.FileSystem:
@@ -102,6 +104,19 @@ def _delete_objects(client, bucket: str, keys: list[str]) -> int:
             raise OSError(f"S3 could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
         done += len(chunk)
     return done
+
+
+def _client_call(uri: str, op: str, fn: Callable[[], T], missing: bool = False) -> T:
+    """``fn()`` (a boto client call), bounded by the timeout; with ``missing``, a missing key or
+    bucket becomes ``FileNotFoundError`` naming ``uri``; a client error, one naming the store's answer."""
+    try:
+        return _timeout.call(uri, op, fn)
+    except Exception as exc:
+        if missing and (exc.__class__.__name__ in ("NoSuchKey", "NoSuchBucket") or "NoSuchKey" in str(exc)):
+            raise not_found(uri) from None
+        if exc.__class__.__module__.startswith("botocore"):
+            raise translate_s3_error(uri, OSError(f"{type(exc).__name__}: {exc}")) from None
+        raise
 
 
 class _NativeRaw(io.RawIOBase):
@@ -183,12 +198,7 @@ class S3Store(Store):
             todo = _prefix_keys(client, bucket, loc.key) if keys is None else list(keys)
             return _delete_objects(client, bucket, todo)
 
-        try:
-            return _timeout.call(loc.uri, "delete", run)
-        except Exception as exc:
-            if exc.__class__.__module__.startswith("botocore"):
-                raise translate_s3_error(loc.uri, OSError(f"{type(exc).__name__}: {exc}")) from None
-            raise
+        return _client_call(loc.uri, "delete", run)
 
     def delete_file(self, loc: Location) -> None:
         self.delete(loc, [loc.key])
@@ -214,12 +224,7 @@ class S3Store(Store):
                 if code in ("PreconditionFailed", "ConditionalRequestConflict"):
                     return False
                 raise
-        try:
-            return _timeout.call(loc.uri, "write", put)
-        except Exception as exc:
-            if exc.__class__.__module__.startswith("botocore"):
-                raise translate_s3_error(loc.uri, OSError(f"{type(exc).__name__}: {exc}")) from None
-            raise
+        return _client_call(loc.uri, "write", put)
 
     def read_snapshot(self, loc: Location) -> bytes:
         # One GET returns one version of the object. pyarrow's reader takes the size from a HEAD and
@@ -229,14 +234,7 @@ class S3Store(Store):
         def get() -> bytes:
             return client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
 
-        try:
-            return _timeout.call(loc.uri, "read", get)
-        except Exception as exc:
-            if exc.__class__.__name__ in ("NoSuchKey", "NoSuchBucket") or "NoSuchKey" in str(exc):
-                raise not_found(loc.uri) from None
-            if exc.__class__.__module__.startswith("botocore"):
-                raise translate_s3_error(loc.uri, OSError(f"{type(exc).__name__}: {exc}")) from None
-            raise
+        return _client_call(loc.uri, "read", get, missing=True)
 
     def open_read(self, loc: Location) -> IO[bytes]:
         fi = self.stat(loc)

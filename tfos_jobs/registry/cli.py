@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from tfos_jobs.cli import JobParser, positive_int
+from tfos_jobs.cli import JobParser, positive_int, run_command
 from tfos_jobs.registry.models import CHAMPION, ModelRegistry, RegistryError, list_models
 
 PROG = "tfos-registry"
@@ -73,18 +73,14 @@ def run(args: argparse.Namespace) -> dict:
     return {"model": registry.uri, "would_delete": registry.retention(args.keep_last), "apply": False}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except (RegistryError, FileNotFoundError, ValueError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1, sort_keys=True))
+def show(args: argparse.Namespace) -> int:
+    print(json.dumps(run(args), indent=1, sort_keys=True))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return run_command(PROG, parser, {name: show for name in ("list", "show", "promote", "rollback", "retain")}, argv)
 
 
 if __name__ == "__main__":
