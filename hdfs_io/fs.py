@@ -82,6 +82,14 @@ def temp_sibling(loc: Location) -> Location:
     return loc.parent().child(f".{loc.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
 
 
+def read_snapshot(uri: str) -> bytes:
+    """A small file's whole content as it was at one instant, even while another writer replaces it
+    (one GET on S3, where a reader that takes the size first and then reads ranges can tear).
+    ``FileNotFoundError`` naming ``uri`` if it is missing."""
+    store, loc = backends.resolve(uri)
+    return store.read_snapshot(loc)
+
+
 def create_new(uri: str, data: bytes) -> bool:
     """Write a small file only if nothing is at ``uri``: True when this call created it, False when
     something was there (then nothing is written). A reader sees it whole or not at all. Of writers

@@ -138,8 +138,7 @@ class Autopilot:
 
     def _heartbeat_of(self, owner: str) -> float:
         try:
-            with hdfs_io.open(self.heartbeat_uri, "r") as handle:
-                beat = json.load(handle)
+            beat = json.loads(hdfs_io.read_snapshot(self.heartbeat_uri))
         except FileNotFoundError:
             return 0.0
         return float(beat["epoch"]) if beat.get("owner") == owner else 0.0

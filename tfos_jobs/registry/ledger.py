@@ -69,17 +69,17 @@ class Ledger(Generic[S]):
 
     def read(self, seq: int) -> dict | None:
         try:
-            with hdfs_io.open(self.event_uri(seq), "r") as handle:
-                return json.load(handle)
+            return json.loads(hdfs_io.read_snapshot(self.event_uri(seq)))
         except FileNotFoundError:
             return None
 
     def state(self) -> S:
         """The state after the last event."""
         state = self.new_state()
-        if hdfs_io.exists(self.snapshot_uri):
-            with hdfs_io.open(self.snapshot_uri, "r") as handle:
-                state = self.load_state(json.load(handle))
+        try:   # replaced by other writers at any time: read one whole version of it
+            state = self.load_state(json.loads(hdfs_io.read_snapshot(self.snapshot_uri)))
+        except FileNotFoundError:
+            pass
         while (event := self.read(state.seq + 1)) is not None:
             state.apply(event)
         return state
