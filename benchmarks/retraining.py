@@ -10,8 +10,9 @@ The scenario, on local Spark, every step as a user types it:
    newest ``--last-rows`` labelled rows, judges, promotes.
 
 Figures:
-* ``detect_windows``: the champion's windows that end after the drift, up to the last one of the
-  trigger; ``detect_event_s``: from the drift to the end of that window (event time);
+* ``detect_windows``: the champion's windows that end after the drift, up to the one at which a loop
+  looking after every window would have fired (the policy's judgement on the windows as they
+  arrived); ``detect_event_s``: from the drift to the end of that window (event time);
 * ``retrain_wall_s``: the autopilot's run (prep, training, evaluation, promotion), wall clock;
   ``recovery_s`` = ``detect_event_s`` + ``retrain_wall_s`` (drift to the promoted model serving, when
   event time runs at wall-clock speed);
@@ -37,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hdfs_io  # noqa: E402
 from tfos_jobs import metrics  # noqa: E402
-from tfos_jobs.autopilot.loop import decisions  # noqa: E402
+from tfos_jobs.autopilot import decide, policy as policies  # noqa: E402
 from tfos_jobs.ctr import schema  # noqa: E402
 from tfos_jobs.encoding import arrays  # noqa: E402
 from tfos_jobs.registry import ModelRegistry  # noqa: E402
@@ -123,12 +124,17 @@ def main():
                        f"{root}/labeled", "--metrics", f"{root}/metrics", "--work", f"{root}/work", "--once", *train,
                        log=f"{root}/autopilot.log")[-1]["decision"]
         retrain_wall_s = time.monotonic() - started
-        if not decision or decision["op"] != "promoted":
-            raise SystemExit(f"the autopilot did not promote: {json.dumps(decision)}")
-        trigger = [e for e in decisions(registry) if e["op"] == "retrain"][-1]
-        drift_ms, last_end = stream["drift_at_ms"], max(trigger["numbers"]["recent_end_ms"])
-        windows = [r for r in read_metrics(f"{root}/metrics") if r["window_kind"] == "sliding"
-                   and r["model_version"] == "1" and drift_ms < r["window_end_ms"] <= last_end]
+        if not decision or decision["op"] not in ("promoted", "rejected"):
+            raise SystemExit(f"the autopilot did not retrain: {json.dumps(decision)}")
+        # When a loop looking after every window would have fired: the same judgement on the windows
+        # as they arrived (the --once run above saw them all at once, and judged the last ones).
+        rules = policies.parse(policy)
+        champion_windows = decide.champion_windows(rules, read_metrics(f"{root}/metrics"), "1", since_ms=0)
+        baseline = decide.live_baseline(rules, champion_windows)
+        fired = next(n for n in range(1, len(champion_windows) + 1)
+                     if decide.judge(rules, champion_windows[:n], baseline).retrain)
+        drift_ms, last_end = stream["drift_at_ms"], champion_windows[fired - 1]["window_end_ms"]
+        windows = [w for w in champion_windows[:fired] if w["window_end_ms"] > drift_ms]
         clicked = {line.split("\t")[0] for name in os.listdir(f"{data}/clicks")
                    for line in open(f"{data}/clicks/{name}") if line.strip()}
         after = [line.rstrip("\n") for name in names[-args.after_files:] for line in open(f"{data}/impressions/{name}")]
