@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from tfos_jobs.autopilot import decide, policy as policies
 from tfos_jobs.autopilot.policy import PolicyError
+from tfos_jobs.streaming import quality
 
 
 def window(end_min, value, version="1", count=1000, metric="auc", kind="sliding", name="3600s every 900s", series=""):
@@ -30,7 +32,7 @@ def test_a_policy_file_is_read_and_checked(tmp_path):
            "approval: maybe": "approval: auto or manual",
            "shadow_windows: 1.5": "shadow_windows: expected an integer",
            "shadow_windows: 2": "shadow_windows: shadow mode is not built yet",
-           "trigger: {psi: 0.2}": "trigger: psi: the drift trigger is not built yet"}
+           "trigger: {psi: -0.2}": "trigger: psi: must be at least 0"}
     for line, message in bad.items():
         path.write_text(f"model: file:///m\n{line}\n")
         with pytest.raises(PolicyError) as caught:
@@ -70,6 +72,42 @@ def test_log_loss_is_better_lower_and_survey_accuracy_reads_its_question():
     q = policies.parse({"model": "file:///m", "metric": "accuracy:q7"})
     records = [window(1, 0.6, metric="ctr", series="q7"), window(2, 0.9, metric="ctr", series="q1")]
     assert [decide.metric_of(q, r) for r in decide.champion_windows(q, records, "1", 0)] == [0.6]
+
+
+def test_psi_is_zero_on_the_same_distribution_and_grows_with_the_shift():
+    rng = np.random.default_rng(0)
+    def hist(predictions):
+        return quality.histogram(quality.sketch(np.zeros(len(predictions)), predictions))
+    base = hist(rng.beta(2, 30, 50_000))                          # CTR-like: most mass below 0.15
+    assert decide.psi(base, base) == pytest.approx(0.0, abs=1e-12)
+    assert decide.psi(base, hist(rng.beta(2, 30, 50_000))) < 0.01   # sampling noise only
+    small, large = decide.psi(base, hist(rng.beta(2, 24, 50_000))), decide.psi(base, hist(rng.beta(2, 12, 50_000)))
+    assert 0.01 < small < large and large > 0.25, (small, large)
+    # the textbook formula on the reference's deciles, computed here by hand on the raw predictions
+    ref, cur = rng.beta(2, 30, 50_000), rng.beta(2, 12, 50_000)
+    edges = np.quantile(ref, np.linspace(0, 1, 11))[1:-1]
+    r = np.bincount(np.searchsorted(edges, ref), minlength=10) / len(ref)
+    c = np.bincount(np.searchsorted(edges, cur), minlength=10) / len(cur)
+    assert decide.psi(hist(ref), hist(cur)) == pytest.approx(np.sum((c - r) * np.log(c / r)), rel=0.25)
+    assert decide.psi(base, [0.0] * len(base)) is None
+
+
+def test_prediction_drift_triggers_with_psi_and_not_without():
+    rng = np.random.default_rng(1)
+    def drifting(end_min, a, b, auc=0.80):
+        w = window(end_min, auc)
+        w["prediction_histogram"] = quality.histogram(quality.sketch(np.zeros(5000), rng.beta(a, b, 5000)))
+        return w
+    live = [drifting(i, 2, 30) for i in range(1, 4)] + [drifting(i, 2, 10) for i in range(4, 7)]
+    off = policies.parse({"model": "file:///m", "trigger": {"consecutive": 3, "baseline_windows": 3}})
+    on = policies.parse({"model": "file:///m", "trigger": {"consecutive": 3, "baseline_windows": 3, "psi": 0.25}})
+    assert not decide.judge(off, live, 0.80).retrain                 # the AUC held: no trigger without psi
+    verdict = decide.judge(on, live, 0.80)
+    assert verdict.retrain and "prediction drift" in verdict.reason and min(verdict.numbers["psi"]) > 0.25, verdict
+    calm = live[:3] + [drifting(i, 2, 30) for i in range(4, 7)]
+    verdict = decide.judge(on, calm, 0.80)
+    assert not verdict.retrain and max(verdict.numbers["psi"]) < 0.05, verdict
+    assert not decide.judge(on, live[:3] + live[3:5] + calm[5:], 0.80).retrain   # two drifted of three
 
 
 def test_blessing_needs_the_floor_and_the_change():

@@ -6,7 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from tfos_jobs.autopilot.policy import Policy
+
+PSI_GROUPS = 10          # deciles of the reference, as PSI is usually computed
+PSI_FLOOR = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +49,31 @@ def live_baseline(policy: Policy, windows: list[dict]) -> float | None:
     return sum(metric_of(policy, r) for r in first) / len(first)
 
 
+def psi(reference, current, groups: int = PSI_GROUPS, floor: float = PSI_FLOOR) -> float | None:
+    """Population stability index of the ``current`` prediction histogram against the ``reference`` one
+    (:func:`tfos_jobs.streaming.quality.histogram`): sum of (c - r) * ln(c / r) over the shares of
+    ``groups`` bins that each hold about the same share of the reference (its quantiles: equal-width bins
+    would put most CTR predictions in two or three of them). Shares are floored at ``floor`` so that an
+    empty bin costs a bounded amount. None while either histogram is empty."""
+    r, c = np.asarray(reference, dtype=np.float64), np.asarray(current, dtype=np.float64)
+    if r.shape != c.shape or r.sum() <= 0 or c.sum() <= 0:
+        return None
+    # fine bin i joins the group its reference mass up to i falls in: quantile groups of the reference
+    cumulative = (np.cumsum(r) - r / 2) / r.sum()
+    group = np.minimum((cumulative * groups).astype(np.int64), groups - 1)
+    rs, cs = np.zeros(groups), np.zeros(groups)
+    np.add.at(rs, group, r)
+    np.add.at(cs, group, c)
+    used = rs > 0
+    rs, cs = np.maximum(rs[used] / r.sum(), floor), np.maximum(cs[used] / c.sum(), floor)
+    return float(np.sum((cs - rs) * np.log(cs / rs)))
+
+
 def judge(policy: Policy, windows: list[dict], baseline: float | None) -> Verdict:
     """Retrain when each of the last ``consecutive`` windows (after those the live baseline was taken
-    from) is worse than ``baseline`` by more than ``drop``."""
+    from) is worse than ``baseline`` by more than ``drop``, or (with ``trigger.psi``) when the prediction
+    distribution of each of them drifted from the baseline windows' by a PSI above ``psi``: a drift is
+    seen before labels arrive to show the loss it causes, or where they never do."""
     t = policy.trigger
     if baseline is None:
         return Verdict(False, f"no baseline yet ({len(windows)} of {t.baseline_windows} windows)",
@@ -57,11 +84,21 @@ def judge(policy: Policy, windows: list[dict], baseline: float | None) -> Verdic
     worse = [not policy.better(v, baseline, -t.drop) for v in values]   # v is worse than baseline - drop
     numbers = {"baseline": baseline, "drop": t.drop, "recent": values,
                "recent_end_ms": [r["window_end_ms"] for r in recent], "windows": len(windows)}
-    if len(recent) == t.consecutive and all(worse):
+    full = len(recent) == t.consecutive
+    if full and all(worse):
         return Verdict(True, f"{policy.metric} below the baseline {baseline:.4f} by more than {t.drop} in "
                              f"{t.consecutive} consecutive windows", numbers)
-    return Verdict(False, f"{sum(worse)} of the last {len(recent)} windows below the baseline by more than {t.drop}",
-                   numbers)
+    reason = f"{sum(worse)} of the last {len(recent)} windows below the baseline by more than {t.drop}"
+    if t.psi is not None:
+        reference = np.sum([r.get("prediction_histogram") or [] for r in windows[:t.baseline_windows]], axis=0)
+        drifts = [psi(reference, r.get("prediction_histogram") or []) for r in recent]
+        numbers.update(psi=drifts, psi_threshold=t.psi)
+        drifted = [d is not None and d > t.psi for d in drifts]
+        if full and all(drifted):
+            return Verdict(True, f"prediction drift: PSI above {t.psi} in {t.consecutive} consecutive windows "
+                                 f"({', '.join(f'{d:.3f}' for d in drifts)})", numbers)
+        reason += f"; {sum(drifted)} with a PSI above {t.psi}"
+    return Verdict(False, reason, numbers)
 
 
 def bless(policy: Policy, champion: float | None, challenger: float) -> Verdict:

@@ -10,7 +10,7 @@ trigger:
   drop: 0.02                              # worse than the baseline by more than this ...
   consecutive: 3                          # ... in this many consecutive windows
   min_count: 500                          # windows with fewer labelled rows do not count
-  psi: null                               # prediction drift (PSI): not built yet, must stay null
+  psi: 0.25                               # or: prediction drift, PSI above this in as many windows (default null: off)
 retrain:
   last_rows: 200000                       # the newest labelled rows (or last_s: seconds of them)
   holdout_fraction: 0.2                   # held out of them to judge champion and challenger alike
@@ -174,8 +174,6 @@ def _check(p: Policy, source: str) -> None:
     _number(p.shadow_windows, f"{source}: shadow_windows", 0, integer=True)
     if p.approval not in ("auto", "manual"):
         raise PolicyError(f"{source}: approval: auto or manual, got {p.approval!r}")
-    # Parsed so that a policy file can say them, refused until they are built: never silently ignored.
-    if t.psi is not None:
-        raise PolicyError(f"{source}: trigger: psi: the drift trigger is not built yet; leave it out")
+    # Parsed so that a policy file can say it, refused until it is built: never silently ignored.
     if p.shadow_windows:
         raise PolicyError(f"{source}: shadow_windows: shadow mode is not built yet; leave it at 0")

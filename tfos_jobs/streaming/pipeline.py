@@ -331,11 +331,12 @@ def labeled_schema() -> Any:
 
 def metric_schema() -> Any:
     """The one metrics record schema (a row per window, model version and micro-batch)."""
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+    from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
     fields = [("window_kind", StringType()), ("window", StringType()), ("model_version", StringType()),
               (SERIES, StringType()),
               ("window_start_ms", LongType()), ("window_end_ms", LongType())]
-    fields += [(name, DoubleType()) for name in quality.summary(quality.empty(1))]
+    fields += [(name, ArrayType(DoubleType()) if isinstance(value, list) else DoubleType())
+               for name, value in quality.summary(quality.empty(1)).items()]
     return StructType([StructField(n, t) for n, t in fields])
 
 

@@ -16,7 +16,9 @@ From a sketch: count, positives, CTR, mean prediction and log loss are exact (su
 the binned predictions, and differs from the AUC of the raw predictions only by the order of pairs
 that share a bin, so ``auc_error_bound`` = half the share of positive-negative pairs in the same bin
 (computed per window, typically < 0.005 with 256 bins); calibration compares the mean prediction with
-the observed rate in ``CALIBRATION_BINS`` coarse bins.
+the observed rate in ``CALIBRATION_BINS`` coarse bins. ``prediction_histogram`` is the weight of rows in
+``HISTOGRAM_BINS`` equal-width prediction bins: the distribution a drift trigger compares between windows
+(:func:`tfos_jobs.autopilot.decide.psi`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 
 DEFAULT_BINS = 256
 CALIBRATION_BINS = 10
+HISTOGRAM_BINS = 64
 EPS = 1e-7
 POS, NEG, PRED, LOSS = range(4)
 
@@ -68,7 +71,8 @@ def summary(s: np.ndarray) -> dict:
     pos, neg = s[:, POS], s[:, NEG]
     n, positives = float(pos.sum() + neg.sum()), float(pos.sum())
     out = {"count": n, "positives": positives, "ctr": None, "mean_prediction": None, "log_loss": None,
-           "auc": None, "auc_error_bound": None, "calibration_error": None, "calibration_ratio": None}
+           "auc": None, "auc_error_bound": None, "calibration_error": None, "calibration_ratio": None,
+           "prediction_histogram": histogram(s)}
     if n <= 0:
         return out
     out.update(ctr=positives / n, mean_prediction=float(s[:, PRED].sum()) / n, log_loss=float(s[:, LOSS].sum()) / n)
@@ -84,6 +88,14 @@ def summary(s: np.ndarray) -> dict:
     out["calibration_error"] = float(sum(abs(c["mean_prediction"] - c["observed_rate"]) * c["count"]
                                          for c in coarse) / n)
     return out
+
+
+def histogram(s: np.ndarray, coarse_bins: int = HISTOGRAM_BINS) -> list[float]:
+    """The rows' weight in ``coarse_bins`` equal-width prediction bins (a fine bin's lower edge decides)."""
+    s = np.asarray(s, dtype=np.float64)
+    out = np.zeros(coarse_bins)
+    np.add.at(out, np.arange(len(s)) * coarse_bins // len(s), s[:, POS] + s[:, NEG])
+    return out.tolist()
 
 
 def calibration(s: np.ndarray, coarse_bins: int = CALIBRATION_BINS) -> list[dict]:
