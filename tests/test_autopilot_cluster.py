@@ -6,12 +6,18 @@ promoted (or, when it misses the blessing, rejected with the champion kept)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
+import time
 import uuid
 
+import psutil
 import pytest
 
+import cluster
 import hdfs_io
-from test_cli_e2e import cli, last_json
+from test_cli_e2e import BIN, cli, last_json
 from tfos_jobs.autopilot.loop import decisions
 from tfos_jobs.registry import ModelRegistry
 
@@ -62,7 +68,7 @@ def _drifted(pseudo_cluster):
         hdfs_io.delete(root, recursive=True, missing_ok=True)
 
 
-def autopilot_once(pseudo_cluster, run, name, **blessing):
+def write_policy(run, name, **blessing) -> str:
     policy = {"model": run["registry"], "metric": "auc", "window": "sliding 600s every 600s",
               "trigger": {"baseline_windows": 2, "drop": 0.02, "consecutive": 2, "min_count": 300},
               "retrain": {"last_rows": 9000, "holdout_fraction": 0.25}, "cooldown_s": 0,
@@ -70,10 +76,50 @@ def autopilot_once(pseudo_cluster, run, name, **blessing):
     uri = f"{run['root']}/{name}.yaml"
     with hdfs_io.open(uri, "w") as handle:
         json.dump(policy, handle)          # JSON is YAML
-    done = last_json(cli(pseudo_cluster, "tfos-ctr", "autopilot", "--policy", uri, "--impressions",
-                         f"{run['data']}/impressions", "--labeled", f"{run['root']}/labeled", "--metrics",
-                         f"{run['root']}/metrics", "--work", f"{run['root']}/work", "--once", *TRAIN, *run["master"]))
+    return uri
+
+
+def autopilot_argv(run, policy_uri, *extra):
+    return ["tfos-ctr", "autopilot", "--policy", policy_uri, "--impressions", f"{run['data']}/impressions",
+            "--labeled", f"{run['root']}/labeled", "--metrics", f"{run['root']}/metrics", "--work",
+            f"{run['root']}/work", *TRAIN, *run["master"], *extra]
+
+
+def autopilot_once(pseudo_cluster, run, name, **blessing):
+    done = last_json(cli(pseudo_cluster, *autopilot_argv(run, write_policy(run, name, **blessing), "--once")))
     return done["decision"]
+
+
+def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
+    """Start `tfos-ctr autopilot` (the long-running loop) and SIGKILL it, with everything it started,
+    once its retraining has mirrored a checkpoint and not yet finished; the open decision and the step
+    of that checkpoint."""
+    from cluster.processes import stop_tree
+    from tfos_jobs.tfnode.checkpoint import checkpoint_step
+    argv = autopilot_argv(run, policy_uri, "--poll-s", "2", "--checkpoint-every", "50")
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **cluster.client_env(pseudo_cluster)},
+                                start_new_session=True)
+        try:
+            deadline, step, opened = time.monotonic() + timeout_s, None, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                opened = next((e for e in decisions(run["registry"])[::-1] if e["op"] == "retrain"), None)
+                model_dir = f"{run['root']}/work/retrain-{opened['seq']}/model" if opened else None
+                step = checkpoint_step(model_dir) if model_dir else None
+                if step is not None:
+                    break
+                time.sleep(1)
+            ops = [e["op"] for e in decisions(run["registry"])]
+            out.seek(0)
+            seen = f"ops {ops}, exit {proc.poll()}\n{out.read().decode(errors='replace')[-6000:]}"
+            assert step is not None and ops[-1] == "retrain", seen      # mid-training: nothing after the trigger
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                p.kill()                                     # no chance to clean up: as a lost host would
+            proc.wait(timeout=30)
+            return opened, step
+        finally:
+            stop_tree(proc)
 
 
 def test_a_challenger_that_misses_the_blessing_is_rejected_and_the_champion_stays(pseudo_cluster, drifted):
@@ -82,19 +128,28 @@ def test_a_challenger_that_misses_the_blessing_is_rejected_and_the_champion_stay
     assert ModelRegistry(drifted["registry"]).state().current_aliases() == {"champion": 1}
 
 
-def test_a_drop_is_caught_retrained_on_recent_rows_and_promoted(pseudo_cluster, drifted):
-    decision = autopilot_once(pseudo_cluster, drifted, "default")
-    assert decision["op"] == "promoted", json.dumps(decision)
+def test_a_drop_is_caught_retrained_on_recent_rows_and_promoted_across_a_kill(pseudo_cluster, drifted):
+    """The loop is killed mid-retraining; started again, it takes over the dead one's lease and finishes
+    the same retraining from its checkpoint: one trigger, one challenger, promoted."""
+    policy_uri = write_policy(drifted, "default")
+    opened, step = killed_mid_training(pseudo_cluster, drifted, policy_uri)
+    done = last_json(cli(pseudo_cluster, *autopilot_argv(drifted, policy_uri, "--once")))
+    decision = done["decision"]
+    assert decision["op"] == "promoted" and decision["decision"] == opened["seq"], json.dumps(done)
     scores = decision["numbers"]
     assert scores["challenger"] >= scores["champion"] + 0.01, scores          # on the same held-out rows
     registry = ModelRegistry(drifted["registry"])
     champion = registry.state().alias("champion")
     assert champion == decision["challenger"] and registry.history()[-1]["decision"] == decision["decision"]
-    lineage = registry.state().versions[champion]["lineage"]
-    assert lineage["data"]["prep"].startswith(f"{drifted['root']}/work/retrain-"), lineage
+    record = registry.state().versions[champion]
+    assert record["lineage"]["data"]["prep"] == f"{drifted['root']}/work/retrain-{opened['seq']}/prep", record
+    assert record["metrics"]["resumed_from_step"] >= step > 0, record["metrics"]   # from the killed run's checkpoint
     log = decisions(drifted["registry"])
     trigger = [e for e in log if e["op"] == "retrain"][-1]
+    assert trigger["seq"] == opened["seq"], log                      # the restart opened no second retraining
     assert [e["op"] for e in log].count("baseline") == 1, log      # taken once, from the first two windows
+    leases = [e["owner"] for e in log if e["op"] == "lease"]
+    assert leases[-1] != leases[-2], leases          # the restart took the dead one's lease without waiting
     drift_ms = drifted["stream"]["drift_at_ms"]
     assert all(end > drift_ms for end in trigger["numbers"]["recent_end_ms"]), (trigger, drift_ms)
     assert [e["op"] for e in log if e.get("decision") == decision["decision"]] == ["trained", "evaluated", "promoted"]
