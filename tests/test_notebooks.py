@@ -16,7 +16,7 @@ import hdfs_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
-NAMES = ["ctr_prototyping", "survey_prototyping"]
+NAMES = ["ctr_prototyping", "survey_prototyping", "automated_retraining"]
 CELL_TIMEOUT_S = 400
 
 
@@ -166,6 +166,22 @@ def test_survey_notebook_runs(tmp_path, monkeypatch):
     assert images(nb) == 2          # accuracy vs baselines; answer distributions of a few respondents
     root = tmp_path / "root" / "survey"
     assert hdfs_io.is_published(str(root / "export")) and hdfs_io.is_published(str(root / "predictions"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_retraining_notebook_runs(tmp_path, monkeypatch):
+    """The drift is caught, the challenger promoted, the rest of the stream scored by it: better than the
+    old champion on the rows after the drift, and one figure of live AUC."""
+    import re
+    nb, seconds, leftover = run_notebook("automated_retraining", tmp_path, monkeypatch)
+    check_executed(nb, "automated_retraining", leftover)
+    text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "aliases now: {'champion': 2}" in text and "promoted" in text, notebook_tail(nb)
+    found = re.search(r"old champion after the drift: AUC (0\.\d+) \| new champion: (0\.\d+)", text)
+    assert found and float(found.group(2)) > float(found.group(1)), notebook_tail(nb)
+    assert "predictions per model version: {'1': " in text and "'2': " in text, notebook_tail(nb)
+    assert images(nb) == 1, notebook_tail(nb)
 
 
 @pytest.mark.cluster
