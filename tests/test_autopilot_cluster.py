@@ -97,6 +97,7 @@ def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
     from cluster.processes import stop_tree
     from tfos_jobs.tfnode.checkpoint import checkpoint_step
     argv = autopilot_argv(run, policy_uri, "--poll-s", "2", "--checkpoint-every", "50")
+    before = len(decisions(run["registry"]))            # earlier decisions (another test's) are not this one
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env={**os.environ, **cluster.client_env(pseudo_cluster)},
@@ -104,13 +105,13 @@ def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
         try:
             deadline, step, opened = time.monotonic() + timeout_s, None, None
             while time.monotonic() < deadline and proc.poll() is None:
-                opened = next((e for e in decisions(run["registry"])[::-1] if e["op"] == "retrain"), None)
+                opened = next((e for e in decisions(run["registry"])[before:] if e["op"] == "retrain"), None)
                 model_dir = f"{run['root']}/work/retrain-{opened['seq']}/model" if opened else None
                 step = checkpoint_step(model_dir) if model_dir else None
                 if step is not None:
                     break
                 time.sleep(1)
-            ops = [e["op"] for e in decisions(run["registry"])]
+            ops = [e["op"] for e in decisions(run["registry"])[before:]]
             out.seek(0)
             seen = f"ops {ops}, exit {proc.poll()}\n{out.read().decode(errors='replace')[-6000:]}"
             assert step is not None and ops[-1] == "retrain", seen      # mid-training: nothing after the trigger
