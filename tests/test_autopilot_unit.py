@@ -108,6 +108,8 @@ def test_prediction_drift_triggers_with_psi_and_not_without():
     verdict = decide.judge(on, calm, 0.80)
     assert not verdict.retrain and max(verdict.numbers["psi"]) < 0.05, verdict
     assert not decide.judge(on, live[:3] + live[3:5] + calm[5:], 0.80).retrain   # two drifted of three
+    old = [{k: v for k, v in w.items() if k != "prediction_histogram"} for w in live]   # records from before
+    assert decide.judge(on, old, 0.80).numbers["psi"] == [None, None, None]
 
 
 def test_blessing_needs_the_floor_and_the_change():

@@ -90,7 +90,9 @@ def judge(policy: Policy, windows: list[dict], baseline: float | None) -> Verdic
                              f"{t.consecutive} consecutive windows", numbers)
     reason = f"{sum(worse)} of the last {len(recent)} windows below the baseline by more than {t.drop}"
     if t.psi is not None:
-        reference = np.sum([r.get("prediction_histogram") or [] for r in windows[:t.baseline_windows]], axis=0)
+        # records written before windows carried a histogram have none: no PSI for them, not an error
+        kept = [r["prediction_histogram"] for r in windows[:t.baseline_windows] if r.get("prediction_histogram")]
+        reference = np.sum(kept, axis=0) if kept else []
         drifts = [psi(reference, r.get("prediction_histogram") or []) for r in recent]
         numbers.update(psi=drifts, psi_threshold=t.psi)
         drifted = [d is not None and d > t.psi for d in drifts]
