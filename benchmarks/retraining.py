@@ -24,7 +24,7 @@ Figures:
 The default scenario is sized so that the models can learn the click model (the CTR quality benchmark
 reaches 0.98 of Bayes from about 1M rows in one epoch): a champion from 1M rows, 1.6M streamed
 impressions at 100 a second drifting at row 200k, retraining on the newest 1M labelled rows; about
-25 minutes on 2 cores.
+20 minutes on 2 cores.
 
 Usage: python benchmarks/retraining.py [--train-rows N] [--stream-rows N] [--steps N --model '...']
 """
@@ -91,12 +91,12 @@ def main():
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=0, help="instead of --epochs (small trial runs)")
     p.add_argument("--model", default="", help="model flags for small trial runs, e.g. '--embedding-dim 8'")
-    p.add_argument("--master", default="local-cluster[2,1,3072]")
+    p.add_argument("--master", default="", help="Spark master for training (default: the job's own local cluster)")
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="tfos-bench-retrain-")
     # the job's defaults (strategy, model, batch size): what a user gets without tuning
     length = ["--steps", str(args.steps)] if args.steps else ["--epochs", repr(args.epochs)]
-    train = [*length, *args.model.split(), "--master", args.master]
+    train = [*length, *args.model.split(), *(["--master", args.master] if args.master else [])]
     registry = f"{root}/registry/ctr"
     try:
         cli("tfos-ctr", "generate", "--output", f"{root}/raw", "--rows", str(args.train_rows), "--seed", "11")
