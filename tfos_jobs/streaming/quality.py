@@ -90,21 +90,24 @@ def summary(s: np.ndarray) -> dict:
     return out
 
 
-def histogram(s: np.ndarray, coarse_bins: int = HISTOGRAM_BINS) -> list[float]:
-    """The rows' weight in ``coarse_bins`` equal-width prediction bins (a fine bin's lower edge decides)."""
+def coarse(s: np.ndarray, coarse_bins: int) -> np.ndarray:
+    """The sketch summed into ``coarse_bins`` equal-width bins (a fine bin's lower edge decides)."""
     s = np.asarray(s, dtype=np.float64)
-    out = np.zeros(coarse_bins)
-    np.add.at(out, np.arange(len(s)) * coarse_bins // len(s), s[:, POS] + s[:, NEG])
-    return out.tolist()
+    groups = np.zeros((coarse_bins, 4))
+    np.add.at(groups, np.arange(len(s)) * coarse_bins // len(s), s)
+    return groups
+
+
+def histogram(s: np.ndarray, coarse_bins: int = HISTOGRAM_BINS) -> list[float]:
+    """The rows' weight in ``coarse_bins`` equal-width prediction bins."""
+    groups = coarse(s, coarse_bins)
+    return (groups[:, POS] + groups[:, NEG]).tolist()
 
 
 def calibration(s: np.ndarray, coarse_bins: int = CALIBRATION_BINS) -> list[dict]:
     """Mean prediction vs observed rate in ``coarse_bins`` equal-width bins (empty bins left out)."""
-    s = np.asarray(s, dtype=np.float64)
-    groups = np.zeros((coarse_bins, 4))
-    np.add.at(groups, np.arange(len(s)) * coarse_bins // len(s), s)   # a fine bin's lower edge decides
     out = []
-    for c, (pos, neg, pred, _) in enumerate(groups):
+    for c, (pos, neg, pred, _) in enumerate(coarse(s, coarse_bins)):
         n = pos + neg
         if n > 0:
             out.append({"bin": c, "count": float(n), "mean_prediction": float(pred / n),
