@@ -2,7 +2,8 @@
 before the click model drifts, the drifting stream scored (following the champion alias) and
 monitored, then `tfos-ctr autopilot --once`: the drop is caught in the configured windows, the model
 is retrained on the newest labelled rows, judged against the champion on the same held-out rows, and
-promoted (or, when it misses the blessing, rejected with the champion kept)."""
+promoted. (A challenger that misses the blessing differs from this run only in the comparison of the
+two scores both are given; that branch is in test_autopilot_unit, so CI trains one challenger here.)"""
 from __future__ import annotations
 
 import json
@@ -68,11 +69,11 @@ def _drifted(pseudo_cluster):
         hdfs_io.delete(root, recursive=True, missing_ok=True)
 
 
-def write_policy(run, name, **blessing) -> str:
+def write_policy(run, name) -> str:
     policy = {"model": run["registry"], "metric": "auc", "window": "sliding 600s every 600s",
               "trigger": {"baseline_windows": 2, "drop": 0.02, "consecutive": 2, "min_count": 300},
               "retrain": {"last_rows": 9000, "holdout_fraction": 0.25}, "cooldown_s": 0,
-              "blessing": {"min_change": 0.01, **blessing}}
+              "blessing": {"min_change": 0.01}}
     uri = f"{run['root']}/{name}.yaml"
     with hdfs_io.open(uri, "w") as handle:
         json.dump(policy, handle)          # JSON is YAML
@@ -83,11 +84,6 @@ def autopilot_argv(run, policy_uri, *extra):
     return ["tfos-ctr", "autopilot", "--policy", policy_uri, "--impressions", f"{run['data']}/impressions",
             "--labeled", f"{run['root']}/labeled", "--metrics", f"{run['root']}/metrics", "--work",
             f"{run['root']}/work", *TRAIN, *run["master"], *extra]
-
-
-def autopilot_once(pseudo_cluster, run, name, **blessing):
-    done = last_json(cli(pseudo_cluster, *autopilot_argv(run, write_policy(run, name, **blessing), "--once")))
-    return done["decision"]
 
 
 def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
@@ -121,12 +117,6 @@ def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
             return opened, step
         finally:
             stop_tree(proc)
-
-
-def test_a_challenger_that_misses_the_blessing_is_rejected_and_the_champion_stays(pseudo_cluster, drifted):
-    decision = autopilot_once(pseudo_cluster, drifted, "strict", floor=0.99)
-    assert decision["op"] == "rejected" and "does not reach the floor 0.99" in decision["reason"], json.dumps(decision)
-    assert ModelRegistry(drifted["registry"]).state().current_aliases() == {"champion": 1}
 
 
 def test_a_drop_is_caught_retrained_on_recent_rows_and_promoted_across_a_kill(pseudo_cluster, drifted):

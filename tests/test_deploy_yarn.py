@@ -255,6 +255,9 @@ def hogging(env, web, tmp_path, executor_overhead_mb, holds_mb):
                 "--conf", "spark.executor.instances=2", "--conf", "spark.executor.memory=512m",
                 "--conf", f"spark.executor.memoryOverhead={executor_overhead_mb}m", "--conf",
                 "spark.yarn.am.memory=512m", "--conf", "spark.yarn.am.memoryOverhead=512m",
+                # no UI: in client mode Spark can start its UI while the AM's filter is being added to
+                # it (a ConcurrentModificationException in Jetty, seen once in CI); a hog needs no UI
+                "--conf", "spark.ui.enabled=false",
                 "--conf", f"spark.yarn.tags={tag}", str(hog_app), str(release)]
     pool = concurrent.futures.ThreadPoolExecutor(1)
     hog = pool.submit(run_process, hog_argv, env=env, timeout=300)

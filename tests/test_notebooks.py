@@ -146,18 +146,6 @@ def check_executed(nb, name, leftover):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_ctr_notebook_runs(tmp_path, monkeypatch):
-    nb, seconds, leftover = run_notebook("ctr_prototyping", tmp_path, monkeypatch)
-    check_executed(nb, "ctr_prototyping", leftover)
-    text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
-    assert "validation AUC" in text and "pseudo-cluster section skipped" in text, notebook_tail(nb)
-    assert images(nb) == 1          # ROC, calibration and loss per step: one figure, three panels
-    root = tmp_path / "root" / "ctr"
-    assert hdfs_io.is_published(str(root / "export")) and list((root / "model" / "tensorboard").iterdir())
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
 def test_survey_notebook_runs(tmp_path, monkeypatch):
     nb, seconds, leftover = run_notebook("survey_prototyping", tmp_path, monkeypatch)
     check_executed(nb, "survey_prototyping", leftover)
@@ -188,8 +176,14 @@ def test_retraining_notebook_runs(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ctr_notebook_on_the_pseudo_cluster(pseudo_cluster, tmp_path, monkeypatch):
-    """The notebook's "one change" section, executed: HDFS storage and the Spark standalone master."""
+    """The whole notebook: the prototype on local storage and local-cluster, then its "one change"
+    section on HDFS storage and the Spark standalone master. (One run covers both: the section is the
+    notebook's last code, and a run without it would repeat the rest at CI's cost.)"""
     nb, seconds, leftover = run_notebook("ctr_prototyping", tmp_path, monkeypatch, cluster="1")
     check_executed(nb, "ctr_prototyping", leftover)
     text = "".join(outputs_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "validation AUC" in text and "pseudo-cluster section skipped" not in text, notebook_tail(nb)
+    assert images(nb) == 1          # ROC, calibration and loss per step: one figure, three panels
+    root = tmp_path / "root" / "ctr"
+    assert hdfs_io.is_published(str(root / "export")) and list((root / "model" / "tensorboard").iterdir())
     assert f"on {pseudo_cluster['spark']['master']}: export hdfs://" in text, notebook_tail(nb)
