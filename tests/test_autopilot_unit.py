@@ -31,7 +31,6 @@ def test_a_policy_file_is_read_and_checked(tmp_path):
            "retrain: {last_rows: 10, last_s: 60}": "retrain: give one of last_rows and last_s",
            "approval: maybe": "approval: auto or manual",
            "shadow_windows: 1.5": "shadow_windows: expected an integer",
-           "shadow_windows: 2": "shadow_windows: shadow mode is not built yet",
            "trigger: {psi: -0.2}": "trigger: psi: must be at least 0"}
     for line, message in bad.items():
         path.write_text(f"model: file:///m\n{line}\n")
@@ -160,7 +159,7 @@ class Clock:
         return self.now
 
 
-def autopilot_for(tmp_path, job=None, clock=None, by="a", **policy):
+def autopilot_for(tmp_path, job=None, clock=None, by="a", job_class=None, **policy):
     from tfos_jobs.autopilot.loop import Autopilot
     from tfos_jobs.registry import ModelRegistry
     from test_registry import publish_fake
@@ -171,7 +170,7 @@ def autopilot_for(tmp_path, job=None, clock=None, by="a", **policy):
         registry.promote(1)
     p = policies.parse({"model": uri, "trigger": {"drop": 0.02, "consecutive": 2, "baseline_windows": 2, "min_count": 1},
                         "cooldown_s": 600, **policy})
-    job = job or FakeJob(registry, tmp_path)
+    job = job or (job_class or FakeJob)(registry, tmp_path)
     pilot = Autopilot(p, job, clock=clock or Clock(), by=by, lease_s=60)
     pilot.acquire()
     return pilot, job, registry
@@ -221,6 +220,50 @@ def test_manual_approval_incompatibility_and_failure_keep_the_champion(tmp_path)
     job.fail, job.values = RuntimeError("executor lost"), [0.8, 0.8, 0.7, 0.7]
     failed = pilot.step()
     assert failed["op"] == "failed" and "executor lost" in failed["error"] and registry.state().alias("champion") == 1
+
+
+class ShadowJob(FakeJob):
+    """A job that can score the challenger in shadow: ``live`` are the windows it reports."""
+
+    def __init__(self, registry, tmp_path, **kwargs):
+        super().__init__(registry, tmp_path, **kwargs)
+        self.live, self.asked = [], []
+
+    def shadow(self, decision, versions, since_ms):
+        self.asked.append((versions, since_ms))
+        return [{"window_end_ms": since_ms + 60_000 * (i + 1), "count": n, "champion": a, "challenger": b}
+                for i, (n, a, b) in enumerate(self.live)]
+
+
+def test_shadow_mode_judges_the_challenger_on_live_windows_before_promoting(tmp_path):
+    from tfos_jobs.autopilot.loop import Autopilot
+    pilot, shadow, registry = autopilot_for(tmp_path / "good", job_class=ShadowJob, shadow_windows=2)
+    shadow.values = [0.80, 0.80, 0.70, 0.70]
+    started = pilot.step()
+    assert started["op"] == "shadowing" and started["challenger"] == 2, started
+    assert registry.state().current_aliases() == {"champion": 1, "challenger": 2}   # the shadow scorer follows it
+    assert abs(started["shadow_since_ms"] - shadow.windows()[-1]["window_end_ms"]) < 1000   # the newest window's end
+    shadow.live = [(500, 0.70, 0.76)]
+    assert pilot.step() is None and len(shadow.trained) == 1          # one window of two: wait, never retrain again
+    shadow.live += [(0, None, None), (500, 0.71, 0.75)]              # an empty window does not count
+    promoted = pilot.step()
+    assert promoted["op"] == "promoted" and promoted["reason"].startswith("shadow: blessed"), promoted
+    assert promoted["numbers"]["shadow"]["challenger"] == pytest.approx(0.755), promoted
+    assert registry.state().current_aliases() == {"champion": 2}
+    assert shadow.asked[-1] == ({"champion": 1, "challenger": 2}, started["shadow_since_ms"])
+    assert [o for o in ops(pilot) if o != "lease"] == ["baseline", "retrain", "trained", "evaluated", "shadowing",
+                                                        "promoted"]
+
+    pilot, shadow, registry = autopilot_for(tmp_path / "bad", job_class=ShadowJob, shadow_windows=1)
+    shadow.values = [0.80, 0.80, 0.70, 0.70]
+    assert pilot.step()["op"] == "shadowing"
+    shadow.live = [(800, 0.72, 0.69)]                               # better held out, worse live
+    rejected = pilot.step()
+    assert rejected["op"] == "rejected" and "not better than the champion" in rejected["reason"], rejected
+    assert registry.state().current_aliases() == {"champion": 1}      # challenger alias taken back
+
+    with pytest.raises(ValueError, match="cannot score a challenger in shadow"):
+        Autopilot(policies.parse({"model": f"file://{tmp_path}/x", "shadow_windows": 1}), FakeJob(None, tmp_path))
 
 
 def test_a_killed_autopilot_is_resumed_by_the_next_and_two_never_run_at_once(tmp_path):

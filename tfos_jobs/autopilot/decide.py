@@ -118,3 +118,20 @@ def bless(policy: Policy, champion: float | None, challenger: float) -> Verdict:
                               f"{champion:.4f} by {b.min_change}", numbers)
     return Verdict(True, f"blessed: {policy.metric} {challenger:.4f} against the champion's "
                          f"{'none' if champion is None else f'{champion:.4f}'}", numbers)
+
+
+def judge_shadow(policy: Policy, windows: list[dict]) -> Verdict | None:
+    """The challenger scored in shadow beside the champion on the same live rows: over the first
+    ``shadow_windows`` windows with at least ``min_count`` rows, its mean metric must be better than the
+    champion's by ``min_change`` (and reach the floor). None until there are that many windows."""
+    from tfos_jobs.registry import CHALLENGER, CHAMPION
+    counted = [w for w in windows if (w.get("count") or 0) >= policy.trigger.min_count
+               and all(w.get(role) is not None and math.isfinite(w[role]) for role in (CHAMPION, CHALLENGER))]
+    if len(counted) < policy.shadow_windows:
+        return None
+    used = counted[:policy.shadow_windows]
+    weight = sum(w["count"] for w in used)
+    mean = {role: sum(w[role] * w["count"] for w in used) / weight for role in (CHAMPION, CHALLENGER)}
+    verdict = bless(policy, mean[CHAMPION], mean[CHALLENGER])
+    numbers = {**verdict.numbers, "windows": [w["window_end_ms"] for w in used], "rows": weight}
+    return Verdict(verdict.retrain, f"{verdict.reason} (live, {len(used)} windows, {int(weight)} rows)", numbers)

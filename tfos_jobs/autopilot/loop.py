@@ -50,6 +50,12 @@ class Hooks(Protocol):
         """Why the challenger cannot replace the champion for the server and the stream (signature,
         encoding), or None."""
 
+    # Optional: only a job that has it can run a policy with ``shadow_windows``.
+    def shadow(self, decision: dict, versions: dict[str, int], since_ms: int) -> list[dict]:
+        """Both versions (by role) on the live labelled rows whose event time is after ``since_ms``:
+        one record per window of the policy's length, ``{"window_end_ms", "count", role: metric ...}``,
+        oldest first (the champion's own live predictions, the challenger's made for the same rows)."""
+
 
 class Busy(RuntimeError):
     """Another autopilot holds this model's lease."""
@@ -73,8 +79,9 @@ class Decisions:
         elif op == "retrain":
             self.open = {"id": event["seq"], "opened": event["time"], "champion": event["champion"],
                          "trigger": event["numbers"]}
-        elif op in ("trained", "evaluated"):
-            self.open = {**(self.open or {}), **{k: v for k, v in event.items() if k in ("challenger", "scores")}}
+        elif op in ("trained", "evaluated", "shadowing"):
+            kept = ("challenger", "scores", "shadow_since_ms")
+            self.open = {**(self.open or {}), **{k: v for k, v in event.items() if k in kept}}
         elif op in CLOSING:
             self.last_closed = {"id": event.get("decision"), "op": op, "time": event["time"],
                                 "epoch": event["epoch"]}
@@ -95,6 +102,9 @@ class Autopilot:
 
     def __init__(self, policy: Policy, hooks: Hooks, *, lease_s: float = 300.0, clock: Callable[[], float] = time.time,
                  by: str | None = None):
+        if policy.shadow_windows and not callable(getattr(hooks, "shadow", None)):
+            raise ValueError(f"{policy.model}: the policy asks for shadow_windows but this job's autopilot "
+                             f"({type(hooks).__name__}) cannot score a challenger in shadow yet; set it to 0")
         self.policy, self.hooks, self.clock, self.lease_s = policy, hooks, clock, lease_s
         self.me = by or who()
         self.registry = ModelRegistry(policy.model, by=f"autopilot {self.me}")
@@ -230,12 +240,35 @@ class Autopilot:
         verdict = decide.bless(self.policy, scores.get(CHAMPION), scores[CHALLENGER])
         outcome = {"decision": key, "champion": champion, "challenger": challenger, "reason": verdict.reason,
                    "numbers": verdict.numbers}
+        if verdict.retrain and self.policy.shadow_windows:
+            if decision.get("shadow_since_ms") is None:
+                return self._start_shadow(decision, champion, challenger)
+            verdict = decide.judge_shadow(self.policy, self.hooks.shadow(
+                decision, {CHAMPION: champion, CHALLENGER: challenger}, int(decision["shadow_since_ms"])))
+            if verdict is None:
+                return None                               # not enough live windows yet: look again later
+            outcome.update(reason=f"shadow: {verdict.reason}", numbers={**outcome["numbers"], "shadow": verdict.numbers})
         if not verdict.retrain:
+            if self.policy.shadow_windows and self.registry.state().alias(CHALLENGER) == challenger:
+                self.registry.unalias(CHALLENGER, reason="rejected in shadow")
             return self._record({"op": "rejected", **outcome})
         alias = CHAMPION if self.policy.approval == "auto" else CHALLENGER
         if self.registry.state().alias(alias) != challenger:        # a resumed run may have promoted already
             self.registry.promote(challenger, alias, reason=verdict.reason, extra={"decision": key})
+        if alias == CHAMPION and self.policy.shadow_windows and self.registry.state().alias(CHALLENGER) == challenger:
+            self.registry.unalias(CHALLENGER, reason="promoted after shadow")     # the shadow scorer has nothing to do
         return self._record({"op": "promoted" if alias == CHAMPION else "awaiting-approval", **outcome})
+
+    def _start_shadow(self, decision: dict, champion: int, challenger: int) -> dict:
+        """Point ``challenger`` at the new version so a shadow scorer may follow it, and judge it from now
+        on (the newest window end the stream has written: event time, as the windows are)."""
+        ends = [w["window_end_ms"] for w in decide.champion_windows(self.policy, self.hooks.windows(), str(champion),
+                                                                    since_ms=0)]
+        since = max(ends, default=0)
+        if self.registry.state().alias(CHALLENGER) != challenger:
+            self.registry.promote(challenger, CHALLENGER, reason="shadow", extra={"decision": decision["id"]})
+        return self._record({"op": "shadowing", "decision": decision["id"], "challenger": challenger,
+                             "shadow_since_ms": since, "windows": self.policy.shadow_windows})
 
     def run(self, poll_s: float, stop: threading.Event) -> None:
         """Step every ``poll_s`` until ``stop`` is set (a failed look is logged and retried); after

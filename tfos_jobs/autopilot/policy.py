@@ -18,7 +18,8 @@ cooldown_s: 3600                          # after a retraining, none before this
 blessing:
   floor: 0.70                             # the challenger's metric on the held-out rows: at least this
   min_change: 0.0                         # and better than the champion's by at least this
-shadow_windows: 0                         # shadow mode: not built yet, must stay 0
+shadow_windows: 0                         # > 0: after the blessing, point `challenger` at it and judge it
+                                          # beside the champion on this many live windows before promoting
 approval: auto                            # auto | manual (stop before promoting; a person promotes)
 ```
 
@@ -174,6 +175,3 @@ def _check(p: Policy, source: str) -> None:
     _number(p.shadow_windows, f"{source}: shadow_windows", 0, integer=True)
     if p.approval not in ("auto", "manual"):
         raise PolicyError(f"{source}: approval: auto or manual, got {p.approval!r}")
-    # Parsed so that a policy file can say it, refused until it is built: never silently ignored.
-    if p.shadow_windows:
-        raise PolicyError(f"{source}: shadow_windows: shadow mode is not built yet; leave it at 0")
