@@ -95,6 +95,58 @@ class CtrRetraining:
             scores[role] = float(result[metric])
         return scores
 
+    def shadow(self, decision: dict, versions: dict[str, int], since_ms: int) -> list[dict]:
+        """The champion's live predictions and the challenger's on the same impressions (labelled after
+        ``since_ms``), per window of the policy's length: Spark sums a quality sketch per window, role
+        and prediction bin (:mod:`tfos_jobs.streaming.quality`), the driver only reads the sums."""
+        from pyspark.sql import functions as F
+        from tfos_jobs import scoring
+        from tfos_jobs.ctr.stream import encode_impressions
+        from tfos_jobs.registry import CHALLENGER, CHAMPION
+        from tfos_jobs.streaming import quality
+        registry = ModelRegistry(self.policy.model)
+        challenger_uri = registry.version_uri(versions[CHALLENGER])
+        buckets = int(steps.read_config(challenger_uri)["hash_buckets"])
+        labeled = (self.spark.read.parquet(sparkprep.spark_uri(self.labeled_uri))
+                   .where((F.col(scoring.VERSION_COLUMN) == str(versions[CHAMPION]))
+                          & (F.col("event_time") >= F.timestamp_millis(F.lit(int(since_ms)))))
+                   .select("id", "label", F.col("prediction").alias(CHAMPION)))
+        impressions = encode_impressions(self.spark.read.text(sparkprep.spark_uri(self.impressions_uri))
+                                         .withColumn("source", F.input_file_name()), buckets)
+        good = impressions.where(F.col("reason_code").isNull()).dropDuplicates(["id"])
+        rows = good.join(labeled, "id")
+        scored = scoring.score_dataframe(rows, challenger_uri, schema.FEATURES, keep=["event_time", "label", CHAMPION],
+                                         prediction_column=CHALLENGER)
+        length_s = self._window_s()
+        bins = quality.DEFAULT_BINS
+        sums = []
+        for role in (CHAMPION, CHALLENGER):
+            p = F.col(role).cast("double")
+            b = F.least(F.greatest((p * bins).cast("long"), F.lit(0)), F.lit(bins - 1))
+            clipped = F.least(F.greatest(p, F.lit(quality.EPS)), F.lit(1 - quality.EPS))
+            loss = -(F.col("label") * F.log(clipped) + (1 - F.col("label")) * F.log(1 - clipped))
+            sums.append(scored.groupBy(F.window("event_time", f"{length_s} seconds").alias("w"), b.alias("bin"))
+                        .agg(F.sum("label").alias("pos"), F.sum(1 - F.col("label")).alias("neg"),
+                             F.sum(p).alias("pred"), F.sum(loss).alias("loss")).withColumn("role", F.lit(role)))
+        sketches: dict = {}
+        for r in sums[0].unionByName(sums[1]).select(F.unix_millis(F.col("w.end")).alias("end_ms"), "role", "bin",
+                                                       "pos", "neg", "pred", "loss").collect():
+            s = sketches.setdefault(r["end_ms"], {}).setdefault(r["role"], quality.empty(bins))
+            s[r["bin"]] += (r["pos"], r["neg"], r["pred"], r["loss"])
+        metric = self.policy.metric.split(":", 1)[0]
+        out = []
+        for end_ms, by_role in sorted(sketches.items()):
+            figures = {role: quality.summary(by_role.get(role, quality.empty(bins))) for role in (CHAMPION, CHALLENGER)}
+            out.append({"window_end_ms": end_ms, "count": figures[CHAMPION]["count"],
+                        **{role: figures[role][metric] for role in (CHAMPION, CHALLENGER)}})
+        return out
+
+    def _window_s(self) -> float:
+        kind, window = self.policy.window_kind()
+        if kind != "sliding":
+            raise ValueError(f"shadow mode judges windows of a fixed length: the policy's window is {kind!r}")
+        return float(window.split("s", 1)[0])
+
     def incompatible(self, champion: int, challenger: int) -> str | None:
         registry = ModelRegistry(self.policy.model)
         old, new = (steps.read_config(registry.version_uri(v)) for v in (champion, challenger))
