@@ -264,3 +264,58 @@ def test_a_stream_following_the_champion_switches_at_a_micro_batch_boundary(stre
     versions = rows.groupby(part)[scoring.VERSION_COLUMN].agg(set).to_dict()
     assert versions == {0: {"1"}, 1: {"2"}}, versions
     assert rows["id"].is_unique, rows["id"].value_counts().head()
+
+
+def test_the_shadow_hook_scores_the_challenger_on_the_champions_live_rows(monitored, local_spark):
+    """``CtrRetraining.shadow`` (shadow mode of the autopilot): the champion's live labelled predictions
+    after ``since_ms`` and the challenger's on the same impressions, per window of the policy's length,
+    equal the same figures computed here from the labelled rows and a batch scoring of the impressions."""
+    import keras
+    from pyspark.sql import functions as F
+    from tfos_jobs.autopilot import policy as policies
+    from tfos_jobs.ctr import schema
+    from tfos_jobs.ctr.autopilot import CtrRetraining
+    from tfos_jobs.ctr.model import ModelConfig, build_model
+    from tfos_jobs.ctr.stream import encode_impressions
+    from tfos_jobs.export import publish_export
+    from tfos_jobs.registry import CHALLENGER, CHAMPION, ModelRegistry
+    root, gen, data, _ = monitored
+    # the stream's labelled rows, as if the registry's version 1 had made them
+    (local_spark.read.parquet(f"file://{root}/pred.labeled").withColumn(scoring.VERSION_COLUMN, F.lit("1"))
+     .write.parquet(f"file://{root}/shadow/labeled"))
+    labeled = committed_rows(local_spark, root / "shadow" / "labeled")
+    registry = ModelRegistry(str(root / "shadow" / "registry"))
+    dtypes = {n: ("int64" if n in schema.CATEGORICAL else "float32") for n in schema.FEATURES}
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        model = build_model(ModelConfig(embedding_dim=2, hidden=(8,), cross_layers=1, hash_buckets=500).validate())
+        publish_export(registry.uri, model, dtypes, {}, kind="ctr-export", version="auto",
+                       files={"ctr.json": {"hash_buckets": 500}})
+    policy = policies.parse({"model": registry.uri, "metric": "auc", "window": "sliding 600s every 600s",
+                             "shadow_windows": 2})
+    hooks = CtrRetraining(local_spark, policy, f"file://{data}/impressions", f"file://{root}/shadow/labeled",
+                          f"file://{root}/metrics", f"file://{root}/shadow/work")
+    t = labeled["event_time"].astype("datetime64[ms]").astype("int64").to_numpy()
+    since = int(np.quantile(t, 0.4))
+    got = hooks.shadow({"id": 7}, {CHAMPION: 1, CHALLENGER: 2}, since)
+    # here: the challenger's batch predictions of every good impression, joined to the labelled rows
+    lines = local_spark.read.text(f"file://{data}/impressions").withColumn("source", F.lit(""))
+    good = encode_impressions(lines, 500).where("reason_code IS NULL")
+    batch = scoring.score_dataframe(good, registry.version_uri(2), schema.FEATURES, keep=["id"],
+                                    prediction_column=CHALLENGER).toPandas()
+    rows = labeled[t >= since].merge(batch[["id", CHALLENGER]], on="id")
+    assert len(rows) == (t >= since).sum() > 0, (len(rows), (t >= since).sum())
+    end = (rows["event_time"].astype("datetime64[ms]").astype("int64") // 600_000 + 1) * 600_000
+    want = []
+    for window_end, part in rows.groupby(end):
+        y = part["label"].to_numpy()
+        figures = {role: quality.summary(quality.sketch(y, part[column].to_numpy()))
+                   for role, column in ((CHAMPION, "prediction"), (CHALLENGER, CHALLENGER))}
+        want.append({"window_end_ms": int(window_end), "count": figures[CHAMPION]["count"],
+                     CHAMPION: figures[CHAMPION]["auc"], CHALLENGER: figures[CHALLENGER]["auc"]})
+    assert len(want) >= 2 and [w["window_end_ms"] for w in got] == [w["window_end_ms"] for w in want], (got, want)
+    for g, w in zip(got, want):
+        assert g["count"] == w["count"], (g, w)
+        for role in (CHAMPION, CHALLENGER):
+            assert g[role] == pytest.approx(w[role], rel=1e-6), (role, g, w)
+    assert any(abs(g[CHAMPION] - g[CHALLENGER]) > 0.05 for g in got), got    # two different models were read
