@@ -9,6 +9,8 @@
                                                                   Structured Streaming: JSON records as they land
     tfos-survey stream-monitor --export URI --predictions URI --answers DIR|kafka://... --metrics URI --checkpoint URI
                                                                   later answers: accuracy, log loss per question per window
+    tfos-survey autopilot --policy URI --records DIR --answers DIR --metrics URI --work URI
+                                                                  retrain, check, promote when live accuracy falls
 
 Every input and output is a storage URI (hdfs://, s3://, s3a://, file:// or a path). Bad input (a
 spec that does not parse, a target missing from the data or with a single answer, a missing prep or
@@ -31,7 +33,7 @@ from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stre
                            bounded_number, dropout_rate, job_session, layer_sizes, non_negative_float, positive_float, positive_int,
                            print_train_result, run_command, run_monitor_stream, run_scoring_stream,
                            training_configs)
-from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags  # noqa: E402
+from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
 
 PROG = "tfos-survey"
@@ -84,11 +86,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
     add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
     add_flags(p, RunConfig)
+    _model_args(p)
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=layer_sizes, help="trunk layer sizes, e.g. 128,64 (default: the spec's or 128,64)")
     p.add_argument("--embedding-dim", type=positive_int)
     p.add_argument("--dropout", type=dropout_rate)
     p.add_argument("--learning-rate", type=positive_float)
-    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    return {"hidden": args.hidden, "embedding_dim": args.embedding_dim, "dropout": args.dropout,
+            "learning_rate": args.learning_rate}
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -151,13 +162,31 @@ def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
     add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
 
+def _add_autopilot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("autopilot", help="watch the champion's live accuracy; retrain, check and promote when it falls",
+                       description="The policy's metric is accuracy:<question> on stream-monitor's windows; the "
+                                   "retraining data are the newest respondents of --records joined with their "
+                                   "--answers, prepped with the champion's plan.")
+    p.add_argument("--policy", required=True, help="the retraining policy (YAML; see tfos_jobs.autopilot.policy)")
+    p.add_argument("--records", required=True, help="the respondents' records the stream answers (stream-predict's input)")
+    p.add_argument("--answers", required=True, help="the answers given later (stream-monitor's --answers)")
+    p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
+    p.add_argument("--work", required=True, help="URI for the retrainings' data, checkpoints and evaluations")
+    p.add_argument("--poll-s", type=positive_float, default=60.0, help="look this often (default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="look once, act if called for, print the decision, exit")
+    _model_args(p)
+    add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
+    add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
+    add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
+
+
 def build_parser() -> JobParser:
     parser = JobParser(prog=PROG, description="The survey modelling job, step by step.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_example, _add_prep, _add_train, _add_evaluate, _add_predict, _add_stream_predict,
-                _add_stream_monitor):
+                _add_stream_monitor, _add_autopilot):
         add(sub)
     return parser
 
@@ -194,11 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(files) < scaling.num_workers:
         raise ValueError(f"{args.prep}/train has {len(files)} Parquet file(s) but --workers {scaling.num_workers} "
                          "each need one: prep again with --files >= workers")
-    model = {"hidden": args.hidden, "embedding_dim": args.embedding_dim, "dropout": args.dropout,
-             "learning_rate": args.learning_rate}
     spark = job_session(args, PROG, scaling.num_nodes)
     try:
-        result = steps.train(spark.sparkContext, plan, directory, model, **configs)
+        result = steps.train(spark.sparkContext, plan, directory, _model_options(args), **configs)
     finally:
         spark.stop()
     print_train_result(result)
@@ -248,8 +275,26 @@ def cmd_stream_monitor(args: argparse.Namespace) -> int:
         max_delay_s=args.max_answer_delay_s, **windows))
 
 
+def cmd_autopilot(args: argparse.Namespace) -> int:
+    from tfos_jobs.autopilot import policy as policies
+    from tfos_jobs.autopilot.loop import Autopilot, run_until_signalled
+    from tfos_jobs.survey.autopilot import SurveyRetraining
+    policy = policies.load(args.policy)
+    if not policy.metric.startswith("accuracy:"):
+        raise ValueError(f"{args.policy}: a survey model is judged by accuracy:<question>, not {policy.metric!r}")
+    scaling, loop = from_flags(ScalingConfig, args), from_flags(LoopConfig, args)
+    spark = job_session(args, PROG, scaling.num_nodes)
+    try:
+        hooks = SurveyRetraining(spark, policy, args.records, args.answers, args.metrics, args.work,
+                                 model=_model_options(args), scaling=scaling, loop=loop)
+        return run_until_signalled(Autopilot(policy, hooks), args.poll_s, once=args.once)
+    finally:
+        spark.stop()
+
+
 COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "stream-predict": cmd_stream_predict, "stream-monitor": cmd_stream_monitor}
+            "predict": cmd_predict, "stream-predict": cmd_stream_predict, "stream-monitor": cmd_stream_monitor,
+            "autopilot": cmd_autopilot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -347,19 +347,59 @@ def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "au
         if counts["valid"] == 0 or counts["train"] == 0:
             raise SpecError(f"the split left {counts['train']} training and {counts['valid']} validation rows: "
                             "need both (more data or another validation_fraction)")
-        keep = [spec.id_column] if spec.id_column else []
-        with hdfs_io.staged_output(out_uri, overwrite=overwrite, kind=KIND) as version:
-            for split, flag in (("train", False), ("valid", True)):
-                part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
-                sparkprep.write_part(part, hdfs_io.join(version, split), max(int(files), 1))
-            plan["inputs"] = feature_inputs(plan)
-            plan["labels"] = label_columns(plan)
-            plan["prep_seconds"] = round(time.monotonic() - started, 1)
-            sparkprep.write_json(plan, hdfs_io.join(version, PLAN_FILE))
+        plan["inputs"] = feature_inputs(plan)
+        plan["labels"] = label_columns(plan)
+        _write_splits(df, plan, out_uri, files, overwrite, started)
     finally:
         df.unpersist()
     log(summary(plan))
     return plan
+
+
+def _write_splits(df: Any, plan: dict, out_uri: str, files: int, overwrite: bool, started: float) -> None:
+    """``train/``, ``valid/`` (rows of ``df`` by its ``__valid`` flag, encoded with ``plan``) and the
+    plan, published as one version."""
+    from pyspark.sql import functions as F
+    keep = [plan["id"]] if plan.get("id") else []
+    with hdfs_io.staged_output(out_uri, overwrite=overwrite, kind=KIND) as version:
+        for split, flag in (("train", False), ("valid", True)):
+            part = transform(df.where(F.col("__valid") == F.lit(flag)), plan, keep=keep)
+            sparkprep.write_part(part, hdfs_io.join(version, split), max(int(files), 1))
+        plan["prep_seconds"] = round(time.monotonic() - started, 1)
+        sparkprep.write_json(plan, hdfs_io.join(version, PLAN_FILE))
+
+
+def run_prep_with_plan(spark: Any, plan: dict, data_uri: str, out_uri: str, *, fmt: str = "parquet",
+                       files: int = 4, validation_fraction: float, overwrite: bool = False) -> dict:
+    """Prep new responses with an existing plan: no profiling, the same vocabularies, scaling and
+    classes, so a model trained on them takes the same inputs as one trained on the plan's own prep
+    (the autopilot's retraining: the server and the stream encode answers with the champion's plan).
+    The new plan is that one with this data's ``data`` and ``rows``; the answer counts and statistics
+    it was built from stay the old ones. Returns the new plan (also in ``prep.json``)."""
+    from pyspark.sql import functions as F
+    started = time.monotonic()
+    check_output(out_uri, overwrite)
+    columns = list(dict.fromkeys([*([plan["id"]] if plan.get("id") else []),
+                                  *(f["column"] for f in plan["features"]), *(t["column"] for t in plan["targets"])]))
+    df = read_table(spark, data_uri, fmt)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SpecError(f"{data_uri} lacks the plan's column(s) {missing[:5]}; it has {df.columns[:20]}")
+    df = canonicalize(df, columns)
+    keys = [_col(plan["id"])] if plan.get("id") else [_col(c) for c in columns]
+    df = df.withColumn("__valid", sparkprep.hash_split(keys, validation_fraction, int(plan["split"]["seed"]))).cache()
+    try:
+        valid = df.where(F.col("__valid")).count()
+        total = df.count()
+        if valid == 0 or valid == total:
+            raise SpecError(f"{data_uri}: the split left {total - valid} training and {valid} validation rows: "
+                            "need both")
+        new = {**plan, "data": data_uri, "rows": {"total": total, "train": total - valid, "valid": valid},
+               "split": {**plan["split"], "validation_fraction": validation_fraction}}
+        _write_splits(df, new, out_uri, files, overwrite, started)
+    finally:
+        df.unpersist()
+    return new
 
 
 def check_output(out_uri: str, overwrite: bool) -> None:
