@@ -51,7 +51,7 @@ class SurveyRetraining:
         registry = ModelRegistry(self.policy.model)
         raw, prepped = self._work(decision, "raw"), self._work(decision, "prep")
         for version, record in sorted(registry.state().versions.items()):   # trained before a restart?
-            if record["state"] == "ready" and record.get("lineage", {}).get("data") == raw:
+            if record["state"] == "ready" and record.get("lineage", {}).get("data", {}).get("data") == raw:
                 return version
         plan = steps.export_plan(registry.version_uri(decision["champion"]))
         if not hdfs_io.is_published(raw):
