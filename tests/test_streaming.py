@@ -211,22 +211,27 @@ def test_the_report_shows_every_window_losing_auc_after_the_drift(monitored):
     assert fading["mean_auc_before"] > fading["last_auc"] + 0.03, (out, gen)
 
 
-def test_a_stream_following_the_champion_switches_at_a_micro_batch_boundary(stream_root, local_spark):
-    """``--export URI@champion``: a promotion while the stream runs is picked up between micro-batches
-    (the query restarts from its checkpoint); each prediction says the version that made it."""
+def two_untrained_versions(registry):
+    """Versions 1 and 2 of ``registry``: the job's model (small), untrained, from two seeds."""
     import keras
     from tfos_jobs.ctr import schema
     from tfos_jobs.ctr.model import ModelConfig, build_model
     from tfos_jobs.export import publish_export
-    from tfos_jobs.registry import ModelRegistry
-    root, gen, data = stream_root
-    registry = ModelRegistry(str(root / "registry" / "ctr"))
     dtypes = {n: ("int64" if n in schema.CATEGORICAL else "float32") for n in schema.FEATURES}
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
         model = build_model(ModelConfig(embedding_dim=2, hidden=(8,), cross_layers=1, hash_buckets=500).validate())
         publish_export(registry.uri, model, dtypes, {}, kind="ctr-export", version="auto",
                        files={"ctr.json": {"hash_buckets": 500}})
+
+
+def test_a_stream_following_the_champion_switches_at_a_micro_batch_boundary(stream_root, local_spark):
+    """``--export URI@champion``: a promotion while the stream runs is picked up between micro-batches
+    (the query restarts from its checkpoint); each prediction says the version that made it."""
+    from tfos_jobs.registry import ModelRegistry
+    root, gen, data = stream_root
+    registry = ModelRegistry(str(root / "registry" / "ctr"))
+    two_untrained_versions(registry)
     registry.promote(1)
     landing, out, ckpt = root / "landing-follow", root / "pred-follow", root / "ckpt-follow"
     landing.mkdir()
@@ -270,14 +275,11 @@ def test_the_shadow_hook_scores_the_challenger_on_the_champions_live_rows(monito
     """``CtrRetraining.shadow`` (shadow mode of the autopilot): the champion's live labelled predictions
     after ``since_ms`` and the challenger's on the same impressions, per window of the policy's length,
     equal the same figures computed here from the labelled rows and a batch scoring of the impressions."""
-    import keras
     from pyspark.sql import functions as F
     from tfos_jobs.autopilot import policy as policies
     from tfos_jobs.ctr import schema
     from tfos_jobs.ctr.autopilot import CtrRetraining
-    from tfos_jobs.ctr.model import ModelConfig, build_model
     from tfos_jobs.ctr.stream import encode_impressions
-    from tfos_jobs.export import publish_export
     from tfos_jobs.registry import CHALLENGER, CHAMPION, ModelRegistry
     root, gen, data, _ = monitored
     # the stream's labelled rows, as if the registry's version 1 had made them
@@ -285,12 +287,7 @@ def test_the_shadow_hook_scores_the_challenger_on_the_champions_live_rows(monito
      .write.parquet(f"file://{root}/shadow/labeled"))
     labeled = committed_rows(local_spark, root / "shadow" / "labeled")
     registry = ModelRegistry(str(root / "shadow" / "registry"))
-    dtypes = {n: ("int64" if n in schema.CATEGORICAL else "float32") for n in schema.FEATURES}
-    for seed in (1, 2):
-        keras.utils.set_random_seed(seed)
-        model = build_model(ModelConfig(embedding_dim=2, hidden=(8,), cross_layers=1, hash_buckets=500).validate())
-        publish_export(registry.uri, model, dtypes, {}, kind="ctr-export", version="auto",
-                       files={"ctr.json": {"hash_buckets": 500}})
+    two_untrained_versions(registry)
     policy = policies.parse({"model": registry.uri, "metric": "auc", "window": "sliding 600s every 600s",
                              "shadow_windows": 2})
     hooks = CtrRetraining(local_spark, policy, f"file://{data}/impressions", f"file://{root}/shadow/labeled",

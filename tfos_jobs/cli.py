@@ -134,6 +134,30 @@ def run_monitor_stream(args: argparse.Namespace, prog: str, start: Callable[...,
     return 0
 
 
+def add_autopilot_args(parser: argparse.ArgumentParser) -> None:
+    """What every job's ``autopilot`` command shares (its own data inputs come beside these)."""
+    parser.add_argument("--policy", required=True, help="the retraining policy (YAML; see tfos_jobs.autopilot.policy)")
+    parser.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
+    parser.add_argument("--work", required=True, help="URI for the retrainings' data, checkpoints and evaluations")
+    parser.add_argument("--poll-s", type=POSITIVE_FLOAT, default=60.0, help="look this often (default: %(default)s)")
+    parser.add_argument("--once", action="store_true", help="look once, act if called for, print the decision, exit")
+
+
+def run_autopilot(args: argparse.Namespace, prog: str, executors: int, hooks: Callable[[Any, Any], Any],
+                  check: Callable[[Any], None] = lambda policy: None) -> int:
+    """A job's ``autopilot`` command: the policy read and ``check``-ed before Spark starts, then the
+    loop with ``hooks(spark, policy)`` (:mod:`tfos_jobs.autopilot.loop`) until signalled, or one look."""
+    from tfos_jobs.autopilot import policy as policies   # lazy, as in trigger()
+    from tfos_jobs.autopilot.loop import Autopilot, run_until_signalled
+    policy = policies.load(args.policy)
+    check(policy)
+    spark = job_session(args, prog, executors)
+    try:
+        return run_until_signalled(Autopilot(policy, hooks(spark, policy)), args.poll_s, once=args.once)
+    finally:
+        spark.stop()
+
+
 def stream_config(args: argparse.Namespace) -> Any:
     from tfos_jobs.streaming.pipeline import StreamConfig   # lazy, as in trigger()
     return StreamConfig(checkpoint=absolute(args.checkpoint), trigger=args.trigger,

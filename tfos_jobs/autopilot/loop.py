@@ -57,6 +57,21 @@ class Hooks(Protocol):
         oldest first (the champion's own live predictions, the challenger's made for the same rows)."""
 
 
+class StreamJobHooks:
+    """What a job's hooks built on its stream share: the window records ``stream-monitor`` writes to
+    ``metrics_uri``, and a scratch directory per retraining under ``work_uri`` (each step of a
+    retraining leaves its output there, so a resumed one skips what is done)."""
+    metrics_uri: str
+    work_uri: str
+
+    def windows(self) -> list[dict]:
+        from tfos_jobs.streaming import pipeline    # Spark-free, but not needed by the loop itself
+        return pipeline.read_metrics(self.metrics_uri)
+
+    def _work(self, decision: dict, *parts: str) -> str:
+        return hdfs_io.join(self.work_uri, f"retrain-{decision['id']}", *parts)
+
+
 class Busy(RuntimeError):
     """Another autopilot holds this model's lease."""
 

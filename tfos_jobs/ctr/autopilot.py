@@ -19,16 +19,16 @@ from typing import Any
 
 import hdfs_io
 from tfos_jobs import sparkprep
+from tfos_jobs.autopilot.loop import StreamJobHooks
 from tfos_jobs.autopilot.policy import Policy
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
 from tfos_jobs.ctr import prep, schema, steps
 from tfos_jobs.ctr.model import ModelConfig
 from tfos_jobs.registry import ModelRegistry
-from tfos_jobs.streaming import pipeline
 
 
 @dataclasses.dataclass
-class CtrRetraining:
+class CtrRetraining(StreamJobHooks):
     spark: Any
     policy: Policy
     impressions_uri: str        # the raw impression lines the stream scores (id, event time, Criteo fields)
@@ -38,12 +38,6 @@ class CtrRetraining:
     model: ModelConfig = ModelConfig()
     scaling: ScalingConfig = steps.SCALING
     loop: LoopConfig = steps.LOOP
-
-    def windows(self) -> list[dict]:
-        return pipeline.read_metrics(self.metrics_uri)
-
-    def _work(self, decision: dict, *parts: str) -> str:
-        return hdfs_io.join(self.work_uri, f"retrain-{decision['id']}", *parts)
 
     def retrain(self, decision: dict) -> int:
         registry = ModelRegistry(self.policy.model)

@@ -28,10 +28,10 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
                            dropout_rate, fraction, job_session, layer_sizes, non_negative_float, non_negative_int,
                            positive_float, positive_int, print_train_result, run_command, run_monitor_stream,
-                           run_scoring_stream, training_configs)
+                           run_autopilot, run_scoring_stream, training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.ctr import prep, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402
@@ -183,13 +183,9 @@ def _add_stream_report(sub: argparse._SubParsersAction) -> None:
 
 def _add_autopilot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("autopilot", help="watch the champion's live quality; retrain, check and promote when it falls")
-    p.add_argument("--policy", required=True, help="the retraining policy (YAML; see tfos_jobs.autopilot.policy)")
+    add_autopilot_args(p)
     p.add_argument("--impressions", required=True, help="the impression lines the stream scores")
     p.add_argument("--labeled", required=True, help="what `stream-monitor --labeled` writes")
-    p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
-    p.add_argument("--work", required=True, help="URI for the retrainings' data, checkpoints and evaluations")
-    p.add_argument("--poll-s", type=positive_float, default=60.0, help="look this often (default: %(default)s)")
-    p.add_argument("--once", action="store_true", help="look once, act if called for, print the decision, exit")
     _model_args(p)
     add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
     add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
@@ -349,18 +345,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_autopilot(args: argparse.Namespace) -> int:
-    from tfos_jobs.autopilot import policy as policies
-    from tfos_jobs.autopilot.loop import Autopilot, run_until_signalled
     from tfos_jobs.ctr.autopilot import CtrRetraining
-    policy = policies.load(args.policy)
     scaling, loop = from_flags(ScalingConfig, args), from_flags(LoopConfig, args)
-    spark = job_session(args, PROG, scaling.num_nodes)
-    try:
-        hooks = CtrRetraining(spark, policy, args.impressions, args.labeled, args.metrics, args.work,
-                              model=_model_config(args), scaling=scaling, loop=loop)
-        return run_until_signalled(Autopilot(policy, hooks), args.poll_s, once=args.once)
-    finally:
-        spark.stop()
+    return run_autopilot(args, PROG, scaling.num_nodes, lambda spark, policy: CtrRetraining(
+        spark, policy, args.impressions, args.labeled, args.metrics, args.work, model=_model_config(args),
+        scaling=scaling, loop=loop))
 
 
 COMMANDS = {"generate": cmd_generate, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,

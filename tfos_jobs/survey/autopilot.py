@@ -21,16 +21,16 @@ from typing import Any
 
 import hdfs_io
 from tfos_jobs import scoring, sparkprep
+from tfos_jobs.autopilot.loop import StreamJobHooks
 from tfos_jobs.autopilot.policy import Policy
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
 from tfos_jobs.registry import ModelRegistry
-from tfos_jobs.streaming import pipeline
 from tfos_jobs.survey import prep, steps
 from tfos_jobs.survey.stream import EVENT_TIME, id_column
 
 
 @dataclasses.dataclass
-class SurveyRetraining:
+class SurveyRetraining(StreamJobHooks):
     spark: Any
     policy: Policy
     records_uri: str            # the respondents' records the stream answers (JSON lines)
@@ -40,12 +40,6 @@ class SurveyRetraining:
     model: dict | None = None   # options over the spec's model section (hidden, dropout, ...)
     scaling: ScalingConfig = steps.SCALING
     loop: LoopConfig = steps.LOOP
-
-    def windows(self) -> list[dict]:
-        return pipeline.read_metrics(self.metrics_uri)
-
-    def _work(self, decision: dict, *parts: str) -> str:
-        return hdfs_io.join(self.work_uri, f"retrain-{decision['id']}", *parts)
 
     def retrain(self, decision: dict) -> int:
         registry = ModelRegistry(self.policy.model)

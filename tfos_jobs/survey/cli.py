@@ -29,9 +29,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
                            bounded_number, dropout_rate, job_session, layer_sizes, non_negative_float, positive_float, positive_int,
-                           print_train_result, run_command, run_monitor_stream, run_scoring_stream,
+                           print_train_result, run_autopilot, run_command, run_monitor_stream, run_scoring_stream,
                            training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
@@ -167,13 +167,9 @@ def _add_autopilot(sub: argparse._SubParsersAction) -> None:
                        description="The policy's metric is accuracy:<question> on stream-monitor's windows; the "
                                    "retraining data are the newest respondents of --records joined with their "
                                    "--answers, prepped with the champion's plan.")
-    p.add_argument("--policy", required=True, help="the retraining policy (YAML; see tfos_jobs.autopilot.policy)")
+    add_autopilot_args(p)
     p.add_argument("--records", required=True, help="the respondents' records the stream answers (stream-predict's input)")
     p.add_argument("--answers", required=True, help="the answers given later (stream-monitor's --answers)")
-    p.add_argument("--metrics", required=True, help="what `stream-monitor --metrics` writes")
-    p.add_argument("--work", required=True, help="URI for the retrainings' data, checkpoints and evaluations")
-    p.add_argument("--poll-s", type=positive_float, default=60.0, help="look this often (default: %(default)s)")
-    p.add_argument("--once", action="store_true", help="look once, act if called for, print the decision, exit")
     _model_args(p)
     add_flags(p, ScalingConfig, **dataclasses.asdict(steps.SCALING))
     add_flags(p, LoopConfig, **dataclasses.asdict(steps.LOOP))
@@ -276,20 +272,15 @@ def cmd_stream_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_autopilot(args: argparse.Namespace) -> int:
-    from tfos_jobs.autopilot import policy as policies
-    from tfos_jobs.autopilot.loop import Autopilot, run_until_signalled
     from tfos_jobs.survey.autopilot import SurveyRetraining
-    policy = policies.load(args.policy)
-    if not policy.metric.startswith("accuracy:"):
-        raise ValueError(f"{args.policy}: a survey model is judged by accuracy:<question>, not {policy.metric!r}")
+
+    def check(policy):
+        if not policy.metric.startswith("accuracy:"):
+            raise ValueError(f"{args.policy}: a survey model is judged by accuracy:<question>, not {policy.metric!r}")
     scaling, loop = from_flags(ScalingConfig, args), from_flags(LoopConfig, args)
-    spark = job_session(args, PROG, scaling.num_nodes)
-    try:
-        hooks = SurveyRetraining(spark, policy, args.records, args.answers, args.metrics, args.work,
-                                 model=_model_options(args), scaling=scaling, loop=loop)
-        return run_until_signalled(Autopilot(policy, hooks), args.poll_s, once=args.once)
-    finally:
-        spark.stop()
+    return run_autopilot(args, PROG, scaling.num_nodes, lambda spark, policy: SurveyRetraining(
+        spark, policy, args.records, args.answers, args.metrics, args.work, model=_model_options(args),
+        scaling=scaling, loop=loop), check)
 
 
 COMMANDS = {"example": cmd_example, "prep": cmd_prep, "train": cmd_train, "evaluate": cmd_evaluate,
