@@ -2,8 +2,7 @@
 before the click model drifts, the drifting stream scored (following the champion alias) and
 monitored, then `tfos-ctr autopilot --once`: the drop is caught in the configured windows, the model
 is retrained on the newest labelled rows, judged against the champion on the same held-out rows, and
-promoted. (A challenger that misses the blessing differs from this run only in the comparison of the
-two scores both are given; that branch is in test_autopilot_unit, so CI trains one challenger here.)"""
+promoted (or, when it misses the blessing, rejected with the champion kept)."""
 from __future__ import annotations
 
 import json
@@ -69,11 +68,11 @@ def _drifted(pseudo_cluster):
         hdfs_io.delete(root, recursive=True, missing_ok=True)
 
 
-def write_policy(run, name) -> str:
+def write_policy(run, name, last_rows=9000, **blessing) -> str:
     policy = {"model": run["registry"], "metric": "auc", "window": "sliding 600s every 600s",
               "trigger": {"baseline_windows": 2, "drop": 0.02, "consecutive": 2, "min_count": 300},
-              "retrain": {"last_rows": 9000, "holdout_fraction": 0.25}, "cooldown_s": 0,
-              "blessing": {"min_change": 0.01}}
+              "retrain": {"last_rows": last_rows, "holdout_fraction": 0.25}, "cooldown_s": 0,
+              "blessing": {"min_change": 0.01, **blessing}}
     uri = f"{run['root']}/{name}.yaml"
     with hdfs_io.open(uri, "w") as handle:
         json.dump(policy, handle)          # JSON is YAML
@@ -117,6 +116,17 @@ def killed_mid_training(pseudo_cluster, run, policy_uri, timeout_s=420):
             return opened, step
         finally:
             stop_tree(proc)
+
+
+def test_a_challenger_that_misses_the_blessing_is_rejected_and_the_champion_stays(pseudo_cluster, drifted):
+    """Trained on too few rows for too few steps (cheap in CI), it cannot reach the policy's floor."""
+    policy_uri = write_policy(drifted, "strict", last_rows=2000, floor=0.99)
+    done = last_json(cli(pseudo_cluster, *autopilot_argv(drifted, policy_uri, "--once", "--steps", "30")))
+    decision = done["decision"]
+    assert decision["op"] == "rejected" and "does not reach the floor 0.99" in decision["reason"], json.dumps(decision)
+    registry = ModelRegistry(drifted["registry"])
+    assert registry.state().current_aliases() == {"champion": 1}
+    assert registry.state().versions[decision["challenger"]]["state"] == "ready"     # kept, not served
 
 
 def test_a_drop_is_caught_retrained_on_recent_rows_and_promoted_across_a_kill(pseudo_cluster, drifted):

@@ -79,8 +79,8 @@ def prepped(pseudo_cluster):
     bounded(lambda: hdfs_io.delete(base, recursive=True, missing_ok=True))
 
 
-def train_both(conn, master, base, name):
-    """Train each job with 2 TF workers on ``master``; check the exports and metrics on HDFS."""
+def train_both(conn, master, base, name, jobs=("ctr", "survey")):
+    """Train each of ``jobs`` with 2 TF workers on ``master``; check the exports and metrics on HDFS."""
     import hdfs_io
     common = ["--strategy", "mwms", "--workers", "2", "--embedding-dim", "4", "--hidden", "16",
               "--checkpoint-every", "50", "--log-every", "20"]
@@ -93,7 +93,7 @@ def train_both(conn, master, base, name):
                                         "--batch-size", "32", "--steps", SURVEY_STEPS, "--learning-rate",
                                         SURVEY_LEARNING_RATE, *common]),
     }
-    for job, (module, args) in runs.items():
+    for job, (module, args) in ((job, runs[job]) for job in jobs):
         export = f"{base}/{job}/export-{name}"
         out = deploy_submit(conn, master, module, args)
         steps = int(CTR_STEPS if job == "ctr" else SURVEY_STEPS)
@@ -168,10 +168,11 @@ def test_jobs_train_on_spark_standalone(pseudo_cluster, prepped):
     assert all(a["cores"] == 2 and a["state"] == "FINISHED" for a in new), new
 
 
-def test_jobs_train_on_local_cluster(pseudo_cluster, prepped):
+def test_a_job_trains_on_local_cluster(pseudo_cluster, prepped):
+    """What differs from the standalone run is the master alone: one job shows it (CI's time)."""
     before = {a["id"] for a in standalone_apps(pseudo_cluster)}
     t0 = time.monotonic()
-    train_both(pseudo_cluster, LOCAL_CLUSTER, prepped, "local-cluster")
-    print(f"local-cluster: both trains in {time.monotonic() - t0:.0f} s")
+    train_both(pseudo_cluster, LOCAL_CLUSTER, prepped, "local-cluster", jobs=("ctr",))
+    print(f"local-cluster: the CTR train in {time.monotonic() - t0:.0f} s")
     # TFOS_SPARK_MASTER (the standalone master) is in the environment: spark-submit's master won
     assert {a["id"] for a in standalone_apps(pseudo_cluster)} == before

@@ -123,30 +123,31 @@ def test_emr_steps_run_the_ctr_job_in_cluster_mode(shipped, pseudo_cluster, tmp_
                                        "--steps", CTR_STEPS, "--learning-rate", CTR_LEARNING_RATE,
                                        "--batch-size", "64", "--embedding-dim", "4", "--hidden", "16",
                                        "--checkpoint-every", "50", "--log-every", "20"]},
-            {"name": "evaluate", "tf_nodes": 1, "args": ["evaluate", "--export", f"{base}/export", "--data",
-                                                         f"{base}/prep/valid"]},
             {"name": "score", "args": ["score", "--export", f"{base}/export", "--input", f"{base}/prep/valid",
                                        "--output", f"{base}/scores"]},
         ],
     }
     run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster)
     import hdfs_io
-    evaluation = read_json(f"{base}/export/evaluation.json")
+    # the chief's evaluation after training (the Keras model in one process), published with the export
+    evaluation = read_json(f"{base}/export/metrics.json")
     # the score step's output: every validation row with its label and the exported model's prediction
     scores = bounded(lambda: hdfs_io.read_parquet(f"{base}/scores"))
     valid_rows = bounded(lambda: hdfs_io.read_parquet(f"{base}/prep/valid", columns=["label"])).num_rows
     assert scores.num_rows == valid_rows == evaluation["eval_rows"], (scores.num_rows, valid_rows, evaluation)
     labels, predictions = scores.column("label").to_numpy(), scores.column("prediction").to_numpy()
     measured = auc(labels, predictions)
-    # the evaluate step (the SavedModel in one process) and the score step (Spark tasks) agree on these rows
+    # the chief's evaluation and the score step (the SavedModel in Spark tasks) agree on these rows (the
+    # evaluate step itself is typed as a user would in test_cli_e2e: one fewer YARN application here)
     assert measured == pytest.approx(evaluation["auc"], abs=2e-3), (measured, evaluation)
     # learned: well above chance on these rows and a good part of the way to the Bayes-optimal AUC
     assert_ctr_learned(measured, labels, read_json(f"{base}/raw/_generator.json")["bayes_auc"])
 
 
 def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tmp_path):
-    """The survey job's four steps as EMR steps, in YARN client deploy mode: the driver runs here (its
-    stdout comes back in spark-submit's output), executors and TF nodes in YARN containers."""
+    """The survey job's steps (prep, train, predict) as EMR steps, in YARN client deploy mode: the driver
+    runs here (its stdout comes back in spark-submit's output), executors and TF nodes in YARN containers.
+    (`evaluate` is typed as a user would in test_cli_e2e: one fewer YARN application here.)"""
     import hdfs_io
     import numpy as np
     from tfos_jobs.survey import synthetic as data
@@ -169,8 +170,6 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
                                        "--steps", SURVEY_STEPS, "--learning-rate", SURVEY_LEARNING_RATE,
                                        "--batch-size", "32", "--embedding-dim", "4", "--hidden", "16",
                                        "--checkpoint-every", "50", "--log-every", "20"]},
-            {"name": "evaluate", "tf_nodes": 1, "args": ["evaluate", "--prep", f"{base}/prep", "--export",
-                                                         f"{base}/export", "--out", f"{base}/eval"]},
             {"name": "predict", "tf_nodes": 1, "args": ["predict", "--prep", f"{base}/prep", "--export",
                                                         f"{base}/export", "--data", f"{base}/new",
                                                         "--out", f"{base}/pred"]},
@@ -179,7 +178,7 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
     steps, results = run_emr_steps(cfg, tmp_path, shipped, pseudo_cluster)
     assert all(s["Args"][s["Args"].index("--deploy-mode") + 1] == "client" for s in steps)
     # client mode: the driver ran here, so what the job's CLI printed is in spark-submit's output
-    prep_out, train_out, _, predict_out = (r["output"] for r in results)
+    prep_out, train_out, predict_out = (r["output"] for r in results)
     assert '"targets": ["vote", "PID", "selfLR"]' in prep_out, prep_out[-3000:]
     trained = [line for line in train_out.splitlines() if line.startswith('{"attempts"')]
     assert trained, f"no result line from train\n{train_out[-3000:]}"
@@ -187,27 +186,23 @@ def test_emr_steps_run_the_survey_job_in_client_mode(shipped, pseudo_cluster, tm
     assert trained["steps"] == int(SURVEY_STEPS) and trained["nodes"] == ["chief:0", "worker:0"], trained
     predicted = [line for line in predict_out.splitlines() if line.startswith("{")]
     assert predicted and json.loads(predicted[0])["rows"] == 30, predict_out[-3000:]
+    # learned: per target, the chief's evaluation after training (metrics.json, on every validation row)
+    # against the best constant predictor on the same rows, computed here from the labels; an untrained
+    # model's log loss is far higher
     metrics = read_json(f"{base}/export/metrics.json")
-    assert metrics, "empty metrics.json"
-    evaluation = read_json(f"{base}/eval/evaluation.json")
-    assert set(evaluation["targets"]) == {"vote", "PID", "selfLR"}, evaluation
-    # learned: per target against the best constant predictor on the validation rows, computed here from the
-    # labels and matching the job's own majority baseline; an untrained model's log loss is far higher
     plan = read_json(f"{base}/prep/prep.json")
     labels = {t["column"]: t["label"] for t in plan["targets"]}
+    assert set(labels) == {"vote", "PID", "selfLR"}, plan["targets"]
     valid = bounded(lambda: hdfs_io.read_parquet(f"{base}/prep/valid", columns=list(labels.values())))
-    gains = {}
-    for name, entry in evaluation["targets"].items():
-        own = majority_baseline(valid.column(labels[name]).to_numpy())
-        assert entry["model"]["rows"] == entry["majority"]["rows"] == own["rows"] > 0, (name, entry, own)
-        # the job's majority answer comes from the training split: on these rows it cannot beat the most
-        # frequent answer here
-        assert entry["majority"]["accuracy"] <= own["accuracy"] + 1e-9, (name, entry, own)
-        gains[name] = own["log_loss"] - entry["model"]["log_loss"]
+    gains, own = {}, {}
+    for name, label in labels.items():
+        own[name] = majority_baseline(valid.column(label).to_numpy())
+        model = {k: metrics[f"valid/{label}/{k}"] for k in ("rows", "accuracy", "log_loss")}
+        assert model["rows"] == own[name]["rows"] > 0, (name, model, own[name])
+        gains[name] = own[name]["log_loss"] - model["log_loss"]
     print(f"survey: log-loss gain over the class prior per target {gains}")
-    assert sum(gains.values()) / len(gains) > SURVEY_MIN_GAIN, (gains, evaluation["targets"])
-    vote = evaluation["targets"]["vote"]
-    assert vote["model"]["accuracy"] >= vote["majority"]["accuracy"], vote
+    assert sum(gains.values()) / len(gains) > SURVEY_MIN_GAIN, (gains, metrics)
+    assert metrics["valid/y_vote/accuracy"] >= own["vote"]["accuracy"], (metrics, own["vote"])
     table = bounded(lambda: hdfs_io.read_parquet(f"{base}/pred"))
     assert table.num_rows == 30
     vote = np.stack([table.column(f"vote__p_{c}").to_numpy() for c in ("0", "1")], axis=1)
