@@ -389,8 +389,8 @@ def run_prep_with_plan(spark: Any, plan: dict, data_uri: str, out_uri: str, *, f
     keys = [_col(plan["id"])] if plan.get("id") else [_col(c) for c in columns]
     df = df.withColumn("__valid", sparkprep.hash_split(keys, validation_fraction, int(plan["split"]["seed"]))).cache()
     try:
-        valid = df.where(F.col("__valid")).count()
-        total = df.count()
+        counted = df.agg(F.count(F.lit(1)).alias("total"), F.sum(F.col("__valid").cast("long")).alias("valid")).first()
+        total, valid = int(counted["total"]), int(counted["valid"] or 0)
         if valid == 0 or valid == total:
             raise SpecError(f"{data_uri}: the split left {total - valid} training and {valid} validation rows: "
                             "need both")
