@@ -86,6 +86,7 @@ def main():
     p.add_argument("--rate", type=float, default=100.0, help="impressions per second of event time")
     p.add_argument("--drift-at", type=int, default=200_000)
     p.add_argument("--window-s", type=int, default=600)
+    p.add_argument("--seed", type=int, default=4, help="the stream's seed: its rows and the drifted click model")
     p.add_argument("--last-rows", type=int, default=1_000_000, help="the policy's retrain.last_rows")
     p.add_argument("--hash-buckets", type=int, default=20_000)
     p.add_argument("--epochs", type=float, default=1.0)
@@ -106,7 +107,7 @@ def main():
             "--version", "auto", *train, log=f"{root}/train.log")
         cli("tfos-registry", "promote", registry, "1")
         stream = cli("tfos-ctr", "generate-stream", "--output", f"{root}/stream", "--rows", str(args.stream_rows),
-                     "--files", str(args.files), "--seed", "4", "--rows-per-s", str(args.rate), "--drift-at-row",
+                     "--files", str(args.files), "--seed", str(args.seed), "--rows-per-s", str(args.rate), "--drift-at-row",
                      str(args.drift_at), "--mean-click-delay-s", "60", "--max-click-delay-s", "300")[-1]
         data = hdfs_io.resolve(f"{root}/stream")
         live = f"{root}/live"

@@ -12,6 +12,7 @@ import pytest
 
 import hdfs_io
 from cluster.testing import describe, run_process
+from tfos_jobs.streaming.pipeline import read_metrics
 from tfos_jobs.survey import synthetic as data
 
 pytestmark = pytest.mark.slow
@@ -69,9 +70,10 @@ def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_pr
                 timeout=120)
     n = data.anes96_table().num_rows
     write_stream(root, flip_from=n // 2)
-    champion = f"{registry}/1"      # the survey stream is given the version (it does not follow an alias yet)
-    survey("stream-predict", "--export", champion, "--input", str(root / "records"), "--output",
-           str(root / "pred"), "--checkpoint", str(root / "ck-pred"), *STREAM)
+    champion = f"{registry}@champion"
+    predict = ["stream-predict", "--export", champion, "--input", str(root / "records"), "--output",
+               str(root / "pred"), "--checkpoint", str(root / "ck-pred"), *STREAM]
+    survey(*predict)
     survey("stream-monitor", "--export", champion, "--predictions", str(root / "pred"), "--answers",
            str(root / "answers"), "--metrics", str(root / "metrics"), "--checkpoint", str(root / "ck-mon"),
            "--max-answer-delay-s", "600", "--watermark-s", "300", "--sliding", f"{WINDOW_S}:{WINDOW_S}", "--quiet",
@@ -100,3 +102,38 @@ def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_pr
     raw = str(root / "work" / f"retrain-{trigger['seq']}" / "raw")
     assert state.versions[2]["lineage"]["data"]["data"] == raw and plans[1]["rows"]["total"] == 400, state.versions[2]
     assert hdfs_io.read_parquet(raw).num_rows == 400
+    # records landing after the promotion are answered by the new champion, the version on each
+    later = [json.dumps({**r, "respondent": 100_000 + r["respondent"], "event_time": T0_MS + STEP_MS * (n + i)})
+             for i, r in enumerate(data.anes96_table().drop_columns(["vote", "PID", "selfLR"]).to_pylist()[:50])]
+    (root / "records" / "part-4.jsonl").write_text("\n".join(later) + "\n")
+    survey(*predict)
+    scored = hdfs_io.read_parquet(str(root / "pred"), columns=["id", "model_version"]).to_pylist()
+    versions = {v for r in scored for v in [r["model_version"]] if int(r["id"]) >= 100_000}
+    assert versions == {"2"} and len(scored) == n + 50, (versions, len(scored))
+    # shadow mode's judging: champion and challenger on the same live respondents after the flip; the
+    # champion's figures are the ones the monitor measured live
+    shadow = shadow_windows(root, registry, policy, flip_ms)
+    live = {r["window_end_ms"]: r for r in read_metrics(str(root / "metrics")) if r.get("series") == "vote"
+            and r["window_kind"] == "sliding" and str(r["model_version"]) == "1"}
+    assert len(shadow) >= 2, shadow
+    for w in shadow:
+        if w["window_end_ms"] - WINDOW_S * 1000 >= flip_ms and w["window_end_ms"] in live:   # wholly after the flip
+            assert w["count"] == live[w["window_end_ms"]]["count"], (w, live[w["window_end_ms"]])
+            assert abs(w["champion"] - live[w["window_end_ms"]]["ctr"]) < 1e-6, (w, live[w["window_end_ms"]])
+            assert w["challenger"] >= w["champion"] + 0.1, w
+    assert any(w["window_end_ms"] - WINDOW_S * 1000 >= flip_ms and w["window_end_ms"] in live for w in shadow), (
+        shadow, sorted(live))
+
+
+def shadow_windows(root, registry, policy_json, since_ms):
+    """SurveyRetraining.shadow as the autopilot calls it (versions 1 and 2), on local Spark."""
+    from tfos_jobs.autopilot import policy as policies
+    from tfos_jobs.spark import spark_session
+    from tfos_jobs.survey.autopilot import SurveyRetraining
+    spark = spark_session("local[2]", app_name="survey-shadow-test")
+    try:
+        hooks = SurveyRetraining(spark, policies.parse(policy_json), str(root / "records"), str(root / "answers"),
+                                 str(root / "metrics"), str(root / "work"))
+        return hooks.shadow({"id": "test"}, {"champion": 1, "challenger": 2}, since_ms)
+    finally:
+        spark.stop()

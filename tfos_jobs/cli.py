@@ -73,6 +73,14 @@ def trigger(text: str) -> Any:
                                                              lambda v: v > 0)(text)
 
 
+def add_scoring_export_args(parser: argparse.ArgumentParser) -> None:
+    """The export a scoring stream uses: a URI, or a registered model's alias that it follows."""
+    parser.add_argument("--export", required=True, help="the export URI, or a registered model's alias to follow "
+                                                        "(URI@champion: a promotion switches the stream to it)")
+    parser.add_argument("--follow-s", type=POSITIVE_FLOAT, default=30.0,
+                        help="with URI@alias: look for a promotion this often (default: %(default)s)")
+
+
 def add_stream_args(parser: argparse.ArgumentParser) -> None:
     """What every streaming command shares (:class:`~tfos_jobs.streaming.pipeline.StreamConfig`)."""
     parser.add_argument("--checkpoint", required=True, help="URI of the queries' checkpoints (re-use it to "

@@ -61,6 +61,7 @@ class StreamJobHooks:
     """What a job's hooks built on its stream share: the window records ``stream-monitor`` writes to
     ``metrics_uri``, and a scratch directory per retraining under ``work_uri`` (each step of a
     retraining leaves its output there, so a resumed one skips what is done)."""
+    policy: Policy
     metrics_uri: str
     work_uri: str
 
@@ -70,6 +71,13 @@ class StreamJobHooks:
 
     def _work(self, decision: dict, *parts: str) -> str:
         return hdfs_io.join(self.work_uri, f"retrain-{decision['id']}", *parts)
+
+    def _window_s(self) -> float:
+        """The length of the policy's windows, which shadow mode judges on."""
+        kind, window = self.policy.window_kind()
+        if kind != "sliding":
+            raise ValueError(f"shadow mode judges windows of a fixed length: the policy's window is {kind!r}")
+        return float(window.split("s", 1)[0])
 
 
 class Busy(RuntimeError):

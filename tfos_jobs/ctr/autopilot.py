@@ -135,12 +135,6 @@ class CtrRetraining(StreamJobHooks):
                         **{role: figures[role][metric] for role in (CHAMPION, CHALLENGER)}})
         return out
 
-    def _window_s(self) -> float:
-        kind, window = self.policy.window_kind()
-        if kind != "sliding":
-            raise ValueError(f"shadow mode judges windows of a fixed length: the policy's window is {kind!r}")
-        return float(window.split("s", 1)[0])
-
     def incompatible(self, champion: int, challenger: int) -> str | None:
         registry = ModelRegistry(self.policy.model)
         old, new = (steps.read_config(registry.version_uri(v)) for v in (champion, challenger))

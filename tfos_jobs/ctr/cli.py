@@ -28,7 +28,8 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
+from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_scoring_export_args,  # noqa: E402
+                           add_spark_args, add_stream_args,
                            dropout_rate, fraction, job_session, layer_sizes, non_negative_float, non_negative_int,
                            positive_float, positive_int, print_train_result, run_command, run_monitor_stream,
                            run_autopilot, run_scoring_stream, training_configs)
@@ -150,10 +151,7 @@ def _add_generate_stream(sub: argparse._SubParsersAction) -> None:
 
 def _add_stream_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream-score", help="Structured Streaming: score impressions as they land")
-    p.add_argument("--export", required=True, help="the export URI, or a registered model's alias to follow "
-                                                   "(URI@champion: a promotion switches the stream to it)")
-    p.add_argument("--follow-s", type=positive_float, default=30.0,
-                   help="with URI@alias: look for a promotion this often (default: %(default)s)")
+    add_scoring_export_args(p)
     p.add_argument("--input", required=True, help="directory URI new impression files land in, or "
                                                   "kafka://host:port/topic")
     p.add_argument("--output", required=True, help="Parquet URI of the predictions (Spark file sink)")

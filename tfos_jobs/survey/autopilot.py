@@ -91,11 +91,7 @@ class SurveyRetraining(StreamJobHooks):
         registry = ModelRegistry(self.policy.model)
         directory = prep.prep_dir(self._work(decision, "prep"))
         plan = prep.read_plan(directory)
-        name, _, question = self.policy.metric.partition(":")
-        target = next((t for t in plan["targets"] if t["column"] == question), None)
-        if target is None:
-            raise ValueError(f"the policy's metric {self.policy.metric!r} names no target of the model: "
-                             f"{[t['column'] for t in plan['targets']]}")
+        name, target = self._metric(plan)
         valid = self.spark.read.parquet(sparkprep.spark_uri(hdfs_io.join(directory, "valid")))
         scores = {}
         for role, version in versions.items():
@@ -104,6 +100,53 @@ class SurveyRetraining(StreamJobHooks):
                                                      keep=[target["label"]])
             scores[role] = float(steps.probability_metrics(scored, target["label"], "__p")[name])
         return scores
+
+    def _metric(self, plan: dict) -> tuple[str, dict]:
+        """The policy's metric name and the plan's target it judges (``accuracy:<question>``)."""
+        name, _, question = self.policy.metric.partition(":")
+        target = next((t for t in plan["targets"] if t["column"] == question), None)
+        if target is None:
+            raise ValueError(f"the policy's metric {self.policy.metric!r} names no target of the model: "
+                             f"{[t['column'] for t in plan['targets']]}")
+        return name, target
+
+    def shadow(self, decision: dict, versions: dict[str, int], since_ms: int) -> list[dict]:
+        """Both versions on the respondents whose records came after ``since_ms`` and whose answers
+        have come since, per window of the policy's length (by the record's event time): the policy's
+        question's accuracy, as ``stream-monitor`` measures it. The champion is scored again here
+        (the hooks read the stream's inputs, not its outputs): the same model and plan give the same
+        answers it gave live."""
+        from pyspark.sql import functions as F
+        from tfos_jobs.streaming import pipeline
+        from tfos_jobs.survey.stream import answers_of, encode_records, per_question
+        registry = ModelRegistry(self.policy.model)
+        plan = steps.export_plan(registry.version_uri(versions["champion"]))
+        _, target = self._metric(plan)
+
+        def read(uri):
+            return self.spark.read.text(sparkprep.spark_uri(uri)).withColumn("source", F.input_file_name())
+        records = (encode_records(read(self.records_uri), plan)
+                   .where(F.col("reason_code").isNull() & (F.col("event_time") >= F.timestamp_millis(F.lit(since_ms))))
+                   .dropDuplicates(["id"]))
+        answers = answers_of(read(self.answers_uri), plan).dropDuplicates(["id"])
+        rows = records.join(answers, "id").where(F.col("label_time") >= F.col("event_time"))
+        answer_columns = [c for c in rows.columns if c.startswith("__a_")]
+        per_role = []
+        for role, version in versions.items():
+            scored = steps.score_respondents(rows, plan, registry.version_uri(version),
+                                             keep=["id", "event_time", "label_time", *answer_columns])
+            labeled = per_question(scored, plan).where(F.col(pipeline.SERIES) == target["column"])
+            per_role.append(labeled.withColumn("role", F.lit(role)))
+        windows = (per_role[0].unionByName(per_role[1])
+                   .groupBy(F.window("event_time", f"{self._window_s()} seconds").alias("w"), "role")
+                   .agg(F.count("*").alias("count"), F.avg("label").alias("accuracy"))
+                   .select(F.unix_millis(F.col("w.end")).alias("end_ms"), "role", "count", "accuracy").collect())
+        out: dict[int, dict] = {}
+        for r in windows:
+            record = out.setdefault(r["end_ms"], {"window_end_ms": r["end_ms"], "count": 0})
+            record[r["role"]] = float(r["accuracy"])
+            record["count"] = max(record["count"], int(r["count"]))
+        return [out[end] for end in sorted(out)]
 
     def incompatible(self, champion: int, challenger: int) -> str | None:
         registry = ModelRegistry(self.policy.model)

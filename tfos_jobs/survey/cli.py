@@ -29,9 +29,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import hdfs_io  # noqa: E402
-from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_spark_args, add_stream_args,  # noqa: E402
-                           bounded_number, dropout_rate, job_session, layer_sizes, non_negative_float, positive_float, positive_int,
-                           print_train_result, run_autopilot, run_command, run_monitor_stream, run_scoring_stream,
+from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_scoring_export_args,  # noqa: E402
+                           add_spark_args, add_stream_args, bounded_number, dropout_rate, job_session, layer_sizes,
+                           non_negative_float, positive_float, positive_int, print_train_result, run_autopilot, run_command, run_monitor_stream, run_scoring_stream,
                            training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
@@ -138,7 +138,7 @@ def _add_stream_predict(sub: argparse._SubParsersAction) -> None:
                        description="Each record is one JSON object per line (file line or Kafka message): the "
                                    "id column, answers by question column, optionally event_time (epoch ms). "
                                    "Encoded with the plan published with the export.")
-    p.add_argument("--export", required=True)
+    add_scoring_export_args(p)
     p.add_argument("--input", required=True, help="directory URI new record files land in, or kafka://host:port/topic")
     p.add_argument("--output", required=True, help="Parquet URI of the predictions (Spark file sink)")
     p.add_argument("--quarantine", help="Parquet URI of malformed records (default: <output>.quarantine)")
@@ -153,7 +153,8 @@ def _add_stream_monitor(sub: argparse._SubParsersAction) -> None:
                        description="Answers are JSON records like stream-predict's (the id, the target questions, "
                                    "event_time: when they were given, epoch ms); each question's accuracy, log "
                                    "loss and calibration per window go to --metrics.")
-    p.add_argument("--export", required=True, help="the export that made the predictions (its plan's targets)")
+    p.add_argument("--export", required=True,
+                   help="the export that made the predictions, or URI@alias (its plan's targets)")
     p.add_argument("--predictions", required=True, help="what `stream-predict --output` writes")
     p.add_argument("--answers", required=True, help="directory URI answer files land in, or kafka://host:port/topic")
     p.add_argument("--max-answer-delay-s", type=positive_float, default=86400.0,
@@ -256,16 +257,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_export(export: str) -> None:
+    """An export URI, or URI@alias (the version it points to now)."""
+    from tfos_jobs.registry import resolver
+    directory = resolver(export)()
+    steps.check_export(steps.export_plan(directory), directory)
+
+
 def cmd_stream_predict(args: argparse.Namespace) -> int:
     from tfos_jobs.survey import stream   # lazy: ~2 s of streaming imports the other commands skip
-    steps.check_export(steps.export_plan(args.export), args.export)   # before Spark: not an export is the error
+    _check_export(args.export)   # before Spark: not an export is the error
     return run_scoring_stream(args, PROG, lambda spark, quarantine, config: stream.stream_predict(
-        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size))
+        spark, args.export, args.input, args.output, quarantine, config, batch_size=args.batch_size,
+        follow_s=args.follow_s))
 
 
 def cmd_stream_monitor(args: argparse.Namespace) -> int:
     from tfos_jobs.survey import stream   # lazy, as in cmd_stream_predict
-    steps.check_export(steps.export_plan(args.export), args.export)
+    _check_export(args.export)
     return run_monitor_stream(args, PROG, lambda spark, labeled, config, windows: stream.stream_monitor(
         spark, args.export, args.predictions, args.answers, labeled, args.metrics, config,
         max_delay_s=args.max_answer_delay_s, **windows))

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tfos_jobs import scoring
-from tfos_jobs.export import export_dir
+from tfos_jobs import registry, scoring
 from tfos_jobs.streaming import pipeline, quality
 from tfos_jobs.streaming.pipeline import Pipeline, StreamConfig
 from tfos_jobs.streaming.windows import WindowSpec
@@ -64,17 +63,27 @@ def encode_records(lines: Any, plan: dict) -> Any:
 
 
 def stream_predict(spark: Any, export_uri: str, input_uri: str, output_uri: str, quarantine_uri: str,
-                   config: StreamConfig, batch_size: int = 4096) -> Pipeline:
+                   config: StreamConfig, batch_size: int = 4096, follow_s: float = 30.0) -> Pipeline:
     """Answer probabilities for the respondents whose records land at ``input_uri`` (a directory or
-    ``kafka://host:port/topic``), with the plan published with the export."""
-    plan = steps.export_plan(export_uri)
-    steps.check_export(plan, export_uri)
+    ``kafka://host:port/topic``), with the plan published with the export. ``export_uri`` may name a
+    registry alias (``URI@champion``): the stream follows it, looking every ``follow_s`` seconds."""
+    export = registry.resolver(export_uri)
+    first = export()
+    plan = steps.export_plan(first)
+    steps.check_export(plan, first)
     encoded = encode_records(pipeline.read_lines(spark, input_uri, config), plan)
 
     def score(good, directory):
         return steps.score_respondents(good, plan, directory, keep=["id", "event_time"], batch_size=batch_size)
-    return pipeline.start_scoring(encoded, score=score, export=lambda: export_dir(export_uri), output_uri=output_uri,
-                                  quarantine_uri=quarantine_uri, config=config)
+
+    def check(directory):   # the stream's encoding was fixed at its start
+        other = steps.export_plan(directory)
+        return None if prep.plan_id(other) == prep.plan_id(plan) else (
+            "its prep plan encodes respondents differently from the one this stream started with: restart it")
+    following = registry.parse_ref(export_uri)[1] is not None
+    return pipeline.start_scoring(encoded, score=score, export=export, output_uri=output_uri,
+                                  quarantine_uri=quarantine_uri, config=config,
+                                  follow_s=follow_s if following else None, check=check)
 
 
 # ------------------------------------------------------------------------------ later answers
@@ -102,18 +111,23 @@ def read_answers(spark: Any, source: str, plan: dict, config: StreamConfig) -> A
     """Later answers (``id``, ``label_time`` and each target's canonical answer) from JSON records
     like the ones :func:`stream_predict` reads (``event_time``: when the answers were given); records
     without an id or a time are skipped."""
+    return answers_of(pipeline.read_lines(spark, source, config), plan)
+
+
+def answers_of(lines: Any, plan: dict) -> Any:
+    """:func:`read_answers` of text records (``value``) already read, as a stream or a batch."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
     rid, targets = id_column(plan), [t["column"] for t in plan["targets"]]
     fields = list(dict.fromkeys([rid, EVENT_TIME, *targets]))
     record = F.from_json("value", StructType([StructField(c, StringType()) for c in fields])).alias("r")
-    answers = pipeline.read_lines(spark, source, config).select(record).select(
+    answers = lines.select(record).select(
         F.col("r")[rid].alias("id"), F.timestamp_millis(F.col("r")[EVENT_TIME].try_cast("bigint")).alias("label_time"),
         *[prep.canonical_col_of(F.col("r")[c]).alias(f"__a_{i}") for i, c in enumerate(targets)])
     return answers.where(F.col("label_time").isNotNull() & (F.trim(F.col("id")) != ""))
 
 
-def _per_question(joined: Any, plan: dict) -> Any:
+def per_question(joined: Any, plan: dict) -> Any:
     """One labeled row per (respondent, target answered with one of its classes): ``label`` 1 when the
     answer is the predicted one, ``prediction`` the predicted answer's probability, ``loss`` the
     multi-class log loss of the answer given, ``series`` the question."""
@@ -148,7 +162,7 @@ def start_labeling(predictions: Any, answers: Any, plan: dict, *, output_uri: st
     joined = p.join(a, F.expr(f"answer_id = id AND label_time >= event_time AND "
                               f"label_time <= event_time + INTERVAL {float(max_delay_s)} SECONDS"), "inner")
     # one file per micro-batch, as the clicks' labeling does (pipeline.start_labeling says why)
-    return Pipeline([pipeline.start_parquet(_per_question(joined, plan).coalesce(1), output_uri, config, "labeled")])
+    return Pipeline([pipeline.start_parquet(per_question(joined, plan).coalesce(1), output_uri, config, "labeled")])
 
 
 def stream_monitor(spark: Any, export_uri: str, predictions_uri: str, answers_uri: str, labeled_uri: str,
@@ -158,7 +172,7 @@ def stream_monitor(spark: Any, export_uri: str, predictions_uri: str, answers_ur
     """Join the predictions at ``predictions_uri`` with the answers landing at ``answers_uri`` (into
     ``labeled_uri``) and write each question's accuracy, log loss and calibration per window to
     ``metrics_uri`` (one metrics series per question)."""
-    plan = steps.export_plan(export_uri)
+    plan = steps.export_plan(registry.resolver(export_uri)())   # an alias's versions share the plan
     labeling = start_labeling(
         pipeline.read_predictions(spark, predictions_uri, config, schema=prediction_schema(plan)),
         read_answers(spark, answers_uri, plan, config), plan, output_uri=labeled_uri, config=config,
