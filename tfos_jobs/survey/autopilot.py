@@ -24,7 +24,7 @@ from tfos_jobs import scoring, sparkprep
 from tfos_jobs.autopilot.loop import StreamJobHooks
 from tfos_jobs.autopilot.policy import Policy
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig
-from tfos_jobs.registry import ModelRegistry
+from tfos_jobs.registry import CHAMPION, ModelRegistry
 from tfos_jobs.survey import prep, steps
 from tfos_jobs.survey.stream import EVENT_TIME, id_column
 
@@ -120,13 +120,13 @@ class SurveyRetraining(StreamJobHooks):
         from tfos_jobs.streaming import pipeline
         from tfos_jobs.survey.stream import answers_of, encode_records, per_question
         registry = ModelRegistry(self.policy.model)
-        plan = steps.export_plan(registry.version_uri(versions["champion"]))
+        plan = steps.export_plan(registry.version_uri(versions[CHAMPION]))
         _, target = self._metric(plan)
 
         def read(uri):
             return self.spark.read.text(sparkprep.spark_uri(uri)).withColumn("source", F.input_file_name())
         records = (encode_records(read(self.records_uri), plan)
-                   .where(F.col("reason_code").isNull() & (F.col("event_time") >= F.timestamp_millis(F.lit(since_ms))))
+                   .where(F.col("reason_code").isNull() & (F.col("event_time") >= F.timestamp_millis(F.lit(int(since_ms)))))
                    .dropDuplicates(["id"]))
         answers = answers_of(read(self.answers_uri), plan).dropDuplicates(["id"])
         rows = records.join(answers, "id").where(F.col("label_time") >= F.col("event_time"))
