@@ -56,7 +56,7 @@ def write_stream(root, flip_from: int) -> None:
             os.utime(path, (1e9 + part, 1e9 + part))        # land in order
 
 
-def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_promoted(tmp_path):
+def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_promoted(tmp_path, local_spark):
     from tfos_jobs.autopilot.loop import decisions
     from tfos_jobs.registry import ModelRegistry
     from tfos_jobs.survey import prep, steps
@@ -112,7 +112,7 @@ def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_pr
     assert versions == {"2"} and len(scored) == n + 50, (versions, len(scored))
     # shadow mode's judging: champion and challenger on the same live respondents after the flip; the
     # champion's figures are the ones the monitor measured live
-    shadow = shadow_windows(root, registry, policy, flip_ms)
+    shadow = shadow_windows(local_spark, root, registry, policy, flip_ms)
     live = {r["window_end_ms"]: r for r in read_metrics(str(root / "metrics")) if r.get("series") == "vote"
             and r["window_kind"] == "sliding" and str(r["model_version"]) == "1"}
     assert len(shadow) >= 2, shadow
@@ -125,15 +125,11 @@ def test_a_flipped_answer_is_caught_retrained_with_the_champions_encoding_and_pr
         shadow, sorted(live))
 
 
-def shadow_windows(root, registry, policy_json, since_ms):
-    """SurveyRetraining.shadow as the autopilot calls it (versions 1 and 2), on local Spark."""
+def shadow_windows(spark, root, registry, policy_json, since_ms):
+    """SurveyRetraining.shadow as the autopilot calls it (versions 1 and 2), on the tests' shared Spark
+    (not stopped here: the session is the process's one active session, which later tests use)."""
     from tfos_jobs.autopilot import policy as policies
-    from tfos_jobs.spark import spark_session
     from tfos_jobs.survey.autopilot import SurveyRetraining
-    spark = spark_session("local[2]", app_name="survey-shadow-test")
-    try:
-        hooks = SurveyRetraining(spark, policies.parse(policy_json), str(root / "records"), str(root / "answers"),
-                                 str(root / "metrics"), str(root / "work"))
-        return hooks.shadow({"id": "test"}, {"champion": 1, "challenger": 2}, since_ms)
-    finally:
-        spark.stop()
+    hooks = SurveyRetraining(spark, policies.parse(policy_json), str(root / "records"), str(root / "answers"),
+                             str(root / "metrics"), str(root / "work"))
+    return hooks.shadow({"id": "test"}, {"champion": 1, "challenger": 2}, since_ms)
