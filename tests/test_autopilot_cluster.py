@@ -59,7 +59,8 @@ def _drifted(pseudo_cluster):
         cli(pseudo_cluster, "tfos-ctr", "train", "--prep", f"{root}/prep", "--model-dir", f"{root}/m1", "--export",
             registry, "--version", "auto", *TRAIN, *master)
         cli(pseudo_cluster, "tfos-registry", "promote", registry, "1", "--reason", "first model")
-        cli(pseudo_cluster, "tfos-registry", "promote", registry, "1", "--alias", "first", "--reason", "kept to compare")
+        cli(pseudo_cluster, "tfos-registry", "promote", registry, "1", "--alias", "first", "--reason",
+            "kept to compare")
         stream = last_json(cli(pseudo_cluster, "tfos-ctr", "generate-stream", "--output", f"{root}/stream", "--rows",
                                "40000", "--files", "10", "--seed", "4", "--rows-per-s", "8", "--drift-at-row", "12000",
                                "--mean-click-delay-s", "60", "--max-click-delay-s", "300"))

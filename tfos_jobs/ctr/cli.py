@@ -29,10 +29,9 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
 
 import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_scoring_export_args,  # noqa: E402
-                           add_spark_args, add_stream_args,
-                           dropout_rate, fraction, job_session, layer_sizes, non_negative_float, non_negative_int,
-                           positive_float, positive_int, print_train_result, run_command, run_monitor_stream,
-                           run_autopilot, run_scoring_stream, training_configs)
+                           add_spark_args, add_stream_args, dropout_rate, fraction, job_session, layer_sizes,
+                           non_negative_float, non_negative_int, positive_float, positive_int, print_train_result,
+                           run_command, run_monitor_stream, run_autopilot, run_scoring_stream, training_configs)
 from tfos_jobs.config import STRATEGY, LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.ctr import prep, steps, stream, synthetic  # noqa: E402
 from tfos_jobs.ctr.model import ModelConfig  # noqa: E402

@@ -125,9 +125,9 @@ class SurveyRetraining(StreamJobHooks):
 
         def read(uri):
             return self.spark.read.text(sparkprep.spark_uri(uri)).withColumn("source", F.input_file_name())
+        since = F.timestamp_millis(F.lit(int(since_ms)))
         records = (encode_records(read(self.records_uri), plan)
-                   .where(F.col("reason_code").isNull() & (F.col("event_time") >= F.timestamp_millis(F.lit(int(since_ms)))))
-                   .dropDuplicates(["id"]))
+                   .where(F.col("reason_code").isNull() & (F.col("event_time") >= since)).dropDuplicates(["id"]))
         answers = answers_of(read(self.answers_uri), plan).dropDuplicates(["id"])
         rows = records.join(answers, "id").where(F.col("label_time") >= F.col("event_time"))
         answer_columns = [c for c in rows.columns if c.startswith("__a_")]

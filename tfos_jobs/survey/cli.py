@@ -31,8 +31,8 @@ if __package__ in (None, ""):   # spark-submit runs this file as a script
 import hdfs_io  # noqa: E402
 from tfos_jobs.cli import (JobParser, add_autopilot_args, add_monitor_args, add_scoring_export_args,  # noqa: E402
                            add_spark_args, add_stream_args, bounded_number, dropout_rate, job_session, layer_sizes,
-                           non_negative_float, positive_float, positive_int, print_train_result, run_autopilot, run_command, run_monitor_stream, run_scoring_stream,
-                           training_configs)
+                           non_negative_float, positive_float, positive_int, print_train_result, run_autopilot,
+                           run_command, run_monitor_stream, run_scoring_stream, training_configs)
 from tfos_jobs.config import LoopConfig, RunConfig, ScalingConfig, add_flags, from_flags  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps, synthetic  # noqa: E402
 
