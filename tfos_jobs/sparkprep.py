@@ -108,15 +108,19 @@ def first_failure(checks: list[tuple[Any, Any, Any]], passes: Any = None) -> tup
     return code, message
 
 
-def hash_split(key_columns: Sequence[Any], validation_fraction: float, seed: int = 0) -> Any:
+def hash_split(key_columns: Sequence[Any], validation_fraction: float, seed: int = 0, fold: int = 0) -> Any:
     """A boolean column, true for the validation split: a hash of ``key_columns`` (deterministic across
-    runs, partitionings and clusters) compared with ``validation_fraction``."""
+    runs, partitionings and clusters) in the ``fold``-th slice of width ``validation_fraction``, so that
+    folds 0..k-1 with fraction 1/k are the disjoint validation sets of k-fold cross-validation."""
     from pyspark.sql import functions as F
     if not 0.0 <= validation_fraction <= 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1], got {validation_fraction}")
+    width = int(round(validation_fraction * SPLIT_BUCKETS))
+    if fold < 0 or (fold + 1) * width > SPLIT_BUCKETS:
+        raise ValueError(f"fold {fold} of width {validation_fraction} does not fit in [0, 1)")
     keys = [F.col(k) if isinstance(k, str) else k for k in key_columns]
     bucket = F.pmod(F.xxhash64(F.lit(int(seed)), *keys), F.lit(SPLIT_BUCKETS))
-    return bucket < F.lit(int(round(validation_fraction * SPLIT_BUCKETS)))
+    return (bucket >= F.lit(fold * width)) & (bucket < F.lit((fold + 1) * width))
 
 
 def check_bad_fraction(total: int, bad: int, limit: float, by_reason: dict[str, int] | None = None,

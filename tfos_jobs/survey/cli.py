@@ -71,6 +71,8 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
                    help="Parquet files per split; at least the number of TF workers (default: %(default)s)")
     p.add_argument("--validation-fraction", type=_open_fraction, help="overrides the spec's split.validation_fraction")
     p.add_argument("--seed", type=int, help="overrides the spec's split.seed")
+    p.add_argument("--fold", type=int, help="overrides the spec's split.fold: with --validation-fraction 1/k, "
+                                            "folds 0..k-1 are k-fold cross-validation")
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
@@ -199,11 +201,13 @@ def cmd_example(args: argparse.Namespace) -> int:
 def cmd_prep(args: argparse.Namespace) -> int:
     parsed = schema.load_spec(args.spec)
     fmt, header = schema.preflight(parsed, args.data, args.format)
+    prep.resolve_split(parsed, args.validation_fraction, args.seed, args.fold)
     prep.check_output(args.out, args.overwrite)   # before Spark: an existing or foreign target
     spark = job_session(args, PROG, 2)
     try:
         plan = prep.run_prep(spark, parsed, args.data, args.out, fmt=fmt, header=header, files=args.files,
-                             overwrite=args.overwrite, validation_fraction=args.validation_fraction, seed=args.seed)
+                             overwrite=args.overwrite, validation_fraction=args.validation_fraction, seed=args.seed,
+                             fold=args.fold)
     finally:
         spark.stop()
     print(json.dumps({"out": args.out, "rows": plan["rows"], "inputs": len(plan["inputs"]),

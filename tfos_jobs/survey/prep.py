@@ -316,7 +316,7 @@ def transform(df: Any, plan: dict, with_labels: bool = True, keep: Any = ()) -> 
 
 def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "auto", files: int = 4,
              overwrite: bool = False, header: list[str] | None = None, validation_fraction: float | None = None,
-             seed: int | None = None, log: Callable[[str], Any] = print) -> dict:
+             seed: int | None = None, fold: int | None = None, log: Callable[[str], Any] = print) -> dict:
     """Prep ``data_uri`` with ``spec`` into ``out_uri``; returns the plan (also in ``prep.json``).
     Call :func:`schema.preflight` first (the CLI does) so bad input fails before Spark starts."""
     from pyspark.sql import functions as F
@@ -324,15 +324,14 @@ def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "au
     if header is None:
         fmt, header = schema.preflight(spec, data_uri, fmt)
     check_output(out_uri, overwrite)
-    fraction = float(spec.split["validation_fraction"] if validation_fraction is None else validation_fraction)
-    seed = int(spec.split["seed"] if seed is None else seed)
+    fraction, seed, fold = resolve_split(spec, validation_fraction, seed, fold)
     df = read_table(spark, data_uri, fmt)
     missing = [c for c in header if c not in df.columns]
     if missing:
         raise SpecError(f"Spark read columns {df.columns[:20]} from {data_uri}, not the header's {missing[:5]}")
     df = canonicalize(df, header)
     keys = [_col(spec.id_column)] if spec.id_column else [_col(c) for c in header]
-    df = df.withColumn("__valid", sparkprep.hash_split(keys, fraction, seed))
+    df = df.withColumn("__valid", sparkprep.hash_split(keys, fraction, seed, fold))
     columns = [c for c in header if c != spec.id_column]
     df = df.cache()
     try:
@@ -342,7 +341,7 @@ def run_prep(spark: Any, spec: Spec, data_uri: str, out_uri: str, fmt: str = "au
             t["codes"] = spec.codes_for(t["column"])
         plan = {"version": PLAN_VERSION, "data": data_uri, "format": fmt, "spec": spec.to_dict(),
                 "id": spec.id_column, "features": features, "ignored": ignored, "targets": targets,
-                "split": {"validation_fraction": fraction, "seed": seed, "key": spec.id_column or "<all columns>"},
+                "split": {"validation_fraction": fraction, "seed": seed, "fold": fold, "key": spec.id_column or "<all columns>"},
                 "rows": {"total": counts["train"] + counts["valid"], **counts}}
         if counts["valid"] == 0 or counts["train"] == 0:
             raise SpecError(f"the split left {counts['train']} training and {counts['valid']} validation rows: "
@@ -400,6 +399,20 @@ def run_prep_with_plan(spark: Any, plan: dict, data_uri: str, out_uri: str, *, f
     finally:
         df.unpersist()
     return new
+
+
+def resolve_split(spec: Spec, validation_fraction: float | None = None, seed: int | None = None,
+                  fold: int | None = None) -> tuple[float, int, int]:
+    """The spec's split with the command line's overrides, checked (before Spark, by the CLI)."""
+    fraction = float(spec.split["validation_fraction"] if validation_fraction is None else validation_fraction)
+    seed = int(spec.split["seed"] if seed is None else seed)
+    fold = int(spec.split.get("fold", 0) if fold is None else fold)
+    schema.check_fold(fold, fraction, _raise_spec_error)
+    return fraction, seed, fold
+
+
+def _raise_spec_error(message: str) -> None:
+    raise SpecError(message)
 
 
 def check_output(out_uri: str, overwrite: bool) -> None:

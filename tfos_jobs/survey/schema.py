@@ -19,7 +19,7 @@ columns; every key but ``targets`` is optional::
       max_categories: 20            # integer columns with at most this many distinct answers: categorical
       max_vocab: 1000               # most frequent answers kept per categorical column (others: "other")
       min_count: 1                  # answers seen fewer times in training: "other"
-    split: {validation_fraction: 0.2, seed: 0}
+    split: {validation_fraction: 0.2, seed: 0, fold: 0}   # fold i of k: validation_fraction 1/k
     model: {hidden: [128, 64], embedding_dim: 8, dropout: 0.1, learning_rate: 0.002}
 
 Treatments: ``categorical`` (ids → embeddings in the model, one-hot in the LR baseline), ``ordinal``
@@ -98,8 +98,11 @@ class Spec:
 
     def codes_for(self, column: str) -> dict[str, list[str]]:
         """kind -> list of canonical codes for one column (global codes, then the column's own)."""
-        own = self.columns.get(column, {}).get("missing_codes", {})
-        return {kind: sorted(set(self.missing_codes[kind]) | set(own.get(kind, []))) for kind in KINDS}
+        entry = self.columns.get(column, {})
+        own, answers = entry.get("missing_codes", {}), set(entry.get("order", []))
+        # An answer the column's order lists is an answer, even when it reads like a missing code
+        # ("None" as in "how much exercise?").
+        return {kind: sorted((set(self.missing_codes[kind]) | set(own.get(kind, []))) - answers) for kind in KINDS}
 
     def to_dict(self) -> dict:
         return {"targets": self.targets, "id": self.id_column, "columns": self.columns,
@@ -195,13 +198,22 @@ def _order(name: str, ctype: str, order: Any, fail: Callable[[str], None]) -> li
 def _infer_and_split(raw: dict, fail: Callable[[str], None]) -> tuple[dict, dict]:
     infer = {"max_categories": 20, "max_vocab": 1000, "min_count": 1}
     infer.update(_options(raw.get("infer"), "infer", infer, fail))
-    split = {"validation_fraction": 0.2, "seed": 0}
+    split = {"validation_fraction": 0.2, "seed": 0, "fold": 0}
     split.update(_options(raw.get("split"), "split", split, fail))
     if not 0.0 < float(split["validation_fraction"]) < 1.0:
         fail("split.validation_fraction must be between 0 and 1 (exclusive)")
+    check_fold(int(split["fold"]), float(split["validation_fraction"]), fail)
     if int(infer["max_vocab"]) < 1 or int(infer["max_categories"]) < 1 or int(infer["min_count"]) < 1:
         fail("infer.max_vocab, infer.max_categories and infer.min_count must be positive")
     return infer, split
+
+
+def check_fold(fold: int, fraction: float, fail: Callable[[str], None]) -> None:
+    """Fold ``i`` validates on the ``i``-th slice of width ``fraction``: with fraction 1/k, folds
+    0..k-1 are k-fold cross-validation."""
+    if fold < 0 or (fold + 1) * fraction > 1.0 + 1e-9:
+        fail(f"split fold {fold} with validation_fraction {fraction} does not fit: folds run from 0 to "
+             f"{max(int(1.0 / fraction + 1e-9) - 1, 0)}")
 
 
 def _model(raw: dict, fail: Callable[[str], None]) -> dict:
