@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import survey_public  # noqa: E402
 from tfos_jobs.config import RunConfig  # noqa: E402
-from tfos_jobs.spark import spark_session  # noqa: E402
+from tfos_jobs.spark import local_cluster_master, spark_session  # noqa: E402
 from tfos_jobs.survey import prep, schema, steps  # noqa: E402
 
 METRICS = ("accuracy", "log_loss", "mae")
@@ -89,7 +89,7 @@ def main():
     parser.add_argument("--work", help="working directory (default: a temporary one, removed)")
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
-    spark = spark_session("local[2]", "survey-quality")
+    spark = spark_session(local_cluster_master(executors=2, memory_mb=1536), "survey-quality")
     results, total_targets, total_wins, total_worse = {}, 0, 0, 0
     with tempfile.TemporaryDirectory(prefix="survey-quality-") as scratch:
         work_root = args.work or scratch

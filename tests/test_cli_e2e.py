@@ -92,7 +92,7 @@ def test_survey_example_prep_train_evaluate_predict(pseudo_cluster, tmp_path):
     prep, model, export = tmp_path / "prep", tmp_path / "model", tmp_path / "export"
 
     prepped = last_json(cli(pseudo_cluster, "tfos-survey", "prep", "--data", example["data"], "--spec",
-                            example["spec"], "--out", str(prep), "--files", "2", *master))
+                            example["spec"], "--out", str(prep), "--files", "2", "--fold", "1", *master))
     assert prepped["rows"]["total"] == 944 and prepped["targets"] == ["vote", "PID", "selfLR"], prepped
 
     trained = last_json(cli(pseudo_cluster, "tfos-survey", "train", "--prep", str(prep), "--model-dir", str(model),
@@ -107,10 +107,13 @@ def test_survey_example_prep_train_evaluate_predict(pseudo_cluster, tmp_path):
     assert (evaluation / "evaluation.txt").read_text().strip()
 
     # no --prep: the plan published with the export encodes the new respondents
-    predicted = last_json(cli(pseudo_cluster, "tfos-survey", "predict", "--export", str(export), "--data", example["data"], "--out", str(tmp_path / "predictions"),
-                              *master))
+    predicted = last_json(cli(pseudo_cluster, "tfos-survey", "predict", "--export", str(export), "--data",
+                              example["data"], "--out", str(tmp_path / "predictions"), "--model", "best", *master))
     assert predicted["rows"] == 944, predicted
     assert parquet_rows(tmp_path / "predictions") == 944
+    # --model best answers each question with the better of the model and its LR on validation
+    chosen = hdfs_io.read_parquet(str(tmp_path / "predictions"), columns=["PID__model"]).column(0).unique().to_pylist()
+    assert chosen == [report["targets"]["PID"]["better"]], (chosen, report["targets"]["PID"])
 
 
 def test_ctr_demo(tmp_path):

@@ -175,6 +175,9 @@ class LoopConfig(_Checked):
     checkpoint_every: int = param(200, POSITIVE_INT, "steps between checkpoints", "--checkpoint-every")
     log_every: int = param(50, POSITIVE_INT, "steps between progress reports", "--log-every")
     steps_per_closure: int = param(10, POSITIVE_INT, "ps: steps in one closure scheduled on a worker")
+    validate_every: int = param(0, NON_NEGATIVE_INT, "steps between checks of the task's validation loss; the "
+                                "weights of the best check are exported (0: no checks, the last weights)",
+                                "--validate-every")
 
     def total_steps(self, num_rows: int, scaling: ScalingConfig) -> int:
         """``steps``, else ``epochs`` passes over ``num_rows``: the one place rows-per-step is computed."""

@@ -39,6 +39,11 @@ class TrainingTask:
         """
         return {}
 
+    def validation_loss(self, model: Any) -> float | None:
+        """Optional: a loss of the (plain) model on data held out of training, run on the chief every
+        ``loop.validate_every`` steps; the weights with the lowest are exported. None: no such data."""
+        return None
+
     def export_files(self) -> dict[str, Any]:
         """Optional: files published with the model, as ``{name: JSON-able object}`` (a job's config,
         how raw rows become features), so the export is usable on its own."""

@@ -130,6 +130,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", help="comma-separated input columns to copy to the output (default: the id column, "
                                   "else every input column)")
     p.add_argument("--partitions", type=positive_int)
+    p.add_argument("--model", choices=steps.MODEL_CHOICES, default="model",
+                   help="answer with the model, its logistic regression (lr), or per target the one with the lower "
+                        "validation log loss (best); recorded in <target>__model (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true")
     add_spark_args(p, executor_memory_mb=EXECUTOR_MEMORY_MB)
 
@@ -248,13 +251,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     plan = prep.read_plan(args.prep) if args.prep else steps.export_plan(args.export)
-    steps.check_export(plan, args.export)
+    steps.choose_heads(plan, steps.check_export(plan, args.export), args.model, args.export)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()] if args.keep else None
     steps.check_inputs(plan, args.data, args.format, keep)
     spark = job_session(args, PROG, 2)
     try:
         report = steps.predict(spark, plan, args.export, args.data, args.out, fmt=args.format, keep=keep,
-                               overwrite=args.overwrite, partitions=args.partitions)
+                               overwrite=args.overwrite, partitions=args.partitions, model=args.model)
     finally:
         spark.stop()
     print(json.dumps(report, sort_keys=True))

@@ -49,3 +49,43 @@ class SharedEmbedding(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return dict(super().get_config(), vocab_sizes=self.vocab_sizes, dim=self.dim)
+
+
+@keras.saving.register_keras_serializable(package="tfos_survey")
+class LinearLogits(keras.layers.Layer):
+    """Fixed multinomial logistic regression logits: categorical ids ``[batch, n]`` (column i in
+    ``[0, vocab_sizes[i])``) through one ``[sum(vocab_sizes), units]`` table summed over the columns
+    (one-hot times weights), plus dense values ``[batch, d] @ kernel``, plus a bias. Not trainable: its
+    weights are set from a fitted logistic regression (``survey.linear``)."""
+
+    def __init__(self, vocab_sizes: list[int], dense_width: int, units: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.dense_width, self.units = int(dense_width), int(units)
+        self.offsets = np.concatenate([[0], np.cumsum(self.vocab_sizes)[:-1]]).astype("int64")
+        self.trainable = False
+
+    def build(self, input_shape: Any) -> None:
+        rows = max(int(sum(self.vocab_sizes)), 1)
+        self.table = self.add_weight(shape=(rows, self.units), initializer="zeros", trainable=False, name="table")
+        self.kernel = self.add_weight(shape=(max(self.dense_width, 1), self.units), initializer="zeros",
+                                      trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", trainable=False, name="bias")
+
+    def call(self, inputs: list) -> Any:
+        ids, dense = inputs
+        logits = self.bias
+        if self.vocab_sizes:
+            upper = keras.ops.convert_to_tensor(np.array(self.vocab_sizes, dtype="int64") - 1)
+            rows = keras.ops.clip(ids, 0, upper) + keras.ops.convert_to_tensor(self.offsets)
+            logits = logits + keras.ops.sum(keras.ops.take(self.table, rows, axis=0), axis=1)
+        if self.dense_width:
+            logits = logits + keras.ops.matmul(dense, self.kernel)
+        return logits
+
+    def compute_output_shape(self, shapes: list) -> tuple:
+        return (shapes[0][0], self.units)
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), vocab_sizes=self.vocab_sizes, dense_width=self.dense_width,
+                    units=self.units)

@@ -167,7 +167,7 @@ def resolve(spec: Spec, header: list[str], stats: dict) -> tuple[list[dict], lis
     """Column treatments (spec, else inferred) with their encodings: the plan's ``features``,
     ``ignored`` and ``targets`` entries."""
     taken = set()
-    targets = [_target(name, stats[name], spec.infer, taken) for name in spec.targets]
+    targets = [_target(name, stats[name], spec.infer, taken, spec.columns.get(name, {})) for name in spec.targets]
     features, ignored = [], []
     for name in header:
         if name in spec.targets or name == spec.id_column:
@@ -197,20 +197,24 @@ def resolve(spec: Spec, header: list[str], stats: dict) -> tuple[list[dict], lis
     return features, ignored, targets
 
 
-def _target(name: str, s: dict, infer: dict, taken: set[str]) -> dict:
-    """A target's plan entry: its classes (the answers seen in training) and answer counts per split."""
-    classes = schema.sort_answers([v for v, _ in s["top"]])
-    if s["distinct"] > len(s["top"]):
+def _target(name: str, s: dict, infer: dict, taken: set[str], declared: dict) -> dict:
+    """A target's plan entry: its classes (the answers seen in training; for an ordinal target its
+    ``order``, lowest first, when the spec gives one) and answer counts per split."""
+    ordinal = declared.get("type") == "ordinal"
+    classes = declared.get("order") or schema.sort_answers([v for v, _ in s["top"]])
+    if s["distinct"] > len(s["top"]) and not declared.get("order"):
         raise SpecError(f"target {name!r} has {s['distinct']} distinct answers, more than infer.max_vocab "
                         f"({infer['max_vocab']}): is it really a question with a fixed set of answers?")
-    if len(classes) < 2:
-        raise SpecError(f"target {name!r} has {len(classes)} distinct answer(s) in the training split: "
+    seen = [c for c in classes if c in dict(s["top"])]
+    if len(seen) < 2:
+        raise SpecError(f"target {name!r} has {len(seen)} distinct answer(s) in the training split: "
                         "nothing to predict")
     counts = dict(s["top"])
     valid = s["valid"]
     return {
         "column": name, "label": schema.safe_name(name, "y_", taken), "classes": classes,
-        "train_counts": [counts[c] for c in classes],
+        "type": "ordinal" if ordinal else "categorical",
+        "train_counts": [counts.get(c, 0) for c in classes],
         "valid_counts": [valid.get(c, 0) for c in classes],
         "train_not_answered": dict(s["kinds"]),
         "valid_not_answered": dict({k: valid.get(k, 0) for k in KINDS},

@@ -176,9 +176,9 @@ def _column(name: str, entry: Any, targets: list[str], id_column: str | None,
         out["order"] = _order(name, ctype, entry["order"], fail)
     if "missing_codes" in entry:
         out["missing_codes"] = _codes(entry["missing_codes"], f"column {name!r} missing_codes", fail)
-    if name in targets and ctype not in ("categorical", "auto"):
-        fail(f"target {name!r} is predicted as a choice among its answers: its type must be categorical "
-             f"(or left out), not {ctype!r}")
+    if name in targets and ctype not in ("categorical", "ordinal", "auto"):
+        fail(f"target {name!r} is predicted as a choice among its answers: its type must be categorical or "
+             f"ordinal (or left out), not {ctype!r}")
     if name == id_column and ctype != "auto":
         fail(f"the id column {name!r} takes no type")
     return out

@@ -16,6 +16,8 @@ ANES96_SPEC = {
     "targets": ["vote", "PID", "selfLR"],
     "id": "respondent",
     "columns": {
+        "PID": {"type": "ordinal", "order": list(range(0, 7))},
+        "selfLR": {"type": "ordinal", "order": LIKERT_7},
         "ClinLR": {"type": "ordinal", "order": LIKERT_7},
         "DoleLR": {"type": "ordinal", "order": LIKERT_7},
         "TVnews": {"type": "ordinal", "order": list(range(0, 8))},
@@ -26,7 +28,6 @@ ANES96_SPEC = {
         # logpopul is left to inference (numeric)
     },
     "split": {"validation_fraction": 0.25, "seed": 0},
-    "model": {"hidden": [32, 16], "embedding_dim": 4, "dropout": 0.1, "learning_rate": 0.003},
 }
 
 ANES96_NOTE = """\

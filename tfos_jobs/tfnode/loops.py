@@ -13,7 +13,7 @@ import os
 import hdfs_io
 from tfos_jobs.tfnode.checkpoint import StorageCheckpoints, require_new_steps
 from tfos_jobs.tfnode.datasets import staged_dataset
-from tfos_jobs.tfnode.progress import Progress, finish_on_chief
+from tfos_jobs.tfnode.progress import BestWeights, Progress, finish_on_chief
 
 # TensorFlow is imported inside the functions: this module is imported by the node process before
 # TF_CONFIG and the thread settings are final.
@@ -70,6 +70,8 @@ def _steps_to_boundary(loop, current, total, limit=None):
     """Steps until the next log line, checkpoint or ``total`` (0: no end known), at most ``limit``."""
     boundaries = [(current // loop.log_every + 1) * loop.log_every,
                   (current // loop.checkpoint_every + 1) * loop.checkpoint_every]
+    if loop.validate_every:
+        boundaries.append((current // loop.validate_every + 1) * loop.validate_every)
     if total:
         boundaries.append(total)
     count = min(boundaries) - current
@@ -111,12 +113,13 @@ def train_multi_worker(node, control) -> dict:
         iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
         _KEPT_UNTIL_EXIT.append(iterator)   # from the start: a loop that raises must not wait on it either
         train_steps = _mwms_step_function(node, strategy, model, optimizer, step, last_loss, data.finite)
-        outcome = _run_mwms(node, control, checkpoints, train_steps, iterator, int(step.numpy()), total)
+        best = BestWeights(node, model) if node.is_chief else None
+        outcome = _run_mwms(node, control, checkpoints, train_steps, iterator, int(step.numpy()), total, best)
         extra = data.metrics()
     current, loss, rate, progress = outcome
     if not node.is_chief:
         return {"steps": current}
-    result = finish_on_chief(node, model, progress, current, loss, rate)
+    result = finish_on_chief(node, model, progress, current, loss, rate, best)
     result["metrics"].update(extra)
     return result
 
@@ -162,12 +165,15 @@ def _mwms_step_function(node, strategy, model, optimizer, step, last_loss, finit
     return finite_steps if finite else repeated_steps
 
 
-def _run_mwms(node, control, checkpoints, train_steps, iterator, current, total):
-    """Call ``train_steps`` from boundary to boundary: report on the chief, checkpoint on every worker."""
+def _run_mwms(node, control, checkpoints, train_steps, iterator, current, total, best=None):
+    """Call ``train_steps`` from boundary to boundary: report (and validate) on the chief, checkpoint on
+    every worker."""
     import tensorflow as tf
     loop = node.spec.config.loop
     progress = Progress(node, control, current, total) if node.is_chief else None
     loss, rate, reported, saved = float("nan"), 0.0, current, current
+    if best is not None and best.due(current, last=True):
+        best.check(current)   # the starting point is a candidate too
     while not (total and current >= total):
         count = _steps_to_boundary(loop, current, total)
         loss, done = train_steps(iterator, tf.constant(count, tf.int64))
@@ -176,6 +182,8 @@ def _run_mwms(node, control, checkpoints, train_steps, iterator, current, total)
         last = ended or current == total
         if node.is_chief and current != reported and (current % loop.log_every == 0 or last):
             rate, reported = progress.report(current, loss), current
+        if best is not None and best.due(current, last):
+            best.check(current)
         if current != saved and (current % loop.checkpoint_every == 0 or last):
             checkpoints.save(current)
             saved = current
@@ -213,8 +221,9 @@ def train_parameter_server(node, control) -> dict:
     _KEPT_UNTIL_EXIT.append(iterator)   # from the start: a loop that raises must not wait on it either
     train_steps = _ps_step_function(node, strategy, model, optimizer)
     progress = Progress(node, control, int(step.numpy()), total)
-    loss, rate = _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total)
-    result = finish_on_chief(node, model, progress, total, loss, rate)
+    best = BestWeights(node, model)
+    loss, rate = _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total, best)
+    result = finish_on_chief(node, model, progress, total, loss, rate, best)
     result["metrics"].update(reader.metrics(rows))
     return result
 
@@ -236,10 +245,12 @@ def _ps_step_function(node, strategy, model, optimizer):
     return train_steps
 
 
-def _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total):
+def _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progress, total, best):
     import tensorflow as tf
     loop = node.spec.config.loop
     current, loss, rate = int(step.numpy()), None, 0.0
+    if best.due(current, last=True):
+        best.check(current)
     while current < total:
         count = _steps_to_boundary(loop, current, total, limit=loop.steps_per_closure)
         loss = coordinator.schedule(train_steps, args=(iterator, tf.constant(count)))
@@ -251,5 +262,8 @@ def _run_ps(node, coordinator, checkpoints, train_steps, iterator, step, progres
             rate = progress.report(current, loss.fetch())
         if save:
             checkpoints.save(current)
+        if best.due(current, current == total):
+            coordinator.join()
+            best.check(current)
     coordinator.join()
     return (loss.fetch() if loss is not None else float("nan")), rate

@@ -54,16 +54,55 @@ def _scalar(tag, value, step):
     tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata.SerializeToString())
 
 
-def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate: float) -> dict:
-    """Evaluate and export a plain copy of the model (no distribution state inside it); return the
-    result the chief reports to the driver."""
+class BestWeights:
+    """On the chief, every ``loop.validate_every`` steps: the task's ``validation_loss`` of a plain copy
+    of the model; the weights of the lowest are what :func:`finish_on_chief` evaluates and exports
+    (early stopping with the best checkpoint restored, without stopping: the workers of a synchronous
+    strategy run the planned steps in lockstep, and stopping them early would need one more agreement).
+
+    The best weights are kept in memory: a run resumed from a checkpoint judges from that step on."""
+
+    def __init__(self, node, model):
+        self.task, self.model = node.spec.task, model
+        self.every = node.spec.config.loop.validate_every
+        self.plain = None
+        self.best = None   # (loss, step, weights)
+        self.checks = 0
+
+    def due(self, step: int, last: bool = False) -> bool:
+        return self.every > 0 and (last or step % self.every == 0)
+
+    def check(self, step: int) -> None:
+        if self.plain is None:
+            self.plain = self.task.build_model()
+        weights = self.model.get_weights()
+        self.plain.set_weights(weights)
+        loss = self.task.validation_loss(self.plain)
+        if loss is None:   # the task has no validation data: nothing to choose between
+            self.every = 0
+            return
+        self.checks += 1
+        if self.best is None or loss < self.best[0]:
+            self.best = (float(loss), int(step), weights)
+
+    def metrics(self) -> dict:
+        if self.best is None:
+            return {}
+        return {"best_step": self.best[1], "best_validation_loss": self.best[0], "validation_checks": self.checks}
+
+
+def finish_on_chief(node, model, progress: Progress, steps: int, last_loss, rate: float,
+                    best: BestWeights | None = None) -> dict:
+    """Evaluate and export a plain copy of the model (no distribution state inside it), with the
+    weights ``best`` chose when it chose any; return the result the chief reports to the driver."""
     spec = node.spec
     progress.control.send("finishing")   # no more progress reports: the driver's stall check ends
     plain = spec.task.build_model()
-    plain.set_weights(model.get_weights())
+    plain.set_weights(best.best[2] if best is not None and best.best else model.get_weights())
     progress.publish()
     metrics = {"final_loss": float(last_loss), "steps": steps, "resumed_from_step": progress.start_step,
-               "examples_per_s": rate, "strategy": spec.config.scaling.strategy}
+               "examples_per_s": rate, "strategy": spec.config.scaling.strategy,
+               **(best.metrics() if best is not None else {})}
     metrics.update({k: float(v) for k, v in spec.task.evaluate(plain, spec.config).items()})
     run = spec.config.run
     export_uri = run.export_uri
