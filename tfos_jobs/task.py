@@ -41,7 +41,8 @@ class TrainingTask:
 
     def validation_loss(self, model: Any) -> float | None:
         """Optional: a loss of the (plain) model on data held out of training, run on the chief every
-        ``loop.validate_every`` steps; the weights with the lowest are exported. None: no such data."""
+        ``loop.validate_every`` steps; the weights with the lowest are exported, as this call left them
+        (it may set weights that training does not). None: no such data."""
         return None
 
     def export_files(self) -> dict[str, Any]:

@@ -89,3 +89,18 @@ class LinearLogits(keras.layers.Layer):
     def get_config(self) -> dict:
         return dict(super().get_config(), vocab_sizes=self.vocab_sizes, dense_width=self.dense_width,
                     units=self.units)
+
+
+@keras.saving.register_keras_serializable(package="tfos_survey")
+class Gate(keras.layers.Layer):
+    """Its input times a fixed 0/1 gate (never trained, 1 while training): validation switches off a
+    target's network residual where the logistic regression alone does better on held-out rows."""
+
+    def build(self, input_shape: Any) -> None:
+        self.gate = self.add_weight(shape=(), initializer="ones", trainable=False, name="gate")
+
+    def call(self, x: Any) -> Any:
+        return x * self.gate
+
+    def compute_output_shape(self, shape: tuple) -> tuple:
+        return shape

@@ -3,13 +3,14 @@ with scikit-learn on the encoded training rows and laid out for the model's ``Li
 
 The design matrix is the model's own layout (one column per categorical id, the column's offset plus
 the id, then the dense values), so the coefficients need no mapping. Its L2 strength is chosen per
-target from :data:`REG_GRID` by log loss on the rows held out for early stopping, then it is refitted
-on every training row. A fixed strength was the old baseline's weakness: on a 200-respondent survey
-it over-fitted to a log loss worse than the majority answer's.
+target from :data:`REG_GRID` by 5-fold cross-validated log loss (scikit-learn's
+``LogisticRegressionCV``), then it is refitted on every training row. A fixed strength was the old
+baseline's weakness: on a 200-respondent survey it over-fitted to a log loss worse than the majority
+answer's; the grid reaches the strength at which only the intercepts are left, the answer frequencies.
 
 On the driver, not in MLlib: a survey has hundreds to tens of thousands of respondents, and L-BFGS over
 a sparse matrix of that size takes well under a second per fit, where MLlib's Spark job per iteration
-took about 3.6 s per fit on 190 rows here (25 fits: 90 s of a 43 s training). Above :data:`MAX_ROWS`
+took about 3.6 s per fit on 190 rows here (25 fits took 90 s; the whole training 43 s). Above :data:`MAX_ROWS`
 training rows the regression is fitted on a sample of that many.
 """
 from __future__ import annotations
@@ -20,10 +21,13 @@ import numpy as np
 
 from tfos_jobs import sparkprep
 
-REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)   # L2 strength per training row (as MLlib's regParam)
+# L2 strength per training row (as MLlib's regParam), up to where only the intercepts are left: the
+# training answer frequencies, the majority baseline's probabilities
+REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e3)
+CV_FOLDS = 5
 HOLDOUT_FRACTION = 0.2                     # of the training split: the network's early-stopping rows
 HOLDOUT = "__holdout"
-MAX_ROWS = 500_000
+MAX_ROWS = 200_000
 ABSENT_CLASS_BIAS = -10.0                  # a class never answered in training: p ~ e^-10 of the others'
 EPS = 1e-7
 
@@ -58,43 +62,35 @@ def design(plan: dict, features: dict[str, np.ndarray]) -> Any:
     return sparse.hstack(blocks).tocsr()
 
 
-def _fit(x: Any, y: np.ndarray, reg: float) -> Any:
-    from sklearn.linear_model import LogisticRegression
+def _fit(x: Any, y: np.ndarray, grid: tuple = REG_GRID, folds: int = CV_FOLDS) -> tuple[Any, float]:
+    """The regression refitted on every row with the strength of the lowest cross-validated log loss
+    (``folds`` stratified folds; one strength when ``grid`` has one), and that strength."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    rows = len(y)
     # sklearn's C multiplies the summed loss: C = 1 / (reg * rows) is reg on the mean loss, as MLlib's regParam
-    return LogisticRegression(C=1.0 / (reg * len(y)), max_iter=500).fit(x, y)
-
-
-def _probabilities(model: Any, x: Any, width: int) -> np.ndarray:
-    out = np.full((x.shape[0], width), EPS)
-    out[:, model.classes_] = model.predict_proba(x)
-    return out
+    if len(grid) == 1:
+        return LogisticRegression(C=1.0 / (grid[0] * rows), max_iter=500).fit(x, y), grid[0]
+    model = LogisticRegressionCV(Cs=[1.0 / (reg * rows) for reg in grid], cv=min(folds, rows), scoring="neg_log_loss",
+                                 max_iter=500).fit(x, y)
+    return model, float(1.0 / (float(np.ravel(model.C_)[0]) * rows))
 
 
 def fit_linear(plan: dict, features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-               holdout: np.ndarray, grid: tuple = REG_GRID, seed: int = 0) -> tuple[dict, dict]:
+               grid: tuple = REG_GRID, seed: int = 0) -> tuple[dict, dict]:
     """``({label: {"table", "kernel", "bias"}}, {label: chosen L2 strength})`` from the encoded
-    training rows; ``holdout`` marks the rows the strength is judged on."""
-    rows = len(holdout)
+    training rows."""
+    rows = len(next(iter(labels.values())))
     if rows > MAX_ROWS:
         keep = np.sort(np.random.default_rng(seed).choice(rows, MAX_ROWS, replace=False))
         features = {k: np.asarray(v)[keep] for k, v in features.items()}
-        labels, holdout = {k: np.asarray(v)[keep] for k, v in labels.items()}, np.asarray(holdout)[keep]
+        labels = {k: np.asarray(v)[keep] for k, v in labels.items()}
     x = design(plan, features)
     weights, chosen = {}, {}
     for t in plan["targets"]:
-        label, width = t["label"], len(t["classes"])
-        y = np.asarray(labels[label], dtype=np.int64)
-        fit_rows, held = (y >= 0) & ~holdout, (y >= 0) & holdout
-        reg = grid[len(grid) // 2]
-        if held.any() and len(np.unique(y[fit_rows])) > 1:
-            losses = {}
-            for candidate in grid:
-                p = _probabilities(_fit(x[fit_rows], y[fit_rows], candidate), x[held], width)
-                losses[candidate] = -np.mean(np.log(np.clip(p[np.arange(held.sum()), y[held]], EPS, 1.0)))
-            reg = min(losses, key=losses.get)
+        y = np.asarray(labels[t["label"]], dtype=np.int64)
         answered = y >= 0
-        weights[label] = layout(_fit(x[answered], y[answered], reg), plan, width)
-        chosen[label] = reg
+        model, chosen[t["label"]] = _fit(x[answered], y[answered], grid)
+        weights[t["label"]] = layout(model, plan, len(t["classes"]))
     return weights, chosen
 
 

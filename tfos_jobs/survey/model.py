@@ -4,7 +4,8 @@ Per target, the logits are those of a multinomial logistic regression fitted on 
 (``survey.linear``, frozen) plus a residual from a shared MLP trunk whose last layer starts at zero:
 training starts from the logistic regression and moves only where the data support it, and the
 weights exported are those with the lowest log loss on a part of the training split held out of the
-network's training (``TrainingTask.validation_loss``; the start is a candidate). On small, noisy
+network's training (``TrainingTask.validation_loss``; the start is a candidate), with the residual of
+each target gated off where the regression alone does at least as well on those rows. On small, noisy
 surveys this is what keeps the network from losing to a linear model, which it contains (the idea of
 the "combined actuarial neural network", Wüthrich & Merz, 2019). The logistic regression is exported
 too, as the output ``<target>__lr``, so that batch, streaming and online scoring can use either.
@@ -35,7 +36,7 @@ def build_survey_model(plan: dict, hidden: Any = (128, 64), embedding_dim: int =
     """``linear``: ``{label: {"table", "kernel", "bias"}}`` (``survey.linear.fit_linear``); without it the
     heads are plain softmax layers (no ``__lr`` outputs)."""
     import keras
-    from tfos_jobs.survey.layers import LinearLogits, SharedEmbedding, StackColumns
+    from tfos_jobs.survey.layers import Gate, LinearLogits, SharedEmbedding, StackColumns
     dtypes = plan["inputs"]
     inputs = {name: keras.Input(shape=(), name=name, dtype=dtype) for name, dtype in dtypes.items()}
     categorical = [f for f in plan["features"] if f["type"] == "categorical"]
@@ -62,7 +63,7 @@ def build_survey_model(plan: dict, hidden: Any = (128, 64), embedding_dim: int =
             lr_logits = layer([ids if ids is not None else dense, dense if dense is not None else ids])
             fixed[layer.name] = linear[label]
             outputs[label + LINEAR] = keras.layers.Activation("softmax", name=label + LINEAR)(lr_logits)
-            logits = keras.layers.Add(name=f"{label}__logits")([lr_logits, logits])
+            logits = keras.layers.Add(name=f"{label}__logits")([lr_logits, Gate(name=f"{label}__gate")(logits)])
         outputs[label] = keras.layers.Activation("softmax", name=label)(logits)
     model = keras.Model(inputs, outputs, name="survey_multitask")
     for name, weights in fixed.items():
@@ -193,17 +194,27 @@ class SurveyTask(TrainingTask):
                 {t["label"]: table.column(t["label"]).to_numpy() for t in self.plan["targets"]})
 
     def validation_loss(self, model: Any) -> float | None:
-        """The summed log loss of the targets on the held-out training rows (None without them)."""
+        """The summed log loss of the targets on the held-out training rows (None without them). A
+        target whose logistic regression alone does at least as well there gets its residual gated off
+        in ``model`` (the copy that is exported when this check is the best)."""
         if not self.holdout_uri:
             return None
         if self._holdout is None:
             self._holdout = self._read(self.holdout_uri)
         features, labels = self._holdout
         probabilities = predict_probabilities(model, features)
-        losses = [target_metrics(labels[t["label"]], probabilities[t["label"]])["log_loss"]
-                  for t in self.plan["targets"]]
-        losses = [v for v in losses if v == v]   # a target nobody in the holdout answered: nan, left out
-        return float(sum(losses)) if losses else None
+        total, counted = 0.0, 0
+        for t in self.plan["targets"]:
+            name = t["label"]
+            loss = target_metrics(labels[name], probabilities[name])["log_loss"]
+            if name + LINEAR in probabilities:
+                alone = target_metrics(labels[name], probabilities[name + LINEAR])["log_loss"]
+                if alone <= loss:
+                    model.get_layer(f"{name}__gate").gate.assign(0.0)
+                    loss = alone
+            if loss == loss:   # a target nobody in the holdout answered: nan, left out
+                total, counted = total + loss, counted + 1
+        return total if counted else None
 
     def evaluate(self, model: Any, context: Any) -> dict:
         """Per-target accuracy / log loss (and MAE of an ordinal target) of the model and of its

@@ -1,16 +1,19 @@
 """The survey job's steps on top of the runtime: train, evaluate, predict (prep is in ``survey.prep``).
 
 **Evaluation** (:func:`evaluate`): per target, on the validation split, the trained model against two
-baselines computed in the same job, on the same rows (those where the target was answered).
+baselines, on the same rows (those where the target was answered).
 
 * ``model``: the export scored on Spark (:func:`tfos_jobs.scoring.score_dataframe_vectors`);
+* ``logistic_regression``: the regression exported inside the model (``<target>__lr``, see
+  ``survey.model``), scored in the same pass; an export from before it carried one gets a Spark MLlib
+  regression fitted here instead;
 * ``majority``: always the training split's most frequent answer (accuracy); its log loss uses the
   training answer frequencies as probabilities (a constant predictor that puts probability 1 on one
-  answer would have infinite log loss);
-* ``logistic_regression``: Spark MLlib multinomial logistic regression per target on the same encoded
-  features (categorical ids one-hot encoded), trained on the training split.
+  answer would have infinite log loss); for an ordinal target its MAE is that of the training median.
 
-Written atomically to ``<out>/evaluation.json`` and ``<out>/evaluation.txt`` (a readable table).
+Ordinal targets add the mean absolute error in answer steps of each method's median answer; ``better``
+names the one of model and LR with the lower log loss. Written atomically to
+``<out>/evaluation.json`` and ``<out>/evaluation.txt`` (a readable table).
 
 **Prediction** (:func:`predict`): answer probabilities for new respondents: encode them with the prep
 plan, score them on Spark with the export, write Parquet atomically (complete with ``_SUCCESS``, or
@@ -81,9 +84,7 @@ def train(sc: Any, plan: dict, prep_uri: str, model: dict | None = None, *, scal
     parts = [hdfs_io.read_parquet(uri, columns=list(plan["inputs"]) + plan["labels"]) for uri in (data_uri, holdout_uri)]
     columns = {name: np.concatenate([part.column(name).to_numpy() for part in parts])
                for name in list(plan["inputs"]) + plan["labels"]}
-    holdout = np.repeat([False, True], [parts[0].num_rows, parts[1].num_rows])
-    fitted, regs = linear.fit_linear(plan, {n: columns[n] for n in plan["inputs"]},
-                                     {n: columns[n] for n in plan["labels"]}, holdout)
+    fitted, regs = linear.fit_linear(plan, {n: columns[n] for n in plan["inputs"]}, {n: columns[n] for n in plan["labels"]})
     if not loop.validate_every:   # once an epoch of the network's rows
         epoch = dataclasses.replace(loop, epochs=1.0, steps=0).total_steps(parts[0].num_rows, scaling)
         loop = dataclasses.replace(loop, validate_every=epoch)

@@ -75,15 +75,14 @@ class BestWeights:
     def check(self, step: int) -> None:
         if self.plain is None:
             self.plain = self.task.build_model()
-        weights = self.model.get_weights()
-        self.plain.set_weights(weights)
+        self.plain.set_weights(self.model.get_weights())
         loss = self.task.validation_loss(self.plain)
         if loss is None:   # the task has no validation data: nothing to choose between
             self.every = 0
             return
         self.checks += 1
-        if self.best is None or loss < self.best[0]:
-            self.best = (float(loss), int(step), weights)
+        if self.best is None or loss < self.best[0]:   # the copy as validation left it (untrained weights set)
+            self.best = (float(loss), int(step), self.plain.get_weights())
 
     def metrics(self) -> dict:
         if self.best is None:
