@@ -4,7 +4,7 @@ with scikit-learn on the encoded training rows and laid out for the model's ``Li
 The design matrix is the model's own layout (one column per categorical id, the column's offset plus
 the id, then the dense values), so the coefficients need no mapping. Its L2 strength is chosen per
 target from :data:`REG_GRID` by 5-fold cross-validated log loss (scikit-learn's
-``LogisticRegressionCV``), then it is refitted on every training row. A fixed strength was the old
+``LogisticRegressionCV``) and the one-standard-error rule, then it is refitted on every training row. A fixed strength was the old
 baseline's weakness: on a 200-respondent survey it over-fitted to a log loss worse than the majority
 answer's; the grid reaches the strength at which only the intercepts are left, the answer frequencies.
 
@@ -23,7 +23,7 @@ from tfos_jobs import sparkprep
 
 # L2 strength per training row (as MLlib's regParam), up to where only the intercepts are left: the
 # training answer frequencies, the majority baseline's probabilities
-REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e3)
+REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e6)
 CV_FOLDS = 5
 HOLDOUT_FRACTION = 0.2                     # of the training split: the network's early-stopping rows
 HOLDOUT = "__holdout"
@@ -63,16 +63,27 @@ def design(plan: dict, features: dict[str, np.ndarray]) -> Any:
 
 
 def _fit(x: Any, y: np.ndarray, grid: tuple = REG_GRID, folds: int = CV_FOLDS) -> tuple[Any, float]:
-    """The regression refitted on every row with the strength of the lowest cross-validated log loss
-    (``folds`` stratified folds; one strength when ``grid`` has one), and that strength."""
+    """The regression refitted on every row with the strength the one-standard-error rule picks from
+    ``folds``-fold cross-validated log loss (one strength when ``grid`` has one), and that strength.
+
+    The rule (glmnet's ``lambda.1se``, Breiman's for trees): the strongest regularization whose loss is
+    within one standard error of the lowest. On a few hundred respondents the fold-to-fold noise is as
+    large as the differences, and the lowest point alone picked weak strengths that did worse than the
+    answer frequencies on new respondents."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     rows = len(y)
+    reg = grid[0]
+    if len(grid) > 1:
+        cv = LogisticRegressionCV(Cs=[1.0 / (r * rows) for r in grid], l1_ratios=(0.0,), cv=min(folds, rows),
+                                  scoring="neg_log_loss", max_iter=500, use_legacy_attributes=False,
+                                  refit=False).fit(x, y)
+        strengths = [1.0 / (c * rows) for c in cv.Cs_]
+        losses = -np.asarray(cv.scores_).reshape(-1, len(strengths))   # [folds, strengths]
+        mean, se = losses.mean(axis=0), losses.std(axis=0, ddof=1) / np.sqrt(len(losses))
+        best = int(np.argmin(mean))
+        reg = max(r for r, m in zip(strengths, mean) if m <= mean[best] + se[best])
     # sklearn's C multiplies the summed loss: C = 1 / (reg * rows) is reg on the mean loss, as MLlib's regParam
-    if len(grid) == 1:
-        return LogisticRegression(C=1.0 / (grid[0] * rows), max_iter=500).fit(x, y), grid[0]
-    model = LogisticRegressionCV(Cs=[1.0 / (reg * rows) for reg in grid], cv=min(folds, rows), scoring="neg_log_loss",
-                                 max_iter=500).fit(x, y)
-    return model, float(1.0 / (float(np.ravel(model.C_)[0]) * rows))
+    return LogisticRegression(C=1.0 / (reg * rows), max_iter=500).fit(x, y), float(reg)
 
 
 def fit_linear(plan: dict, features: dict[str, np.ndarray], labels: dict[str, np.ndarray],

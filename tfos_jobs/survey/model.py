@@ -5,7 +5,7 @@ Per target, the logits are those of a multinomial logistic regression fitted on 
 training starts from the logistic regression and moves only where the data support it, and the
 weights exported are those with the lowest log loss on a part of the training split held out of the
 network's training (``TrainingTask.validation_loss``; the start is a candidate), with the residual of
-each target gated off where the regression alone does at least as well on those rows. On small, noisy
+each target gated off unless it beats the regression alone there by more than one standard error. On small, noisy
 surveys this is what keeps the network from losing to a linear model, which it contains (the idea of
 the "combined actuarial neural network", Wüthrich & Merz, 2019). The logistic regression is exported
 too, as the output ``<target>__lr``, so that batch, streaming and online scoring can use either.
@@ -114,6 +114,24 @@ def predict_probabilities(model_or_serving: Any, features: dict[str, np.ndarray]
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def row_log_loss(labels: Any, probabilities: Any, eps: float = 1e-7) -> np.ndarray:
+    """The log loss of each answered row (label >= 0)."""
+    labels = np.asarray(labels).astype(np.int64)
+    keep = labels >= 0
+    picked = np.asarray(probabilities, dtype=np.float64)[keep][np.arange(int(keep.sum())), labels[keep]]
+    return -np.log(np.clip(picked, eps, 1.0))
+
+
+def clearly_better(losses: np.ndarray, baseline: np.ndarray) -> bool:
+    """Whether ``losses`` beat ``baseline`` (per row, the same rows) by more than one standard error
+    of the mean difference: the one-standard-error rule, so that a few dozen held-out rows do not
+    switch the network on by chance."""
+    difference = np.asarray(baseline) - np.asarray(losses)
+    if len(difference) < 2:
+        return False
+    return float(difference.mean()) > float(difference.std(ddof=1)) / np.sqrt(len(difference))
+
+
 def median_answer(probabilities: Any) -> np.ndarray:
     """The median of each row's distribution over ordered answers: what minimizes the expected error
     in answer steps (MAE)."""
@@ -206,14 +224,15 @@ class SurveyTask(TrainingTask):
         total, counted = 0.0, 0
         for t in self.plan["targets"]:
             name = t["label"]
-            loss = target_metrics(labels[name], probabilities[name])["log_loss"]
+            losses = row_log_loss(labels[name], probabilities[name])
+            if not len(losses):   # nobody in the holdout answered this target
+                continue
             if name + LINEAR in probabilities:
-                alone = target_metrics(labels[name], probabilities[name + LINEAR])["log_loss"]
-                if alone <= loss:
+                alone = row_log_loss(labels[name], probabilities[name + LINEAR])
+                if not clearly_better(losses, alone):
                     model.get_layer(f"{name}__gate").gate.assign(0.0)
-                    loss = alone
-            if loss == loss:   # a target nobody in the holdout answered: nan, left out
-                total, counted = total + loss, counted + 1
+                    losses = alone
+            total, counted = total + float(np.mean(losses)), counted + 1
         return total if counted else None
 
     def evaluate(self, model: Any, context: Any) -> dict:
