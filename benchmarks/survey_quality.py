@@ -84,7 +84,9 @@ def table(name, pooled):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default=",".join(survey_public.DATASETS))
+    parser.add_argument("--datasets", default=",".join(n for n, d in survey_public.DATASETS.items()
+                                                        if not d.get("held_out")),
+                        help="comma-separated names (default: all but the held-out ones)")
     parser.add_argument("--categorical-targets", action="store_true")
     parser.add_argument("--work", help="working directory (default: a temporary one, removed)")
     args = parser.parse_args()
