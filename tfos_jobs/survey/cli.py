@@ -78,9 +78,11 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the multi-task model (shared trunk, one softmax head per target)",
-                       description="Distributed training through the runtime; exports SavedModel, model.keras and "
-                                   "metrics.json (validation accuracy / log loss per target) to --export.")
+    p = sub.add_parser("train", help="train the model: a logistic regression per target plus a shared network's residual",
+                       description="Fits the logistic regressions on the driver, then trains the network through the "
+                                   "runtime, keeping the weights that do best on held-out training rows; exports "
+                                   "SavedModel, model.keras and metrics.json (validation accuracy / log loss per "
+                                   "target, of the model and of its LR) to --export.")
     p.add_argument("--prep", required=True, help="output directory of `prep`")
     p.add_argument("--model-dir", required=True, help="checkpoints and TensorBoard events (resumed if present)")
     p.add_argument("--export", required=True, help="where the trained model is published")
