@@ -29,7 +29,6 @@ HOLDOUT_FRACTION = 0.2                     # of the training split: the network'
 HOLDOUT = "__holdout"
 MAX_ROWS = 200_000
 ABSENT_CLASS_BIAS = -10.0                  # a class never answered in training: p ~ e^-10 of the others'
-EPS = 1e-7
 
 
 def split_holdout(train_df: Any, plan: dict) -> Any:

@@ -151,10 +151,10 @@ def target_metrics(labels: Any, probabilities: Any, ordinal: bool = False, eps: 
     if not keep.any():
         return {"rows": 0, "accuracy": float("nan"), "log_loss": float("nan"),
                 **({"mae": float("nan")} if ordinal else {})}
+    losses = row_log_loss(labels, probabilities, eps)
     labels, probabilities = labels[keep], np.asarray(probabilities, dtype=np.float64)[keep]
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], eps, 1.0)
     out = {"rows": int(keep.sum()), "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
-           "log_loss": float(-np.mean(np.log(picked)))}
+           "log_loss": float(np.mean(losses))}
     if ordinal:
         out["mae"] = float(np.mean(np.abs(median_answer(probabilities) - labels)))
     return out
